@@ -1,0 +1,94 @@
+//! Server start-up: the data directory lock, the engine, the optional
+//! init-SQL file, the wire listener and clean shutdown on a signal.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fs2::FileExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::error::{MillraceError, Result};
+use crate::sql::{Engine, EngineOptions};
+
+/// Default address the server listens on.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4588";
+
+/// Everything `millrace serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: String,
+    /// Directory holding the state store.
+    pub data_dir: PathBuf,
+    /// SQL file run once the server is up.
+    pub init_sql: Option<PathBuf>,
+}
+
+/// Holds the exclusive lock on a data directory for the server's lifetime.
+pub struct DataDirLock {
+    _file: File,
+}
+
+/// Creates `dir` if needed and locks it, failing if another server holds it.
+pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("LOCK");
+    let file = File::create(&path)?;
+    file.try_lock_exclusive().map_err(|_| {
+        MillraceError::storage(format!(
+            "data directory {} is in use by another Millrace server",
+            dir.display()
+        ))
+    })?;
+    Ok(DataDirLock { _file: file })
+}
+
+/// Runs the init-SQL file; objects that already exist are left alone.
+pub async fn run_init_sql(engine: &Engine, path: &Path) -> Result<()> {
+    let sql = std::fs::read_to_string(path).map_err(|e| {
+        MillraceError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot read init SQL file {}: {e}", path.display()),
+        ))
+    })?;
+    let options = EngineOptions {
+        skip_existing: true,
+    };
+    let (outputs, error) = engine.execute_all(&sql, &options).await;
+    if let Some(e) = error {
+        return Err(MillraceError::execution(format!(
+            "init SQL file {} failed at statement {}: {e}",
+            path.display(),
+            outputs.len() + 1
+        )));
+    }
+    info!(statements = outputs.len(), file = %path.display(), "init SQL applied");
+    Ok(())
+}
+
+/// Runs the server until `shutdown` turns true. Prints the bound address as
+/// `listening on ADDR` on standard output once it accepts connections.
+pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<()> {
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let engine = Engine::open_dir(&config.data_dir).await?;
+    let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
+        MillraceError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", config.listen),
+        ))
+    })?;
+    let addr: SocketAddr = listener.local_addr()?;
+    if let Some(path) = &config.init_sql {
+        run_init_sql(&engine, path).await?;
+    }
+    info!(%addr, data_dir = %config.data_dir.display(), "Millrace is ready");
+    println!("listening on {addr}");
+    crate::pgwire::serve(Arc::clone(&engine), listener, shutdown).await?;
+    engine.flush_store()?;
+    info!("state flushed; bye");
+    Ok(())
+}

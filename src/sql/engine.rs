@@ -1,0 +1,1473 @@
+//! The engine: executes statements against the catalog, the tables and the
+//! materialized views, and publishes a consistent [`Snapshot`] after every
+//! committed change.
+//!
+//! Writers (DDL and DML) are serialized by one lock; each committed change
+//! is an epoch. A change to tables flows through every dependent view's
+//! dataflow in creation order (a view can only read relations created before
+//! it), all in the same epoch, and only then is the new snapshot published.
+//! Readers take the published snapshot without locking the writer, so reads
+//! never block ingestion and never see half of a change.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::compute::{cast_with_options, CastOptions};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::CatalogProvider;
+use datafusion::catalog::{MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider};
+use datafusion::common::ParamValues;
+use datafusion::datasource::{TableType, ViewTable};
+use datafusion::execution::session_state::SessionState;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::{LogicalPlan, WriteOp};
+use datafusion::physical_plan::collect;
+use datafusion::prelude::SessionConfig;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{
+    AssignmentTarget, ColumnOption, CreateTable, CreateView, Delete, FromTable, Ident, ObjectName,
+    ObjectType, Statement, TableFactor, TableWithJoins, Update,
+};
+use tracing::{info, warn};
+
+use super::catalog::{decode_entry, rows_namespace, CatalogEntry, CATALOG_NAMESPACE};
+use super::snapshot::{RelationProvider, Snapshot};
+use super::statement::{parse_statement, split_statements, Command, ObjectKind, StatementText};
+use super::table::TableState;
+use super::types::{arrow_to_sql_name, sql_to_arrow, SQL_TYPE_KEY};
+use crate::error::{MillraceError, Result};
+use crate::storage::{StateStore, WriteBatch};
+use crate::stream::lower::lower_plan;
+use crate::stream::materialize::Contents;
+use crate::stream::operator::OperatorStats;
+use crate::stream::{ChangeBatch, Dataflow};
+
+/// Catalog name DataFusion resolves unqualified names in.
+pub const CATALOG_NAME: &str = "millrace";
+/// Schema name DataFusion resolves unqualified names in.
+pub const SCHEMA_NAME: &str = "public";
+
+/// What one statement produced.
+#[derive(Debug, Clone)]
+pub enum QueryOutput {
+    /// Rows, with the command tag's verb (`SELECT`, `SHOW`, `EXPLAIN`).
+    Rows {
+        /// Schema of the rows.
+        schema: SchemaRef,
+        /// The rows.
+        batches: Vec<RecordBatch>,
+    },
+    /// A command without rows.
+    Command {
+        /// The command tag (`INSERT`, `CREATE TABLE`, ...).
+        tag: String,
+        /// Affected row count, for tags that carry one.
+        rows: Option<usize>,
+    },
+    /// The statement was empty.
+    Empty,
+}
+
+impl QueryOutput {
+    fn command(tag: &str) -> Self {
+        QueryOutput::Command {
+            tag: tag.to_string(),
+            rows: None,
+        }
+    }
+
+    fn count(tag: &str, rows: usize) -> Self {
+        QueryOutput::Command {
+            tag: tag.to_string(),
+            rows: Some(rows),
+        }
+    }
+}
+
+/// A materialized view's running state.
+struct MaterializedView {
+    name: String,
+    plan: LogicalPlan,
+    dataflow: Dataflow,
+    inputs: Vec<String>,
+    contents: Contents,
+}
+
+/// Everything the single writer owns.
+#[derive(Default)]
+struct EngineState {
+    catalog: BTreeMap<String, CatalogEntry>,
+    tables: HashMap<String, TableState>,
+    views: Vec<MaterializedView>,
+    next_id: u64,
+    epoch: u64,
+    /// When replaying the catalog at start, nothing is written back.
+    replaying: bool,
+}
+
+/// Options for opening an engine.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Treat `CREATE` of an existing object as a no-op (used for `--init-sql`).
+    pub skip_existing: bool,
+}
+
+/// The Millrace engine. Cheap to share behind an `Arc`.
+pub struct Engine {
+    writer: tokio::sync::Mutex<EngineState>,
+    published: RwLock<Arc<Snapshot>>,
+    base_state: SessionState,
+    schema: Arc<MemorySchemaProvider>,
+    store: Arc<dyn StateStore>,
+}
+
+fn lower_name(name: &ObjectName) -> Result<String> {
+    let last = name
+        .0
+        .last()
+        .and_then(|p| p.as_ident())
+        .ok_or_else(|| MillraceError::plan(format!("invalid name {name}")))?;
+    Ok(ident_name(last))
+}
+
+fn ident_name(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_ascii_lowercase()
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    Ident::with_quote('"', name).to_string()
+}
+
+fn text_batch(columns: &[&str], rows: Vec<Vec<String>>) -> Result<QueryOutput> {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|c| Field::new(*c, DataType::Utf8, false))
+            .collect::<Vec<_>>(),
+    ));
+    let arrays: Vec<ArrayRef> = (0..columns.len())
+        .map(|c| {
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r[c].clone()).collect::<Vec<_>>(),
+            )) as ArrayRef
+        })
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), arrays)?;
+    Ok(QueryOutput::Rows {
+        schema,
+        batches: vec![batch],
+    })
+}
+
+impl Engine {
+    /// Opens the engine on `store`, replaying its catalog and table contents.
+    pub async fn open(store: Arc<dyn StateStore>) -> Result<Arc<Self>> {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true)
+            .with_target_partitions(2);
+        let schema = Arc::new(MemorySchemaProvider::new());
+        let catalog = Arc::new(MemoryCatalogProvider::new());
+        catalog.register_schema(SCHEMA_NAME, schema.clone())?;
+        let base_state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .build();
+        base_state
+            .catalog_list()
+            .register_catalog(CATALOG_NAME.to_string(), catalog);
+        let engine = Arc::new(Self {
+            writer: tokio::sync::Mutex::new(EngineState::default()),
+            published: RwLock::new(Arc::new(Snapshot::default())),
+            base_state,
+            schema,
+            store,
+        });
+        engine.replay().await?;
+        Ok(engine)
+    }
+
+    /// Opens the engine on a sled store in `dir`.
+    pub async fn open_dir(dir: &Path) -> Result<Arc<Self>> {
+        let store = crate::storage::SledStore::open(&dir.join("state"))?;
+        Self::open(Arc::new(store)).await
+    }
+
+    async fn replay(&self) -> Result<()> {
+        let mut state = self.writer.lock().await;
+        let mut entries = Vec::new();
+        for (_, v) in self.store.scan(CATALOG_NAMESPACE)? {
+            entries.push(decode_entry(&v)?);
+        }
+        entries.sort_by_key(|e| e.id);
+        state.replaying = true;
+        for entry in &entries {
+            state.next_id = entry.id;
+            let parts = split_statements(&entry.create_sql)?;
+            let Some(part) = parts.first() else { continue };
+            let cmd = parse_statement(&entry.create_sql, part)?;
+            let result = self.execute_command(&mut state, part, cmd, None).await;
+            if let Err(e) = result {
+                state.replaying = false;
+                return Err(MillraceError::storage(format!(
+                    "cannot restore \"{}\" from its definition: {e}",
+                    entry.name
+                )));
+            }
+            if let Some(table) = state.tables.get_mut(&entry.name) {
+                let mut rows = crate::stream::materialize::RowMap::new();
+                for (k, v) in self.store.scan(&rows_namespace(entry.id))? {
+                    let count = i64::from_le_bytes(v.as_slice().try_into().map_err(|_| {
+                        MillraceError::storage(format!("corrupt row count in table {}", entry.name))
+                    })?);
+                    rows.insert(Arc::from(k.as_slice()), count);
+                }
+                table.contents.set_rows(rows);
+                table.rebuild_key_index()?;
+            }
+        }
+        state.replaying = false;
+        state.next_id = entries.last().map(|e| e.id + 1).unwrap_or(0);
+        // Views were replayed before table rows were loaded: rebuild them.
+        self.rebuild_views(&mut state, 0)?;
+        self.publish(&mut state);
+        if !entries.is_empty() {
+            info!(relations = entries.len(), "restored catalog");
+        }
+        Ok(())
+    }
+
+    /// The currently published snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        match self.published.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn publish(&self, state: &mut EngineState) {
+        let mut relations = HashMap::new();
+        for (name, t) in &state.tables {
+            relations.insert(name.clone(), t.contents.snapshot());
+        }
+        for v in &state.views {
+            relations.insert(v.name.clone(), v.contents.snapshot());
+        }
+        let snap = Arc::new(Snapshot {
+            epoch: state.epoch,
+            relations,
+        });
+        match self.published.write() {
+            Ok(mut g) => *g = snap,
+            Err(p) => *p.into_inner() = snap,
+        }
+    }
+
+    /// A session state for one query, reading `snapshot`.
+    fn query_state(&self, snapshot: Arc<Snapshot>) -> SessionState {
+        let mut state = self.base_state.clone();
+        state.config_mut().set_extension(snapshot);
+        state
+    }
+
+    /// Work counters of a materialized view's operators, in graph order.
+    pub async fn view_stats(&self, name: &str) -> Option<Vec<(String, OperatorStats)>> {
+        let state = self.writer.lock().await;
+        state
+            .views
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| v.dataflow.stats())
+    }
+
+    /// Names of the materialized views, in creation order.
+    pub async fn materialized_views(&self) -> Vec<String> {
+        let state = self.writer.lock().await;
+        state.views.iter().map(|v| v.name.clone()).collect()
+    }
+
+    /// The `CREATE` statement of a relation.
+    pub async fn create_sql(&self, name: &str) -> Option<String> {
+        let state = self.writer.lock().await;
+        state.catalog.get(name).map(|e| e.create_sql.clone())
+    }
+
+    /// Flushes the state store to disk.
+    pub fn flush_store(&self) -> Result<()> {
+        self.store.flush()
+    }
+
+    /// Executes every statement in `sql`, stopping at the first error.
+    /// Returns the outputs of the statements that ran, and the error if one failed.
+    pub async fn execute_all(
+        &self,
+        sql: &str,
+        options: &EngineOptions,
+    ) -> (Vec<QueryOutput>, Option<MillraceError>) {
+        let parts = match split_statements(sql) {
+            Ok(p) => p,
+            Err(e) => return (vec![], Some(e)),
+        };
+        let mut outputs = Vec::new();
+        for part in &parts {
+            let result = match parse_statement(sql, part) {
+                Ok(cmd) => self.execute_parsed(part, cmd, None, options).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(o) => outputs.push(o),
+                Err(e) => return (outputs, Some(e)),
+            }
+        }
+        (outputs, None)
+    }
+
+    /// Executes one parsed statement with optional bound parameters.
+    pub async fn execute_parsed(
+        &self,
+        text: &StatementText,
+        cmd: Command,
+        params: Option<ParamValues>,
+        options: &EngineOptions,
+    ) -> Result<QueryOutput> {
+        // Reads never take the writer lock.
+        if let Command::Sql(stmt) = &cmd {
+            if let Statement::Query(_) = stmt.as_ref() {
+                return self.run_query((**stmt).clone(), params).await;
+            }
+            if let Statement::Explain { statement, .. } = stmt.as_ref() {
+                if !matches!(statement.as_ref(), Statement::CreateView(_)) {
+                    return self.run_query((**stmt).clone(), params).await;
+                }
+            }
+            if options.skip_existing {
+                if let Some(name) = created_name(stmt) {
+                    let state = self.writer.lock().await;
+                    if state.catalog.contains_key(&name) {
+                        info!(relation = %name, "already exists; left as it is");
+                        return Ok(QueryOutput::command(created_tag(stmt)));
+                    }
+                }
+            }
+        }
+        let mut state = self.writer.lock().await;
+        self.execute_command(&mut state, text, cmd, params).await
+    }
+
+    /// Plans a statement for the extended protocol: returns the parameter
+    /// types and the result schema (empty for commands).
+    pub async fn describe(&self, cmd: &Command) -> Result<(Vec<Option<DataType>>, SchemaRef)> {
+        let empty: SchemaRef = Arc::new(Schema::empty());
+        let Command::Sql(stmt) = cmd else {
+            return Ok((vec![], describe_own_command(cmd)));
+        };
+        let plan_stmt: Statement = match stmt.as_ref() {
+            Statement::Query(_) | Statement::Insert(_) => (**stmt).clone(),
+            Statement::Explain { statement, .. }
+                if !matches!(statement.as_ref(), Statement::CreateView(_)) =>
+            {
+                (**stmt).clone()
+            }
+            Statement::Update(u) => {
+                let state = self.writer.lock().await;
+                self.update_query(&state, u)?
+            }
+            Statement::Delete(d) => {
+                let state = self.writer.lock().await;
+                self.delete_query(&state, d)?.0
+            }
+            Statement::ShowTables { .. } => {
+                return Ok((
+                    vec![],
+                    describe_own_command(&Command::ShowObjects(ObjectKind::Table)),
+                ))
+            }
+            _ => return Ok((vec![], empty)),
+        };
+        let state = self.query_state(self.snapshot());
+        let plan = state
+            .statement_to_plan(DFStatement::Statement(Box::new(plan_stmt)))
+            .await?;
+        let types = plan.get_parameter_types()?;
+        let mut ordered: Vec<(usize, Option<DataType>)> = types
+            .into_iter()
+            .filter_map(|(k, v)| {
+                k.trim_start_matches('$')
+                    .parse::<usize>()
+                    .ok()
+                    .map(|i| (i, v))
+            })
+            .collect();
+        ordered.sort_by_key(|(i, _)| *i);
+        let n = ordered.last().map(|(i, _)| *i).unwrap_or(0);
+        let mut params = vec![None; n];
+        for (i, t) in ordered {
+            if i >= 1 {
+                params[i - 1] = t;
+            }
+        }
+        let schema = match (&plan, stmt.as_ref()) {
+            (_, Statement::Query(_)) | (_, Statement::Explain { .. }) => {
+                Arc::new(plan.schema().as_arrow().clone())
+            }
+            _ => empty,
+        };
+        Ok((params, schema))
+    }
+
+    async fn run_query(&self, stmt: Statement, params: Option<ParamValues>) -> Result<QueryOutput> {
+        let state = self.query_state(self.snapshot());
+        let mut plan = state
+            .statement_to_plan(DFStatement::Statement(Box::new(stmt)))
+            .await?;
+        if let Some(p) = params {
+            plan = plan.with_param_values(p)?;
+        }
+        if let LogicalPlan::Statement(_) | LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) = plan {
+            return Err(MillraceError::not_supported(format!(
+                "statement {}",
+                plan.display()
+            )));
+        }
+        let batches = execute_plan(&state, &plan).await?;
+        Ok(QueryOutput::Rows {
+            schema: Arc::new(plan.schema().as_arrow().clone()),
+            batches,
+        })
+    }
+
+    fn execute_command<'a>(
+        &'a self,
+        state: &'a mut EngineState,
+        text: &'a StatementText,
+        cmd: Command,
+        params: Option<ParamValues>,
+    ) -> futures::future::BoxFuture<'a, Result<QueryOutput>> {
+        Box::pin(async move {
+            match cmd {
+                Command::Empty => Ok(QueryOutput::Empty),
+                Command::Flush => {
+                    // Commits are synchronous: every accepted change is
+                    // already visible in every view. Make it durable too.
+                    self.store.flush()?;
+                    Ok(QueryOutput::command("FLUSH"))
+                }
+                Command::ShowObjects(kind) => {
+                    let rows = state
+                        .catalog
+                        .values()
+                        .filter(|e| e.kind == kind)
+                        .map(|e| vec![e.name.clone()])
+                        .collect::<Vec<_>>();
+                    let mut rows = rows;
+                    rows.sort();
+                    text_batch(&["name"], rows)
+                }
+                Command::ShowCreate(kind, name) => {
+                    let entry = state
+                        .catalog
+                        .get(&name)
+                        .ok_or_else(|| MillraceError::UnknownRelation(name.clone()))?;
+                    if entry.kind != kind {
+                        return Err(wrong_kind(&name, kind));
+                    }
+                    text_batch(
+                        &["name", "create_sql"],
+                        vec![vec![entry.name.clone(), entry.create_sql.clone()]],
+                    )
+                }
+                Command::Sql(stmt) => self.execute_sql(state, text, *stmt, params).await,
+            }
+        })
+    }
+
+    async fn execute_sql(
+        &self,
+        state: &mut EngineState,
+        text: &StatementText,
+        stmt: Statement,
+        params: Option<ParamValues>,
+    ) -> Result<QueryOutput> {
+        match stmt {
+            Statement::Query(_) => self.run_query(stmt, params).await,
+            Statement::CreateTable(ct) => self.create_table(state, ct),
+            Statement::CreateView(cv) => {
+                if cv.materialized {
+                    self.create_materialized_view(state, cv).await
+                } else {
+                    self.create_view(state, cv).await
+                }
+            }
+            Statement::Explain { statement, .. } => match *statement {
+                Statement::CreateView(cv) if cv.materialized => self.explain_view(state, cv).await,
+                other => self.run_query(other, params).await,
+            },
+            Statement::Insert(_) => self.insert(state, stmt, params).await,
+            Statement::Update(u) => self.update(state, u, params).await,
+            Statement::Delete(d) => self.delete(state, d, params).await,
+            Statement::Drop {
+                object_type,
+                if_exists,
+                names,
+                cascade,
+                ..
+            } => self.drop(state, object_type, if_exists, names, cascade),
+            Statement::ShowTables { .. } => {
+                self.execute_command(state, text, Command::ShowObjects(ObjectKind::Table), None)
+                    .await
+            }
+            Statement::StartTransaction { .. } => Ok(QueryOutput::command("BEGIN")),
+            Statement::Commit { .. } => Ok(QueryOutput::command("COMMIT")),
+            Statement::Rollback { .. } => Ok(QueryOutput::command("ROLLBACK")),
+            Statement::Set(_) => Ok(QueryOutput::command("SET")),
+            Statement::ShowVariable { variable } => {
+                let name = variable
+                    .iter()
+                    .map(|i| i.value.to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let value = match name.as_str() {
+                    "server_version" => crate::pgwire::SERVER_VERSION.to_string(),
+                    "timezone" | "time zone" => "UTC".to_string(),
+                    "transaction isolation level" => "serializable".to_string(),
+                    "standard_conforming_strings" => "on".to_string(),
+                    "client_encoding" | "server_encoding" => "UTF8".to_string(),
+                    "datestyle" => "ISO, MDY".to_string(),
+                    "search_path" => "public".to_string(),
+                    _ => {
+                        return Err(MillraceError::Data {
+                            sqlstate: "42704",
+                            message: format!("unrecognized configuration parameter \"{name}\""),
+                        })
+                    }
+                };
+                text_batch(&[name.as_str()], vec![vec![value]])
+            }
+            other => Err(MillraceError::not_supported(format!(
+                "statement: {}",
+                first_words(&other.to_string())
+            ))),
+        }
+    }
+
+    fn ensure_absent(&self, state: &EngineState, name: &str) -> Result<()> {
+        if state.catalog.contains_key(name) {
+            return Err(MillraceError::DuplicateRelation(name.to_string()));
+        }
+        Ok(())
+    }
+
+    fn register(&self, state: &mut EngineState, entry: CatalogEntry) -> Result<()> {
+        if !state.replaying {
+            let mut batch = WriteBatch::default();
+            batch.put(CATALOG_NAMESPACE, entry.key(), entry.encode()?);
+            self.store.write(batch)?;
+        }
+        state.next_id = state.next_id.max(entry.id + 1);
+        state.catalog.insert(entry.name.clone(), entry);
+        Ok(())
+    }
+
+    fn create_table(&self, state: &mut EngineState, ct: CreateTable) -> Result<QueryOutput> {
+        let name = lower_name(&ct.name)?;
+        if state.catalog.contains_key(&name) {
+            if ct.if_not_exists {
+                return Ok(QueryOutput::command("CREATE TABLE"));
+            }
+            return Err(MillraceError::DuplicateRelation(name));
+        }
+        if ct.query.is_some() {
+            return Err(MillraceError::not_supported("CREATE TABLE ... AS SELECT"));
+        }
+        if ct.columns.is_empty() {
+            return Err(MillraceError::plan("a table needs at least one column"));
+        }
+        let mut fields = Vec::new();
+        let mut primary_key: Vec<usize> = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, col) in ct.columns.iter().enumerate() {
+            let col_name = ident_name(&col.name);
+            if !seen.insert(col_name.clone()) {
+                return Err(MillraceError::Data {
+                    sqlstate: "42701",
+                    message: format!("column \"{col_name}\" specified more than once"),
+                });
+            }
+            let (ty, sql_type) = sql_to_arrow(&col.data_type)?;
+            let mut nullable = true;
+            for opt in &col.options {
+                match &opt.option {
+                    ColumnOption::NotNull => nullable = false,
+                    ColumnOption::Null => {}
+                    ColumnOption::PrimaryKey(_) => {
+                        nullable = false;
+                        primary_key.push(i);
+                    }
+                    other => {
+                        return Err(MillraceError::not_supported(format!(
+                            "column option {other}"
+                        )))
+                    }
+                }
+            }
+            let mut field = Field::new(col_name, ty, nullable);
+            if let Some(t) = sql_type {
+                field =
+                    field.with_metadata(HashMap::from([(SQL_TYPE_KEY.to_string(), t.to_string())]));
+            }
+            fields.push(field);
+        }
+        for constraint in &ct.constraints {
+            use datafusion::sql::sqlparser::ast::TableConstraint;
+            match constraint {
+                TableConstraint::PrimaryKey(pk) => {
+                    if !primary_key.is_empty() {
+                        return Err(MillraceError::plan(format!(
+                            "multiple primary keys for table \"{name}\" are not allowed"
+                        )));
+                    }
+                    for c in &pk.columns {
+                        let cname = c
+                            .column
+                            .expr
+                            .to_string()
+                            .trim_matches('"')
+                            .to_ascii_lowercase();
+                        let idx =
+                            fields
+                                .iter()
+                                .position(|f| *f.name() == cname)
+                                .ok_or_else(|| MillraceError::Data {
+                                    sqlstate: "42703",
+                                    message: format!(
+                                        "column \"{cname}\" named in key does not exist"
+                                    ),
+                                })?;
+                        primary_key.push(idx);
+                    }
+                }
+                other => {
+                    return Err(MillraceError::not_supported(format!(
+                        "table constraint {other}"
+                    )))
+                }
+            }
+        }
+        if primary_key.len() > 1 && ct.constraints.is_empty() {
+            return Err(MillraceError::plan(format!(
+                "multiple primary keys for table \"{name}\" are not allowed"
+            )));
+        }
+        for &i in &primary_key {
+            let f = fields[i].clone().with_nullable(false);
+            fields[i] = f;
+        }
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let id = state.next_id;
+        let entry = CatalogEntry {
+            id,
+            name: name.clone(),
+            kind: ObjectKind::Table,
+            schema: schema.clone(),
+            create_sql: Statement::CreateTable(ct).to_string(),
+            depends_on: vec![],
+        };
+        let table = TableState::try_new(name.clone(), id, schema.clone(), primary_key)?;
+        self.register(state, entry)?;
+        self.schema.register_table(
+            name.clone(),
+            Arc::new(RelationProvider::new(name.clone(), schema, TableType::Base)),
+        )?;
+        state.tables.insert(name, table);
+        self.publish(state);
+        Ok(QueryOutput::command("CREATE TABLE"))
+    }
+
+    /// Plans a view's query against the current catalog: the raw plan (for
+    /// dependencies) and the optimized one (for lowering).
+    async fn plan_view_query(
+        &self,
+        cv: &CreateView,
+        name: &str,
+    ) -> Result<(LogicalPlan, Vec<String>, SchemaRef)> {
+        let state = self.query_state(self.snapshot());
+        let raw = state
+            .statement_to_plan(DFStatement::Statement(Box::new(Statement::Query(
+                cv.query.clone(),
+            ))))
+            .await?;
+        let mut depends_on = Vec::new();
+        use datafusion::common::tree_node::TreeNodeRecursion;
+        raw.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                depends_on.push(scan.table_name.table().to_string());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        depends_on.sort();
+        depends_on.dedup();
+        if depends_on.iter().any(|d| d == name) {
+            return Err(MillraceError::plan(format!(
+                "view \"{name}\" cannot read itself"
+            )));
+        }
+        let mut fields: Vec<Field> = raw
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        if !cv.columns.is_empty() {
+            if cv.columns.len() != fields.len() {
+                return Err(MillraceError::plan(format!(
+                    "view \"{name}\" names {} columns but its query produces {}",
+                    cv.columns.len(),
+                    fields.len()
+                )));
+            }
+            for (f, c) in fields.iter_mut().zip(&cv.columns) {
+                *f = f.clone().with_name(ident_name(&c.name));
+            }
+        }
+        let mut seen = HashSet::new();
+        for f in &fields {
+            if !seen.insert(f.name().clone()) {
+                return Err(MillraceError::Data {
+                    sqlstate: "42701",
+                    message: format!(
+                        "column \"{}\" specified more than once; give the view's columns distinct names with AS",
+                        f.name()
+                    ),
+                });
+            }
+        }
+        let schema = Arc::new(Schema::new(fields));
+        Ok((raw, depends_on, schema))
+    }
+
+    async fn create_view(&self, state: &mut EngineState, cv: CreateView) -> Result<QueryOutput> {
+        let name = lower_name(&cv.name)?;
+        if state.catalog.contains_key(&name) && (cv.if_not_exists || state.replaying) {
+            return Ok(QueryOutput::command("CREATE VIEW"));
+        }
+        if cv.or_replace {
+            return Err(MillraceError::not_supported("CREATE OR REPLACE VIEW"));
+        }
+        self.ensure_absent(state, &name)?;
+        let (raw, depends_on, schema) = self.plan_view_query(&cv, &name).await?;
+        let plan = rename_outputs(raw, &schema)?;
+        let entry = CatalogEntry {
+            id: state.next_id,
+            name: name.clone(),
+            kind: ObjectKind::View,
+            schema,
+            create_sql: Statement::CreateView(cv).to_string(),
+            depends_on,
+        };
+        self.register(state, entry.clone())?;
+        self.schema.register_table(
+            name,
+            Arc::new(ViewTable::new(plan, Some(entry.create_sql.clone()))),
+        )?;
+        Ok(QueryOutput::command("CREATE VIEW"))
+    }
+
+    async fn build_view(
+        &self,
+        cv: &CreateView,
+        name: &str,
+    ) -> Result<(LogicalPlan, Vec<String>, SchemaRef, Dataflow)> {
+        let (raw, depends_on, schema) = self.plan_view_query(cv, name).await?;
+        let plan = self.base_state.optimize(&raw)?;
+        let dataflow = lower_plan(&plan)?;
+        Ok((plan, depends_on, schema, dataflow))
+    }
+
+    async fn create_materialized_view(
+        &self,
+        state: &mut EngineState,
+        cv: CreateView,
+    ) -> Result<QueryOutput> {
+        let name = lower_name(&cv.name)?;
+        if state.catalog.contains_key(&name) && (cv.if_not_exists || state.replaying) {
+            return Ok(QueryOutput::command("CREATE MATERIALIZED VIEW"));
+        }
+        if cv.or_replace {
+            return Err(MillraceError::not_supported(
+                "CREATE OR REPLACE MATERIALIZED VIEW",
+            ));
+        }
+        self.ensure_absent(state, &name)?;
+        let (plan, depends_on, schema, mut dataflow) = self.build_view(&cv, &name).await?;
+        let inputs = dataflow.relations();
+        let mut contents = Contents::try_new(schema.clone())?;
+        if !state.replaying {
+            backfill(state, &mut dataflow, &inputs, &mut contents)?;
+        }
+        let entry = CatalogEntry {
+            id: state.next_id,
+            name: name.clone(),
+            kind: ObjectKind::MaterializedView,
+            schema: schema.clone(),
+            create_sql: Statement::CreateView(cv).to_string(),
+            depends_on,
+        };
+        self.register(state, entry)?;
+        self.schema.register_table(
+            name.clone(),
+            Arc::new(RelationProvider::new(name.clone(), schema, TableType::View)),
+        )?;
+        info!(view = %name, rows = contents.distinct_rows(), "materialized view created");
+        state.views.push(MaterializedView {
+            name,
+            plan,
+            dataflow,
+            inputs,
+            contents,
+        });
+        self.publish(state);
+        Ok(QueryOutput::command("CREATE MATERIALIZED VIEW"))
+    }
+
+    async fn explain_view(&self, state: &mut EngineState, cv: CreateView) -> Result<QueryOutput> {
+        let name = lower_name(&cv.name)?;
+        let _ = state;
+        let (_, _, _, dataflow) = self.build_view(&cv, &name).await?;
+        let mut lines = vec![vec![format!("Materialize {name}")]];
+        lines.extend(
+            dataflow
+                .explain()
+                .into_iter()
+                .map(|l| vec![format!("  {l}")]),
+        );
+        text_batch(&["QUERY PLAN"], lines)
+    }
+
+    /// Re-creates the dataflows and contents of views from index `from` on,
+    /// from their inputs' current contents.
+    fn rebuild_views(&self, state: &mut EngineState, from: usize) -> Result<()> {
+        for i in from..state.views.len() {
+            let mut dataflow = lower_plan(&state.views[i].plan)?;
+            let schema = state.views[i].contents.schema().clone();
+            let mut contents = Contents::try_new(schema)?;
+            let inputs = state.views[i].inputs.clone();
+            backfill(state, &mut dataflow, &inputs, &mut contents)?;
+            let view = &mut state.views[i];
+            view.dataflow = dataflow;
+            view.contents = contents;
+        }
+        Ok(())
+    }
+
+    /// Applies changes to tables and propagates them through every view, as
+    /// one epoch. On any error, nothing is changed.
+    fn commit(&self, state: &mut EngineState, changes: Vec<(String, ChangeBatch)>) -> Result<()> {
+        // Check constraints before touching anything.
+        let mut checked = Vec::new();
+        for (table, delta) in changes {
+            let delta = delta.consolidate()?;
+            if delta.is_empty() {
+                continue;
+            }
+            let t = state
+                .tables
+                .get(&table)
+                .ok_or_else(|| MillraceError::UnknownRelation(table.clone()))?;
+            let index = t.check(&delta)?;
+            checked.push((table, delta, index));
+        }
+        if checked.is_empty() {
+            return Ok(());
+        }
+        // Saved contents for rollback (O(1) clones of persistent maps).
+        let saved_tables: Vec<(String, _, _)> = checked
+            .iter()
+            .filter_map(|(t, _, _)| {
+                state
+                    .tables
+                    .get(t)
+                    .map(|ts| (t.clone(), ts.contents.rows().clone(), ts.key_index.clone()))
+            })
+            .collect();
+        let saved_views: Vec<_> = state
+            .views
+            .iter()
+            .map(|v| v.contents.rows().clone())
+            .collect();
+
+        let mut deltas: HashMap<String, ChangeBatch> = HashMap::new();
+        let mut writes = WriteBatch::default();
+        let mut failure: Option<(usize, MillraceError)> = None;
+        for (table, delta, index) in checked {
+            let Some(t) = state.tables.get_mut(&table) else {
+                continue;
+            };
+            match t.contents.apply(&delta) {
+                Ok(changed) => {
+                    let ns = rows_namespace(t.id);
+                    for (row, count) in changed {
+                        if count == 0 {
+                            writes.delete(&ns, row.to_vec());
+                        } else {
+                            writes.put(&ns, row.to_vec(), count.to_le_bytes().to_vec());
+                        }
+                    }
+                    t.key_index = index;
+                    deltas.insert(table, delta);
+                }
+                Err(e) => {
+                    failure = Some((0, e));
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            for (i, view) in state.views.iter_mut().enumerate() {
+                if !view.inputs.iter().any(|r| deltas.contains_key(r)) {
+                    continue;
+                }
+                let result = view
+                    .dataflow
+                    .step(&deltas)
+                    .and_then(|out| out.map(|o| o.consolidate()).transpose())
+                    .and_then(|out| match out {
+                        Some(o) if !o.is_empty() => view.contents.apply(&o).map(|_| Some(o)),
+                        _ => Ok(None),
+                    });
+                match result {
+                    Ok(Some(out)) => {
+                        deltas.insert(view.name.clone(), out);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        failure = Some((i, e));
+                        break;
+                    }
+                }
+            }
+        }
+        if failure.is_none() && !writes.is_empty() {
+            if let Err(e) = self.store.write(writes) {
+                failure = Some((state.views.len(), e));
+            }
+        }
+        if let Some((_, err)) = failure {
+            warn!(error = %err, "change rejected; rolling back");
+            for (t, rows, index) in saved_tables {
+                if let Some(ts) = state.tables.get_mut(&t) {
+                    ts.contents.set_rows(rows);
+                    ts.key_index = index;
+                }
+            }
+            for (v, rows) in state.views.iter_mut().zip(saved_views) {
+                v.contents.set_rows(rows);
+            }
+            // Operator state may be half-updated: rebuild every view from
+            // the restored contents.
+            if let Err(e) = self.rebuild_views(state, 0) {
+                warn!(error = %e, "rebuilding views after a rejected change failed");
+            }
+            return Err(err);
+        }
+        state.epoch += 1;
+        self.publish(state);
+        Ok(())
+    }
+
+    async fn insert(
+        &self,
+        state: &mut EngineState,
+        stmt: Statement,
+        params: Option<ParamValues>,
+    ) -> Result<QueryOutput> {
+        if let Statement::Insert(ins) = &stmt {
+            if ins.returning.is_some() {
+                return Err(MillraceError::not_supported("INSERT ... RETURNING"));
+            }
+            if ins.on.is_some() {
+                return Err(MillraceError::not_supported("INSERT ... ON CONFLICT"));
+            }
+        }
+        let qstate = self.query_state(self.snapshot());
+        let mut plan = qstate
+            .statement_to_plan(DFStatement::Statement(Box::new(stmt)))
+            .await?;
+        if let Some(p) = params {
+            plan = plan.with_param_values(p)?;
+        }
+        let LogicalPlan::Dml(dml) = plan else {
+            return Err(MillraceError::plan("INSERT did not plan as an insert"));
+        };
+        if !matches!(dml.op, WriteOp::Insert(_)) {
+            return Err(MillraceError::plan("INSERT did not plan as an insert"));
+        }
+        let table = dml.table_name.table().to_string();
+        let schema = state
+            .tables
+            .get(&table)
+            .map(|t| t.contents.schema().clone())
+            .ok_or_else(|| match state.catalog.get(&table) {
+                Some(_) => MillraceError::Data {
+                    sqlstate: "42809",
+                    message: format!("cannot insert into \"{table}\": it is not a table"),
+                },
+                None => MillraceError::UnknownRelation(table.clone()),
+            })?;
+        let batches = execute_plan(&qstate, &dml.input).await?;
+        let rows = self.conform_and_commit(state, &table, &schema, batches, 1)?;
+        Ok(QueryOutput::Command {
+            tag: "INSERT 0".to_string(),
+            rows: Some(rows),
+        })
+    }
+
+    /// Casts batches to the table's schema and commits them with `weight`.
+    fn conform_and_commit(
+        &self,
+        state: &mut EngineState,
+        table: &str,
+        schema: &SchemaRef,
+        batches: Vec<RecordBatch>,
+        weight: i64,
+    ) -> Result<usize> {
+        let mut parts = Vec::new();
+        let mut rows = 0;
+        for b in batches {
+            rows += b.num_rows();
+            let conformed = conform(b.columns(), schema)?;
+            parts.push(ChangeBatch::with_uniform_weight(conformed, weight));
+        }
+        let delta = ChangeBatch::concat(relaxed(schema), &parts)?;
+        self.commit(state, vec![(table.to_string(), delta)])?;
+        Ok(rows)
+    }
+
+    fn table_name_of(
+        &self,
+        state: &EngineState,
+        factor: &TableFactor,
+        verb: &str,
+    ) -> Result<String> {
+        let TableFactor::Table { name, .. } = factor else {
+            return Err(MillraceError::not_supported(format!(
+                "{verb} of a non-table"
+            )));
+        };
+        let name = lower_name(name)?;
+        if !state.tables.contains_key(&name) {
+            return Err(match state.catalog.get(&name) {
+                Some(_) => MillraceError::Data {
+                    sqlstate: "42809",
+                    message: format!("cannot {verb} \"{name}\": it is not a table"),
+                },
+                None => MillraceError::UnknownRelation(name),
+            });
+        }
+        Ok(name)
+    }
+
+    /// `SELECT <old columns>, <new values> FROM t WHERE ...` for an UPDATE.
+    fn update_query(&self, state: &EngineState, u: &Update) -> Result<Statement> {
+        if u.from.is_some() {
+            return Err(MillraceError::not_supported("UPDATE ... FROM"));
+        }
+        if u.returning.is_some() {
+            return Err(MillraceError::not_supported("UPDATE ... RETURNING"));
+        }
+        if !u.table.joins.is_empty() {
+            return Err(MillraceError::not_supported("UPDATE of a join"));
+        }
+        let table = self.table_name_of(state, &u.table.relation, "update")?;
+        let schema = state.tables[&table].contents.schema().clone();
+        let mut new_values: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| quote_ident(f.name()))
+            .collect();
+        let mut assigned = HashSet::new();
+        for a in &u.assignments {
+            let AssignmentTarget::ColumnName(col) = &a.target else {
+                return Err(MillraceError::not_supported("UPDATE of a column tuple"));
+            };
+            let col = lower_name(col)?;
+            let idx = schema.index_of(&col).map_err(|_| MillraceError::Data {
+                sqlstate: "42703",
+                message: format!("column \"{col}\" of relation \"{table}\" does not exist"),
+            })?;
+            if !assigned.insert(idx) {
+                return Err(MillraceError::Data {
+                    sqlstate: "42601",
+                    message: format!("multiple assignments to same column \"{col}\""),
+                });
+            }
+            new_values[idx] = format!("({})", a.value);
+        }
+        let old: Vec<String> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| format!("{} AS \"__old_{i}\"", quote_ident(f.name())))
+            .collect();
+        let new_values: Vec<String> = new_values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| format!("{v} AS \"__new_{i}\""))
+            .collect();
+        let alias = match &u.table.relation {
+            TableFactor::Table { alias: Some(a), .. } => format!(" AS {a}"),
+            _ => String::new(),
+        };
+        let mut sql = format!(
+            "SELECT {}, {} FROM {}{}",
+            old.join(", "),
+            new_values.join(", "),
+            quote_ident(&table),
+            alias
+        );
+        if let Some(sel) = &u.selection {
+            sql.push_str(&format!(" WHERE {sel}"));
+        }
+        parse_one(&sql)
+    }
+
+    async fn update(
+        &self,
+        state: &mut EngineState,
+        u: Update,
+        params: Option<ParamValues>,
+    ) -> Result<QueryOutput> {
+        let query = self.update_query(state, &u)?;
+        let table = self.table_name_of(state, &u.table.relation, "update")?;
+        let schema = state.tables[&table].contents.schema().clone();
+        let n = schema.fields().len();
+        let qstate = self.query_state(self.snapshot());
+        let mut plan = qstate
+            .statement_to_plan(DFStatement::Statement(Box::new(query)))
+            .await?;
+        if let Some(p) = params {
+            plan = plan.with_param_values(p)?;
+        }
+        let batches = execute_plan(&qstate, &plan).await?;
+        let mut parts = Vec::new();
+        let mut rows = 0;
+        for b in batches {
+            rows += b.num_rows();
+            let old = conform(&b.columns()[..n], &schema)?;
+            let new = conform(&b.columns()[n..], &schema)?;
+            parts.push(ChangeBatch::with_uniform_weight(old, -1));
+            parts.push(ChangeBatch::with_uniform_weight(new, 1));
+        }
+        let delta = ChangeBatch::concat(relaxed(&schema), &parts)?;
+        self.commit(state, vec![(table, delta)])?;
+        Ok(QueryOutput::count("UPDATE", rows))
+    }
+
+    /// `SELECT * FROM t WHERE ...` for a DELETE, and the table name.
+    fn delete_query(&self, state: &EngineState, d: &Delete) -> Result<(Statement, String)> {
+        if d.using.is_some() {
+            return Err(MillraceError::not_supported("DELETE ... USING"));
+        }
+        if d.returning.is_some() {
+            return Err(MillraceError::not_supported("DELETE ... RETURNING"));
+        }
+        let from: &Vec<TableWithJoins> = match &d.from {
+            FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f,
+        };
+        let [twj] = from.as_slice() else {
+            return Err(MillraceError::not_supported("DELETE from several tables"));
+        };
+        if !twj.joins.is_empty() {
+            return Err(MillraceError::not_supported("DELETE from a join"));
+        }
+        let table = self.table_name_of(state, &twj.relation, "delete from")?;
+        let alias = match &twj.relation {
+            TableFactor::Table { alias: Some(a), .. } => format!(" AS {a}"),
+            _ => String::new(),
+        };
+        let schema = state.tables[&table].contents.schema().clone();
+        let cols: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| quote_ident(f.name()))
+            .collect();
+        let mut sql = format!(
+            "SELECT {} FROM {}{}",
+            cols.join(", "),
+            quote_ident(&table),
+            alias
+        );
+        if let Some(sel) = &d.selection {
+            sql.push_str(&format!(" WHERE {sel}"));
+        }
+        Ok((parse_one(&sql)?, table))
+    }
+
+    async fn delete(
+        &self,
+        state: &mut EngineState,
+        d: Delete,
+        params: Option<ParamValues>,
+    ) -> Result<QueryOutput> {
+        let (query, table) = self.delete_query(state, &d)?;
+        let schema = state.tables[&table].contents.schema().clone();
+        let qstate = self.query_state(self.snapshot());
+        let mut plan = qstate
+            .statement_to_plan(DFStatement::Statement(Box::new(query)))
+            .await?;
+        if let Some(p) = params {
+            plan = plan.with_param_values(p)?;
+        }
+        let batches = execute_plan(&qstate, &plan).await?;
+        let rows = self.conform_and_commit(state, &table, &schema, batches, -1)?;
+        Ok(QueryOutput::count("DELETE", rows))
+    }
+
+    fn drop(
+        &self,
+        state: &mut EngineState,
+        object_type: ObjectType,
+        if_exists: bool,
+        names: Vec<ObjectName>,
+        cascade: bool,
+    ) -> Result<QueryOutput> {
+        let kind = match object_type {
+            ObjectType::Table => ObjectKind::Table,
+            ObjectType::View => ObjectKind::View,
+            ObjectType::MaterializedView => ObjectKind::MaterializedView,
+            other => return Err(MillraceError::not_supported(format!("DROP {other}"))),
+        };
+        let tag = format!("DROP {}", kind.sql_name());
+        let mut to_drop: Vec<String> = Vec::new();
+        for n in &names {
+            let name = lower_name(n)?;
+            match state.catalog.get(&name) {
+                None if if_exists => continue,
+                None => return Err(MillraceError::UnknownRelation(name)),
+                Some(e) if e.kind != kind => return Err(wrong_kind(&name, kind)),
+                Some(_) => {}
+            }
+            // Everything that depends on it, transitively.
+            let mut closure = vec![name.clone()];
+            let mut i = 0;
+            while i < closure.len() {
+                let current = closure[i].clone();
+                for e in state.catalog.values() {
+                    if e.depends_on.contains(&current) && !closure.contains(&e.name) {
+                        closure.push(e.name.clone());
+                    }
+                }
+                i += 1;
+            }
+            let dependents: Vec<String> = closure
+                .iter()
+                .filter(|d| {
+                    **d != name
+                        && !names
+                            .iter()
+                            .any(|n| lower_name(n).ok().as_ref() == Some(*d))
+                })
+                .cloned()
+                .collect();
+            if !dependents.is_empty() && !cascade {
+                return Err(MillraceError::DependentObjects {
+                    name,
+                    dependents: dependents.join(", "),
+                });
+            }
+            for c in closure {
+                if !to_drop.contains(&c) {
+                    to_drop.push(c);
+                }
+            }
+        }
+        // Drop dependents before what they depend on: newest first.
+        to_drop.sort_by_key(|n| std::cmp::Reverse(state.catalog.get(n).map(|e| e.id).unwrap_or(0)));
+        let mut batch = WriteBatch::default();
+        for name in &to_drop {
+            let Some(entry) = state.catalog.remove(name) else {
+                continue;
+            };
+            batch.delete(CATALOG_NAMESPACE, entry.key());
+            self.schema.deregister_table(name)?;
+            if state.tables.remove(name).is_some() {
+                self.store.drop_namespace(&rows_namespace(entry.id))?;
+            }
+            state.views.retain(|v| &v.name != name);
+        }
+        self.store.write(batch)?;
+        self.publish(state);
+        Ok(QueryOutput::command(&tag))
+    }
+}
+
+/// Feeds the full contents of `inputs` through a new dataflow.
+fn backfill(
+    state: &EngineState,
+    dataflow: &mut Dataflow,
+    inputs: &[String],
+    contents: &mut Contents,
+) -> Result<()> {
+    let mut outputs = Vec::new();
+    // The first step runs even without input: constants and global
+    // aggregates emit their initial rows.
+    if let Some(out) = dataflow.step(&HashMap::new())? {
+        outputs.push(out);
+    }
+    for input in inputs {
+        let source = state
+            .tables
+            .get(input)
+            .map(|t| &t.contents)
+            .or_else(|| {
+                state
+                    .views
+                    .iter()
+                    .find(|v| &v.name == input)
+                    .map(|v| &v.contents)
+            })
+            .ok_or_else(|| MillraceError::UnknownRelation(input.clone()))?;
+        for chunk in source.as_change_batches()? {
+            let deltas = HashMap::from([(input.clone(), chunk)]);
+            if let Some(out) = dataflow.step(&deltas)? {
+                outputs.push(out);
+            }
+        }
+    }
+    if let Some(schema) = dataflow.output_schema() {
+        let all = ChangeBatch::concat(schema, &outputs)?.consolidate()?;
+        let all = all.with_schema(contents.schema().clone())?;
+        contents.apply(&all)?;
+    }
+    Ok(())
+}
+
+/// Renames a plan's output columns to `schema`'s names.
+fn rename_outputs(plan: LogicalPlan, schema: &SchemaRef) -> Result<LogicalPlan> {
+    use datafusion::logical_expr::{col, LogicalPlanBuilder};
+    let same = plan
+        .schema()
+        .fields()
+        .iter()
+        .zip(schema.fields())
+        .all(|(a, b)| a.name() == b.name());
+    if same {
+        return Ok(plan);
+    }
+    let exprs: Vec<_> = plan
+        .schema()
+        .columns()
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| col(c).alias(f.name()))
+        .collect();
+    Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+}
+
+/// Runs a logical plan to completion.
+async fn execute_plan(state: &SessionState, plan: &LogicalPlan) -> Result<Vec<RecordBatch>> {
+    let physical = state.create_physical_plan(plan).await?;
+    Ok(collect(physical, state.task_ctx()).await?)
+}
+
+/// Casts `columns` to the types of `schema` (erroring on values that do
+/// not fit, as PostgreSQL's assignment casts do).
+fn conform(columns: &[ArrayRef], schema: &SchemaRef) -> Result<RecordBatch> {
+    let options = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let cols = columns
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                Ok(cast_with_options(c, f.data_type(), &options)?)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let n = columns.first().map(|c| c.len()).unwrap_or(0);
+    // Built under the relaxed schema: NOT NULL is checked by the table, with
+    // a proper error, before anything is applied.
+    crate::stream::change::batch_from_columns(relaxed(schema), cols, n)
+}
+
+/// `schema` with every column nullable.
+fn relaxed(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn parse_one(sql: &str) -> Result<Statement> {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql)?;
+    if stmts.len() != 1 {
+        return Err(MillraceError::plan("expected one statement"));
+    }
+    Ok(stmts.remove(0))
+}
+
+fn wrong_kind(name: &str, kind: ObjectKind) -> MillraceError {
+    MillraceError::Data {
+        sqlstate: "42809",
+        message: format!(
+            "\"{name}\" is not a {}",
+            kind.sql_name().to_ascii_lowercase()
+        ),
+    }
+}
+
+fn first_words(sql: &str) -> String {
+    sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+fn created_name(stmt: &Statement) -> Option<String> {
+    match stmt {
+        Statement::CreateTable(ct) => lower_name(&ct.name).ok(),
+        Statement::CreateView(cv) => lower_name(&cv.name).ok(),
+        _ => None,
+    }
+}
+
+fn created_tag(stmt: &Statement) -> &'static str {
+    match stmt {
+        Statement::CreateTable(_) => "CREATE TABLE",
+        Statement::CreateView(cv) if cv.materialized => "CREATE MATERIALIZED VIEW",
+        _ => "CREATE VIEW",
+    }
+}
+
+fn describe_own_command(cmd: &Command) -> SchemaRef {
+    let cols: &[&str] = match cmd {
+        Command::ShowObjects(_) => &["name"],
+        Command::ShowCreate(..) => &["name", "create_sql"],
+        _ => &[],
+    };
+    Arc::new(Schema::new(
+        cols.iter()
+            .map(|c| Field::new(*c, DataType::Utf8, false))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// The SQL type name of a column, for display.
+pub fn column_type_name(field: &Field) -> String {
+    arrow_to_sql_name(
+        field.data_type(),
+        field.metadata().get(SQL_TYPE_KEY).map(|s| s.as_str()),
+    )
+}

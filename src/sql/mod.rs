@@ -1,0 +1,11 @@
+//! SQL: statement parsing and classification, the catalog, table state,
+//! consistent snapshots for reads, and the engine that executes statements.
+
+pub mod catalog;
+pub mod engine;
+pub mod snapshot;
+pub mod statement;
+pub mod table;
+pub mod types;
+
+pub use engine::{Engine, EngineOptions, QueryOutput};

@@ -1,0 +1,132 @@
+//! The SQL types Millrace accepts in `CREATE TABLE`, and the Arrow type each
+//! is stored as.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, IntervalUnit, TimeUnit};
+use datafusion::sql::sqlparser::ast::{DataType as SqlType, ExactNumberInfo, TimezoneInfo};
+
+use crate::error::{MillraceError, Result};
+
+/// Precision and scale used for `numeric` without a declared precision.
+pub const DEFAULT_NUMERIC: (u8, i8) = (38, 10);
+
+/// Field metadata key recording the SQL type name a column was declared with
+/// when Arrow cannot tell it apart (`jsonb` is stored as text).
+pub const SQL_TYPE_KEY: &str = "millrace.sql_type";
+
+/// The timezone of `timestamptz` values: stored as UTC instants.
+pub const UTC: &str = "+00:00";
+
+/// Maps a declared SQL column type to its Arrow storage type, and an optional
+/// SQL type name to remember in field metadata.
+pub fn sql_to_arrow(ty: &SqlType) -> Result<(DataType, Option<&'static str>)> {
+    let arrow = match ty {
+        SqlType::Boolean | SqlType::Bool => DataType::Boolean,
+        SqlType::SmallInt(_) | SqlType::Int2(_) => DataType::Int16,
+        SqlType::Int(_) | SqlType::Integer(_) | SqlType::Int4(_) => DataType::Int32,
+        SqlType::BigInt(_) | SqlType::Int8(_) => DataType::Int64,
+        SqlType::Real | SqlType::Float4 => DataType::Float32,
+        SqlType::Double(_) | SqlType::DoublePrecision | SqlType::Float8 => DataType::Float64,
+        SqlType::Float(info) => match info {
+            ExactNumberInfo::Precision(p) | ExactNumberInfo::PrecisionAndScale(p, _)
+                if *p <= 24 =>
+            {
+                DataType::Float32
+            }
+            _ => DataType::Float64,
+        },
+        SqlType::Numeric(info) | SqlType::Decimal(info) | SqlType::Dec(info) => {
+            let (p, s) = match info {
+                ExactNumberInfo::None => DEFAULT_NUMERIC,
+                ExactNumberInfo::Precision(p) => (precision(*p)?, 0),
+                ExactNumberInfo::PrecisionAndScale(p, s) => {
+                    let p = precision(*p)?;
+                    let s = i8::try_from(*s)
+                        .ok()
+                        .filter(|s| *s >= 0 && (*s as u8) <= p)
+                        .ok_or_else(|| {
+                            MillraceError::plan(format!(
+                                "NUMERIC scale {s} must be between 0 and precision {p}"
+                            ))
+                        })?;
+                    (p, s)
+                }
+            };
+            DataType::Decimal128(p, s)
+        }
+        SqlType::Varchar(_)
+        | SqlType::CharVarying(_)
+        | SqlType::CharacterVarying(_)
+        | SqlType::Text
+        | SqlType::String(_)
+        | SqlType::Char(_)
+        | SqlType::Character(_) => DataType::Utf8,
+        SqlType::Date => DataType::Date32,
+        SqlType::Time(_, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) => {
+            DataType::Time64(TimeUnit::Microsecond)
+        }
+        SqlType::Timestamp(_, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) => {
+            DataType::Timestamp(TimeUnit::Microsecond, None)
+        }
+        SqlType::Timestamp(_, TimezoneInfo::WithTimeZone | TimezoneInfo::Tz) => {
+            DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from(UTC)))
+        }
+        SqlType::TimestampNtz(_) => DataType::Timestamp(TimeUnit::Microsecond, None),
+        SqlType::Interval { .. } => DataType::Interval(IntervalUnit::MonthDayNano),
+        SqlType::Bytea => DataType::Binary,
+        SqlType::JSONB | SqlType::JSON => return Ok((DataType::Utf8, Some("jsonb"))),
+        SqlType::Custom(name, _) => {
+            let n = name.to_string().to_ascii_lowercase();
+            match n.as_str() {
+                "timestamptz" => DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from(UTC))),
+                "int2" => DataType::Int16,
+                "int4" => DataType::Int32,
+                "float4" => DataType::Float32,
+                "float8" => DataType::Float64,
+                "bpchar" => DataType::Utf8,
+                "jsonb" | "json" => return Ok((DataType::Utf8, Some("jsonb"))),
+                _ => return Err(unsupported(ty)),
+            }
+        }
+        other => return Err(unsupported(other)),
+    };
+    Ok((arrow, None))
+}
+
+fn precision(p: u64) -> Result<u8> {
+    u8::try_from(p)
+        .ok()
+        .filter(|p| (1..=38).contains(p))
+        .ok_or_else(|| {
+            MillraceError::plan(format!("NUMERIC precision {p} must be between 1 and 38"))
+        })
+}
+
+fn unsupported(ty: &SqlType) -> MillraceError {
+    MillraceError::not_supported(format!("column type {ty}"))
+}
+
+/// The SQL name of an Arrow type, for `SHOW` output and error messages.
+pub fn arrow_to_sql_name(ty: &DataType, sql_type: Option<&str>) -> String {
+    if let Some(name) = sql_type {
+        return name.to_string();
+    }
+    match ty {
+        DataType::Boolean => "boolean".into(),
+        DataType::Int16 => "smallint".into(),
+        DataType::Int32 => "integer".into(),
+        DataType::Int64 => "bigint".into(),
+        DataType::Float32 => "real".into(),
+        DataType::Float64 => "double precision".into(),
+        DataType::Decimal128(p, s) => format!("numeric({p},{s})"),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".into(),
+        DataType::Date32 => "date".into(),
+        DataType::Time64(_) => "time".into(),
+        DataType::Timestamp(_, None) => "timestamp".into(),
+        DataType::Timestamp(_, Some(_)) => "timestamptz".into(),
+        DataType::Interval(_) => "interval".into(),
+        DataType::Binary => "bytea".into(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,82 @@
+//! [`StateStore`] on sled: one sled tree holds every namespace, with keys
+//! prefixed by `namespace \0`, so that a batch touching several namespaces is
+//! one atomic sled batch.
+
+use std::path::Path;
+
+use super::{StateStore, WriteBatch};
+use crate::error::{MillraceError, Result};
+
+/// The sled-backed state store.
+pub struct SledStore {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+fn prefixed(namespace: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(namespace.len() + 1 + key.len());
+    k.extend_from_slice(namespace.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in directory `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(200))
+            .open()
+            .map_err(|e| {
+                MillraceError::storage(format!(
+                    "cannot open state store at {}: {e}",
+                    path.display()
+                ))
+            })?;
+        let tree = db.open_tree("millrace").map_err(MillraceError::storage)?;
+        Ok(Self { db, tree })
+    }
+}
+
+impl StateStore for SledStore {
+    fn scan(&self, namespace: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let prefix = prefixed(namespace, &[]);
+        self.tree
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (k, v) = kv.map_err(MillraceError::storage)?;
+                Ok((k[prefix.len()..].to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<()> {
+        let mut sled_batch = sled::Batch::default();
+        for op in batch.ops {
+            let key = prefixed(&op.namespace, &op.key);
+            match op.value {
+                Some(v) => sled_batch.insert(key, v),
+                None => sled_batch.remove(key),
+            }
+        }
+        self.tree
+            .apply_batch(sled_batch)
+            .map_err(MillraceError::storage)
+    }
+
+    fn drop_namespace(&self, namespace: &str) -> Result<()> {
+        let prefix = prefixed(namespace, &[]);
+        let mut batch = sled::Batch::default();
+        for kv in self.tree.scan_prefix(&prefix) {
+            let (k, _) = kv.map_err(MillraceError::storage)?;
+            batch.remove(k);
+        }
+        self.tree.apply_batch(batch).map_err(MillraceError::storage)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(MillraceError::storage)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,226 @@
+//! Change batches: the unit of data flowing between incremental operators.
+//!
+//! A [`ChangeBatch`] is an Arrow [`RecordBatch`] whose rows each carry a signed
+//! weight: `+n` means "n more copies of this row", `-n` means "n fewer". A
+//! collection is the sum of all batches ever applied to it (a Z-set, as in
+//! DBSP and differential dataflow); rows whose summed weight is zero are absent.
+
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, take};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::{RowConverter, SortField};
+
+use crate::error::{MillraceError, Result};
+
+/// An Arrow batch of rows, each with a signed multiplicity (weight).
+#[derive(Debug, Clone)]
+pub struct ChangeBatch {
+    data: RecordBatch,
+    weights: Int64Array,
+}
+
+impl ChangeBatch {
+    /// Pairs `data` with `weights`; both must have the same length and the
+    /// weights no nulls.
+    pub fn try_new(data: RecordBatch, weights: Int64Array) -> Result<Self> {
+        if data.num_rows() != weights.len() {
+            return Err(MillraceError::execution(format!(
+                "change batch has {} rows but {} weights",
+                data.num_rows(),
+                weights.len()
+            )));
+        }
+        if weights.null_count() > 0 {
+            return Err(MillraceError::execution(
+                "change batch weights contain NULL",
+            ));
+        }
+        Ok(Self { data, weights })
+    }
+
+    /// Every row of `data` with the same weight `weight`.
+    pub fn with_uniform_weight(data: RecordBatch, weight: i64) -> Self {
+        let weights = Int64Array::from_value(weight, data.num_rows());
+        Self { data, weights }
+    }
+
+    /// An empty batch of the given schema.
+    pub fn empty(schema: SchemaRef) -> Self {
+        Self {
+            data: RecordBatch::new_empty(schema),
+            weights: Int64Array::from(Vec::<i64>::new()),
+        }
+    }
+
+    /// The rows.
+    pub fn data(&self) -> &RecordBatch {
+        &self.data
+    }
+
+    /// The weight of each row.
+    pub fn weights(&self) -> &Int64Array {
+        &self.weights
+    }
+
+    /// The schema of the rows.
+    pub fn schema(&self) -> SchemaRef {
+        self.data.schema()
+    }
+
+    /// Number of rows (not the sum of weights).
+    pub fn num_rows(&self) -> usize {
+        self.data.num_rows()
+    }
+
+    /// True when the batch holds no rows.
+    pub fn is_empty(&self) -> bool {
+        self.data.num_rows() == 0
+    }
+
+    /// Splits into rows and weights.
+    pub fn into_parts(self) -> (RecordBatch, Int64Array) {
+        (self.data, self.weights)
+    }
+
+    /// The same rows with every weight negated (a retraction of this batch).
+    pub fn negate(&self) -> Self {
+        let weights: Int64Array = self.weights.iter().map(|w| w.map(|w| -w)).collect();
+        Self {
+            data: self.data.clone(),
+            weights,
+        }
+    }
+
+    /// The same weights over new column data (same row count); used by
+    /// operators that transform rows one to one.
+    pub fn with_data(&self, data: RecordBatch) -> Result<Self> {
+        Self::try_new(data, self.weights.clone())
+    }
+
+    /// Keeps the rows where `mask` is true (NULL counts as false).
+    pub fn filter(&self, mask: &datafusion::arrow::array::BooleanArray) -> Result<Self> {
+        let mask = if mask.null_count() > 0 {
+            datafusion::arrow::compute::prep_null_mask_filter(mask)
+        } else {
+            mask.clone()
+        };
+        let data = filter_record_batch(&self.data, &mask)?;
+        let weights = datafusion::arrow::compute::filter(&self.weights, &mask)?;
+        let weights = downcast_weights(&weights)?;
+        Self::try_new(data, weights)
+    }
+
+    /// Takes the rows at `indices`, in that order.
+    pub fn take(&self, indices: &UInt32Array) -> Result<Self> {
+        let columns = self
+            .data
+            .columns()
+            .iter()
+            .map(|c| take(c.as_ref(), indices, None))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let data = RecordBatch::try_new_with_options(
+            self.data.schema(),
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(indices.len())),
+        )?;
+        let weights = take(&self.weights, indices, None)?;
+        Self::try_new(data, downcast_weights(&weights)?)
+    }
+
+    /// Concatenates batches of one schema into one.
+    pub fn concat(schema: SchemaRef, batches: &[ChangeBatch]) -> Result<Self> {
+        match batches {
+            [] => Ok(Self::empty(schema)),
+            [one] => Ok(one.clone()),
+            many => {
+                let data = concat_batches(&schema, many.iter().map(|b| &b.data))?;
+                let weights: Int64Array = many
+                    .iter()
+                    .flat_map(|b| b.weights.values().iter().copied())
+                    .map(Some)
+                    .collect();
+                Self::try_new(data, weights)
+            }
+        }
+    }
+
+    /// Sums the weights of identical rows and drops rows whose weight sums to
+    /// zero. The result represents the same Z-set with each row at most once.
+    pub fn consolidate(&self) -> Result<Self> {
+        if self.is_empty() {
+            return Ok(self.clone());
+        }
+        let converter = row_converter(&self.schema())?;
+        let rows = converter.convert_columns(self.data.columns())?;
+        let mut first_index: std::collections::HashMap<&[u8], usize> =
+            std::collections::HashMap::with_capacity(rows.num_rows());
+        let mut order: Vec<u32> = Vec::new();
+        let mut sums: Vec<i64> = Vec::new();
+        for (i, w) in self.weights.values().iter().enumerate() {
+            let key = rows.row(i).data();
+            match first_index.get(key) {
+                Some(&slot) => sums[slot] += *w,
+                None => {
+                    first_index.insert(key, sums.len());
+                    order.push(i as u32);
+                    sums.push(*w);
+                }
+            }
+        }
+        let (keep_idx, keep_w): (Vec<u32>, Vec<i64>) =
+            order.into_iter().zip(sums).filter(|(_, w)| *w != 0).unzip();
+        let indices = UInt32Array::from(keep_idx);
+        let mut out = self.take(&indices)?;
+        out.weights = Int64Array::from(keep_w);
+        Ok(out)
+    }
+
+    /// Replaces the schema (field names, nullability) keeping the columns;
+    /// the column types must already match.
+    pub fn with_schema(&self, schema: SchemaRef) -> Result<Self> {
+        let data = RecordBatch::try_new_with_options(
+            schema,
+            self.data.columns().to_vec(),
+            &datafusion::arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(self.num_rows())),
+        )?;
+        Self::try_new(data, self.weights.clone())
+    }
+
+    /// Total number of row copies added minus removed.
+    pub fn weight_sum(&self) -> i64 {
+        self.weights.values().iter().sum()
+    }
+}
+
+fn downcast_weights(a: &ArrayRef) -> Result<Int64Array> {
+    a.as_any()
+        .downcast_ref::<Int64Array>()
+        .cloned()
+        .ok_or_else(|| MillraceError::execution("weights are not Int64"))
+}
+
+/// A row converter over every column of `schema` (Arrow's row format, whose
+/// byte order equals the columns' sort order).
+pub fn row_converter(schema: &SchemaRef) -> Result<RowConverter> {
+    let fields = schema
+        .fields()
+        .iter()
+        .map(|f| SortField::new(f.data_type().clone()))
+        .collect();
+    Ok(RowConverter::new(fields)?)
+}
+
+/// Builds a record batch of `schema` from columns, allowing zero columns.
+pub fn batch_from_columns(
+    schema: SchemaRef,
+    columns: Vec<ArrayRef>,
+    num_rows: usize,
+) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new_with_options(
+        schema,
+        columns,
+        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(num_rows)),
+    )?)
+}

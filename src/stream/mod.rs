@@ -1,0 +1,20 @@
+//! The incremental dataflow: change batches, the operators that transform
+//! them, the graph that wires operators together, and the lowering pass that
+//! builds a graph from a DataFusion logical plan.
+
+pub mod aggregate;
+pub mod change;
+pub mod constant;
+pub mod filter;
+pub mod graph;
+pub mod join;
+pub mod lower;
+pub mod materialize;
+pub mod operator;
+pub mod pretty;
+pub mod project;
+pub mod scan;
+pub mod union;
+
+pub use change::ChangeBatch;
+pub use graph::Dataflow;
