@@ -1,0 +1,259 @@
+//! End-to-end tests of the server process: extended protocol with
+//! parameters and binary results, restart persistence, the data-directory
+//! lock, init SQL, concurrent sessions, consistent reads, and malformed
+//! wire input.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::TestServer;
+
+#[tokio::test]
+async fn extended_protocol_with_parameters_and_binary_results() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let client = server.connect().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE t (b boolean, s smallint, i integer, l bigint, r real, d double precision,
+                             n numeric(10,2), v varchar, dt date, ts timestamp, tz timestamptz, by bytea);
+             CREATE MATERIALIZED VIEW mv AS SELECT i, count(*) AS c, sum(l) AS total FROM t GROUP BY i;",
+        )
+        .await?;
+    let insert = client
+        .prepare("INSERT INTO t (b, s, i, l, r, d, v, by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        .await?;
+    for k in 0..3i32 {
+        let n = client
+            .execute(
+                &insert,
+                &[
+                    &(k % 2 == 0),
+                    &(k as i16),
+                    &(k % 2),
+                    &(k as i64 * 10),
+                    &(k as f32 + 0.5),
+                    &(k as f64 * 1.25),
+                    &format!("row{k}"),
+                    &vec![k as u8, 255u8],
+                ],
+            )
+            .await?;
+        assert_eq!(n, 1);
+    }
+    // tokio-postgres asks for binary results: every type must decode.
+    let rows = client
+        .query("SELECT b, s, i, l, r, d, v, by FROM t WHERE i = $1 ORDER BY l", &[&0i32])
+        .await?;
+    assert_eq!(rows.len(), 2);
+    let b: bool = rows[1].get(0);
+    let s: i16 = rows[1].get(1);
+    let l: i64 = rows[1].get(3);
+    let r: f32 = rows[1].get(4);
+    let d: f64 = rows[1].get(5);
+    let v: String = rows[1].get(6);
+    let by: Vec<u8> = rows[1].get(7);
+    assert_eq!((b, s, l, r, d, v.as_str(), by), (true, 2, 20, 2.5, 2.5, "row2", vec![2u8, 255]));
+
+    let agg = client.query("SELECT i, c, total FROM mv ORDER BY i", &[]).await?;
+    let got: Vec<(i32, i64, i64)> = agg.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(got, vec![(0, 2, 20), (1, 1, 10)]);
+
+    let upd = client.execute("UPDATE t SET l = l + $1 WHERE i = $2", &[&5i64, &1i32]).await?;
+    assert_eq!(upd, 1);
+    let del = client.execute("DELETE FROM t WHERE s = $1", &[&0i16]).await?;
+    assert_eq!(del, 1);
+    let agg = client.query("SELECT i, c, total FROM mv ORDER BY i", &[]).await?;
+    let got: Vec<(i32, i64, i64)> = agg.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(got, vec![(0, 1, 20), (1, 1, 15)]);
+
+    // Temporal and numeric types in binary.
+    client
+        .batch_execute(
+            "INSERT INTO t (i, n, dt, ts, tz) VALUES (7, 12.34, DATE '2024-02-29', TIMESTAMP '2024-01-02 03:04:05.5', TIMESTAMPTZ '2024-01-02 03:04:05+00')",
+        )
+        .await?;
+    let row = client
+        .query_one("SELECT n, dt, ts, tz, v FROM t WHERE i = $1", &[&7i32])
+        .await?;
+    let n: rust_decimal::Decimal = row.get(0);
+    let dt: chrono::NaiveDate = row.get(1);
+    let ts: chrono::NaiveDateTime = row.get(2);
+    let tz: chrono::DateTime<chrono::Utc> = row.get(3);
+    let v: Option<String> = row.get(4);
+    assert_eq!(n.to_string(), "12.34");
+    assert_eq!(dt.to_string(), "2024-02-29");
+    assert_eq!(ts.to_string(), "2024-01-02 03:04:05.500");
+    assert_eq!(tz.to_rfc3339(), "2024-01-02T03:04:05+00:00");
+    assert_eq!(v, None);
+    // A parameter of the wrong type is an error for that statement only.
+    let err = client
+        .query("SELECT count(*) FROM t WHERE i = $1", &[&"seven"])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("error"), "{err}");
+    let still: i64 = client.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
+    assert_eq!(still, 3);
+
+    // Errors carry SQLSTATEs over the extended protocol too.
+    let err = client.prepare("SELECT * FROM missing").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42P01"));
+    let err = client.prepare("SELEC 1").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42601"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn restart_restores_tables_and_views() -> anyhow::Result<()> {
+    let mut server = TestServer::start()?;
+    let temp = server.take_temp();
+    let dir = server.data_dir().to_path_buf();
+    {
+        let client = server.connect().await?;
+        client
+            .batch_execute(
+                "CREATE TABLE t (id int PRIMARY KEY, g text, v bigint);
+                 CREATE TABLE u (g text, label text);
+                 INSERT INTO t VALUES (1, 'a', 10), (2, 'a', 20), (3, 'b', 5);
+                 INSERT INTO u VALUES ('a', 'A'), ('b', 'B');
+                 CREATE MATERIALIZED VIEW s AS SELECT g, sum(v) AS total, max(v) AS biggest FROM t GROUP BY g;
+                 CREATE MATERIALIZED VIEW j AS SELECT u.label, s.total FROM s JOIN u ON s.g = u.g;
+                 CREATE VIEW plain AS SELECT label FROM j WHERE total > 10;
+                 DELETE FROM t WHERE id = 2;
+                 FLUSH;",
+            )
+            .await?;
+    }
+    let status = server.stop()?;
+    assert!(status.success(), "clean shutdown on SIGTERM: {status}");
+
+    let server = TestServer::start_on(&dir, &[])?;
+    let client = server.connect().await?;
+    let rows = client.query("SELECT label, total FROM j ORDER BY label", &[]).await?;
+    let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, vec![("A".into(), 10), ("B".into(), 5)]);
+    // The restored views keep being maintained.
+    client.batch_execute("INSERT INTO t VALUES (4, 'b', 100)").await?;
+    let top: i64 = client.query_one("SELECT biggest FROM s WHERE g = 'b'", &[]).await?.get(0);
+    assert_eq!(top, 100);
+    let rows = client.query("SELECT label FROM plain", &[]).await?;
+    assert_eq!(rows.len(), 1);
+    // The primary key survives too.
+    let err = client.batch_execute("INSERT INTO t VALUES (1, 'x', 0)").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("23505"));
+    drop(server);
+    drop(temp);
+    Ok(())
+}
+
+#[test]
+fn second_server_on_same_data_dir_is_refused() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let second = TestServer::start_on(server.data_dir(), &[]);
+    let err = second.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("exited before listening"), "second server must refuse: {err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn init_sql_runs_once_and_restart_keeps_objects() -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let sql_path = temp.path().join("init.sql");
+    std::fs::write(
+        &sql_path,
+        "CREATE TABLE IF NOT EXISTS k (x int);\nCREATE TABLE k2 (x int);\nCREATE MATERIALIZED VIEW kc AS SELECT count(*) AS n FROM k;\n",
+    )?;
+    let data = temp.path().join("data");
+    let init = sql_path.to_string_lossy().to_string();
+    let server = TestServer::start_on(&data, &["--init-sql", &init])?;
+    {
+        let client = server.connect().await?;
+        client.batch_execute("INSERT INTO k VALUES (1), (2)").await?;
+    }
+    server.stop()?;
+    let server = TestServer::start_on(&data, &["--init-sql", &init])?;
+    let client = server.connect().await?;
+    let n: i64 = client.query_one("SELECT n FROM kc", &[]).await?.get(0);
+    assert_eq!(n, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_sessions_and_consistent_reads() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let setup = server.connect().await?;
+    setup
+        .batch_execute(
+            "CREATE TABLE acct (id int PRIMARY KEY, bucket int, v bigint);
+             INSERT INTO acct SELECT value, value % 4, 100 FROM generate_series(1, 200) AS s(value);
+             CREATE MATERIALIZED VIEW per_bucket AS SELECT bucket, sum(v) AS total FROM acct GROUP BY bucket;",
+        )
+        .await?;
+    // Writers move value between rows; the grand total never changes, so a
+    // reader that ever sees a different total saw half of a change.
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let client = server.connect().await?;
+        writers.push(tokio::spawn(async move {
+            for k in 0..30i32 {
+                let a = (w * 37 + k * 7) % 200 + 1;
+                let b = (a + 11) % 200 + 1;
+                client
+                    .batch_execute(&format!(
+                        "UPDATE acct SET v = v + CASE WHEN id = {a} THEN -3 ELSE 3 END WHERE id IN ({a}, {b})"
+                    ))
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let reader = server.connect().await?;
+    for _ in 0..40 {
+        let row = reader
+            .query_one("SELECT (SELECT sum(total) FROM per_bucket)::bigint, (SELECT sum(v) FROM acct)::bigint", &[])
+            .await?;
+        let (view_total, table_total): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(view_total, 20_000);
+        assert_eq!(table_total, 20_000);
+    }
+    for w in writers {
+        w.await??;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_wire_input_closes_only_that_connection() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let healthy = server.connect().await?;
+    healthy.batch_execute("CREATE TABLE ok (x int)").await?;
+
+    let garbage: Vec<Vec<u8>> = vec![
+        // A startup packet claiming a huge length.
+        vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0],
+        // A truncated startup packet.
+        vec![0, 0, 0, 40, 0, 3, 0],
+        // Random bytes.
+        (0..64u8).map(|i| i.wrapping_mul(37)).collect(),
+    ];
+    for bytes in garbage {
+        let mut sock = TcpStream::connect(("127.0.0.1", server.port))?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        sock.write_all(&bytes)?;
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+        let mut buf = Vec::new();
+        // The server answers with an error or just closes; it must not hang.
+        let _ = sock.read_to_end(&mut buf);
+    }
+    // A message with a bad type byte after a valid startup.
+    {
+        let raw = server.connect().await?;
+        raw.batch_execute("SELECT 1").await?;
+    }
+    healthy.batch_execute("INSERT INTO ok VALUES (1)").await?;
+    let n: i64 = healthy.query_one("SELECT count(*) FROM ok", &[]).await?.get(0);
+    assert_eq!(n, 1);
+    Ok(())
+}
