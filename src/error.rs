@@ -82,7 +82,7 @@ impl MillraceError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             MillraceError::Parse { .. } => "42601",
-            MillraceError::Plan(_) => "42P18",
+            MillraceError::Plan(_) => "42000",
             MillraceError::UnknownRelation(_) => "42P01",
             MillraceError::DuplicateRelation(_) => "42P07",
             MillraceError::DependentObjects { .. } => "2BP01",
@@ -215,7 +215,13 @@ fn classify_datafusion_error(e: DataFusionError) -> MillraceError {
             }
             MillraceError::Plan(m)
         }
-        DataFusionError::SchemaError(se, _) => MillraceError::Plan(se.to_string()),
+        DataFusionError::SchemaError(se, _) => match *se {
+            datafusion::common::SchemaError::FieldNotFound { .. } => MillraceError::Data {
+                sqlstate: "42703",
+                message: se.to_string(),
+            },
+            other => MillraceError::Plan(other.to_string()),
+        },
         DataFusionError::Context(ctx, inner) => match classify_datafusion_error(*inner) {
             MillraceError::Plan(m) => MillraceError::Plan(format!("{ctx}: {m}")),
             MillraceError::Execution(m) => MillraceError::Execution(format!("{ctx}: {m}")),

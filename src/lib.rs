@@ -3,9 +3,11 @@
 //! that update its result from each change; results are served over the
 //! PostgreSQL wire protocol.
 
+pub mod bench;
 pub mod error;
 pub mod pgwire;
 pub mod server;
+pub mod source;
 pub mod sql;
 pub mod storage;
 pub mod stream;

@@ -34,7 +34,11 @@ async fn one_insert_into_a_million_rows_is_constant_work() {
         "INSERT INTO big SELECT value % 1000, value FROM generate_series(1, 1000000) AS s(value)",
     )
     .await;
-    run(&engine, "INSERT INTO dim SELECT value, 'l' || value FROM generate_series(0, 999) AS s(value)").await;
+    run(
+        &engine,
+        "INSERT INTO dim SELECT value, 'l' || value FROM generate_series(0, 999) AS s(value)",
+    )
+    .await;
     run(
         &engine,
         "CREATE MATERIALIZED VIEW per_key AS SELECT k, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi FROM big GROUP BY k",
@@ -55,8 +59,16 @@ async fn one_insert_into_a_million_rows_is_constant_work() {
     let agg_before = find(&before_agg, "Aggregate");
     let agg_after = find(&after_agg, "Aggregate");
     assert_eq!(agg_after.rows_in - agg_before.rows_in, 1);
-    assert_eq!(agg_after.state_touched - agg_before.state_touched, 1, "one group touched");
-    assert_eq!(agg_after.rows_out - agg_before.rows_out, 2, "retract old row, insert new row");
+    assert_eq!(
+        agg_after.state_touched - agg_before.state_touched,
+        1,
+        "one group touched"
+    );
+    assert_eq!(
+        agg_after.rows_out - agg_before.rows_out,
+        2,
+        "retract old row, insert new row"
+    );
 
     let join_before = find(&before_join, "Join");
     let join_after = find(&after_join, "Join");
@@ -71,15 +83,17 @@ async fn one_insert_into_a_million_rows_is_constant_work() {
 
     // And the answer is right.
     let (outputs, err) = engine
-        .execute_all("SELECT n, lo FROM per_key WHERE k = 7", &EngineOptions::default())
+        .execute_all(
+            "SELECT n, lo FROM per_key WHERE k = 7",
+            &EngineOptions::default(),
+        )
         .await;
     assert!(err.is_none());
     let rows = match &outputs[0] {
         millrace::sql::QueryOutput::Rows { batches, .. } => {
-            millrace::stream::pretty::to_pretty_lines(&millrace::stream::ChangeBatch::with_uniform_weight(
-                batches[0].clone(),
-                1,
-            ))
+            millrace::stream::pretty::to_pretty_lines(
+                &millrace::stream::ChangeBatch::with_uniform_weight(batches[0].clone(), 1),
+            )
             .expect("render")
         }
         other => panic!("{other:?}"),

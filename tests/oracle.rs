@@ -113,7 +113,10 @@ fn random_batch(rng: &mut StdRng) -> Vec<String> {
             _ => match rng.random_range(0..3) {
                 0 => format!("DELETE FROM t2 WHERE d = {}", rng.random_range(0..4)),
                 1 => format!("DELETE FROM t3 WHERE d = {}", rng.random_range(0..4)),
-                _ => format!("UPDATE t3 SET w = w * 2 WHERE d = {}", rng.random_range(0..4)),
+                _ => format!(
+                    "UPDATE t3 SET w = w * 2 WHERE d = {}",
+                    rng.random_range(0..4)
+                ),
             },
         };
         out.push(stmt);
@@ -176,13 +179,17 @@ async fn run_seed(seed: u64) {
     let split = VIEWS.len() / 2;
     let create = |(name, q): &(&str, &str)| format!("CREATE MATERIALIZED VIEW {name} AS {q}");
     for v in &VIEWS[..split] {
-        let (_, err) = engine.execute_all(&create(v), &EngineOptions::default()).await;
+        let (_, err) = engine
+            .execute_all(&create(v), &EngineOptions::default())
+            .await;
         assert!(err.is_none(), "create {}: {err:?}", v.0);
     }
     for round in 0..ROUNDS {
         if round == ROUNDS / 4 {
             for v in &VIEWS[split..] {
-                let (_, err) = engine.execute_all(&create(v), &EngineOptions::default()).await;
+                let (_, err) = engine
+                    .execute_all(&create(v), &EngineOptions::default())
+                    .await;
                 assert!(err.is_none(), "create {}: {err:?}", v.0);
             }
         }
@@ -191,7 +198,11 @@ async fn run_seed(seed: u64) {
             // Statements may fail (a duplicate key): then nothing may change.
             let _ = engine.execute_all(stmt, &EngineOptions::default()).await;
         }
-        let live = if round >= ROUNDS / 4 { VIEWS.len() } else { split };
+        let live = if round >= ROUNDS / 4 {
+            VIEWS.len()
+        } else {
+            split
+        };
         for (name, q) in &VIEWS[..live] {
             let got = query(&engine, &format!("SELECT * FROM {name}")).await;
             let want = query(&engine, q).await;

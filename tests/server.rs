@@ -45,7 +45,10 @@ async fn extended_protocol_with_parameters_and_binary_results() -> anyhow::Resul
     }
     // tokio-postgres asks for binary results: every type must decode.
     let rows = client
-        .query("SELECT b, s, i, l, r, d, v, by FROM t WHERE i = $1 ORDER BY l", &[&0i32])
+        .query(
+            "SELECT b, s, i, l, r, d, v, by FROM t WHERE i = $1 ORDER BY l",
+            &[&0i32],
+        )
         .await?;
     assert_eq!(rows.len(), 2);
     let b: bool = rows[1].get(0);
@@ -55,17 +58,28 @@ async fn extended_protocol_with_parameters_and_binary_results() -> anyhow::Resul
     let d: f64 = rows[1].get(5);
     let v: String = rows[1].get(6);
     let by: Vec<u8> = rows[1].get(7);
-    assert_eq!((b, s, l, r, d, v.as_str(), by), (true, 2, 20, 2.5, 2.5, "row2", vec![2u8, 255]));
+    assert_eq!(
+        (b, s, l, r, d, v.as_str(), by),
+        (true, 2, 20, 2.5, 2.5, "row2", vec![2u8, 255])
+    );
 
-    let agg = client.query("SELECT i, c, total FROM mv ORDER BY i", &[]).await?;
+    let agg = client
+        .query("SELECT i, c, total FROM mv ORDER BY i", &[])
+        .await?;
     let got: Vec<(i32, i64, i64)> = agg.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
     assert_eq!(got, vec![(0, 2, 20), (1, 1, 10)]);
 
-    let upd = client.execute("UPDATE t SET l = l + $1 WHERE i = $2", &[&5i64, &1i32]).await?;
+    let upd = client
+        .execute("UPDATE t SET l = l + $1 WHERE i = $2", &[&5i64, &1i32])
+        .await?;
     assert_eq!(upd, 1);
-    let del = client.execute("DELETE FROM t WHERE s = $1", &[&0i16]).await?;
+    let del = client
+        .execute("DELETE FROM t WHERE s = $1", &[&0i16])
+        .await?;
     assert_eq!(del, 1);
-    let agg = client.query("SELECT i, c, total FROM mv ORDER BY i", &[]).await?;
+    let agg = client
+        .query("SELECT i, c, total FROM mv ORDER BY i", &[])
+        .await?;
     let got: Vec<(i32, i64, i64)> = agg.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
     assert_eq!(got, vec![(0, 1, 20), (1, 1, 15)]);
 
@@ -94,7 +108,10 @@ async fn extended_protocol_with_parameters_and_binary_results() -> anyhow::Resul
         .await
         .unwrap_err();
     assert!(err.to_string().contains("error"), "{err}");
-    let still: i64 = client.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
+    let still: i64 = client
+        .query_one("SELECT count(*) FROM t", &[])
+        .await?
+        .get(0);
     assert_eq!(still, 3);
 
     // Errors carry SQLSTATEs over the extended protocol too.
@@ -131,17 +148,27 @@ async fn restart_restores_tables_and_views() -> anyhow::Result<()> {
 
     let server = TestServer::start_on(&dir, &[])?;
     let client = server.connect().await?;
-    let rows = client.query("SELECT label, total FROM j ORDER BY label", &[]).await?;
+    let rows = client
+        .query("SELECT label, total FROM j ORDER BY label", &[])
+        .await?;
     let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(got, vec![("A".into(), 10), ("B".into(), 5)]);
     // The restored views keep being maintained.
-    client.batch_execute("INSERT INTO t VALUES (4, 'b', 100)").await?;
-    let top: i64 = client.query_one("SELECT biggest FROM s WHERE g = 'b'", &[]).await?.get(0);
+    client
+        .batch_execute("INSERT INTO t VALUES (4, 'b', 100)")
+        .await?;
+    let top: i64 = client
+        .query_one("SELECT biggest FROM s WHERE g = 'b'", &[])
+        .await?
+        .get(0);
     assert_eq!(top, 100);
     let rows = client.query("SELECT label FROM plain", &[]).await?;
     assert_eq!(rows.len(), 1);
     // The primary key survives too.
-    let err = client.batch_execute("INSERT INTO t VALUES (1, 'x', 0)").await.unwrap_err();
+    let err = client
+        .batch_execute("INSERT INTO t VALUES (1, 'x', 0)")
+        .await
+        .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("23505"));
     drop(server);
     drop(temp);
@@ -153,7 +180,10 @@ fn second_server_on_same_data_dir_is_refused() -> anyhow::Result<()> {
     let server = TestServer::start()?;
     let second = TestServer::start_on(server.data_dir(), &[]);
     let err = second.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(err.contains("exited before listening"), "second server must refuse: {err}");
+    assert!(
+        err.contains("exited before listening"),
+        "second server must refuse: {err}"
+    );
     Ok(())
 }
 
@@ -170,7 +200,9 @@ async fn init_sql_runs_once_and_restart_keeps_objects() -> anyhow::Result<()> {
     let server = TestServer::start_on(&data, &["--init-sql", &init])?;
     {
         let client = server.connect().await?;
-        client.batch_execute("INSERT INTO k VALUES (1), (2)").await?;
+        client
+            .batch_execute("INSERT INTO k VALUES (1), (2)")
+            .await?;
     }
     server.stop()?;
     let server = TestServer::start_on(&data, &["--init-sql", &init])?;
@@ -253,7 +285,10 @@ async fn malformed_wire_input_closes_only_that_connection() -> anyhow::Result<()
         raw.batch_execute("SELECT 1").await?;
     }
     healthy.batch_execute("INSERT INTO ok VALUES (1)").await?;
-    let n: i64 = healthy.query_one("SELECT count(*) FROM ok", &[]).await?.get(0);
+    let n: i64 = healthy
+        .query_one("SELECT count(*) FROM ok", &[])
+        .await?
+        .get(0);
     assert_eq!(n, 1);
     Ok(())
 }

@@ -11,7 +11,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock, Weak};
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::compute::{cast_with_options, CastOptions};
@@ -33,13 +34,18 @@ use datafusion::sql::sqlparser::ast::{
 use tracing::{info, warn};
 
 use super::catalog::{decode_entry, rows_namespace, CatalogEntry, CATALOG_NAMESPACE};
-use super::snapshot::{RelationProvider, Snapshot};
-use super::statement::{parse_statement, split_statements, Command, ObjectKind, StatementText};
+use super::snapshot::{RelationProvider, Snapshot, SourceProvider};
+use super::statement::{
+    parse_statement, split_statements, Command, CreateSource, ObjectKind, StatementText,
+};
 use super::table::TableState;
 use super::types::{arrow_to_sql_name, sql_to_arrow, SQL_TYPE_KEY};
 use crate::error::{MillraceError, Result};
+use crate::source::{
+    build_source, spawn_source, SourceProgress, SourceReader, SourceSink, SourceSpec,
+};
 use crate::storage::{StateStore, WriteBatch};
-use crate::stream::lower::lower_plan;
+use crate::stream::lower::{is_append_only, lower_plan};
 use crate::stream::materialize::Contents;
 use crate::stream::operator::OperatorStats;
 use crate::stream::{ChangeBatch, Dataflow};
@@ -93,6 +99,7 @@ struct MaterializedView {
     dataflow: Dataflow,
     inputs: Vec<String>,
     contents: Contents,
+    append_only: bool,
 }
 
 /// Everything the single writer owns.
@@ -101,6 +108,7 @@ struct EngineState {
     catalog: BTreeMap<String, CatalogEntry>,
     tables: HashMap<String, TableState>,
     views: Vec<MaterializedView>,
+    sources: HashMap<String, SourceSpec>,
     next_id: u64,
     epoch: u64,
     /// When replaying the catalog at start, nothing is written back.
@@ -116,7 +124,11 @@ pub struct EngineOptions {
 
 /// The Millrace engine. Cheap to share behind an `Arc`.
 pub struct Engine {
+    me: Weak<Engine>,
     writer: tokio::sync::Mutex<EngineState>,
+    /// Every running source reader (one per source and view reading it),
+    /// readable without the writer lock: FLUSH waits on them.
+    readers: std::sync::Mutex<Vec<SourceReader>>,
     published: RwLock<Arc<Snapshot>>,
     base_state: SessionState,
     schema: Arc<MemorySchemaProvider>,
@@ -183,7 +195,9 @@ impl Engine {
         base_state
             .catalog_list()
             .register_catalog(CATALOG_NAME.to_string(), catalog);
-        let engine = Arc::new(Self {
+        let engine = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            readers: std::sync::Mutex::new(Vec::new()),
             writer: tokio::sync::Mutex::new(EngineState::default()),
             published: RwLock::new(Arc::new(Snapshot::default())),
             base_state,
@@ -238,6 +252,14 @@ impl Engine {
         // Views were replayed before table rows were loaded: rebuild them.
         self.rebuild_views(&mut state, 0)?;
         self.publish(&mut state);
+        let read: Vec<(String, String)> = state
+            .views
+            .iter()
+            .flat_map(|v| v.inputs.iter().map(|i| (i.clone(), v.name.clone())))
+            .collect();
+        for (source, view) in read {
+            self.start_reader(&mut state, &source, &view);
+        }
         if !entries.is_empty() {
             info!(relations = entries.len(), "restored catalog");
         }
@@ -337,6 +359,9 @@ impl Engine {
         params: Option<ParamValues>,
         options: &EngineOptions,
     ) -> Result<QueryOutput> {
+        if let Command::Flush = cmd {
+            self.wait_for_sources().await?;
+        }
         // Reads never take the writer lock.
         if let Command::Sql(stmt) = &cmd {
             if let Statement::Query(_) = stmt.as_ref() {
@@ -459,6 +484,51 @@ impl Engine {
                     self.store.flush()?;
                     Ok(QueryOutput::command("FLUSH"))
                 }
+                Command::CreateSource(cs) => self.create_source(state, *cs),
+                Command::DropSource {
+                    names,
+                    if_exists,
+                    cascade,
+                } => {
+                    let names = names
+                        .into_iter()
+                        .map(|n| ObjectName::from(vec![Ident::with_quote('"', n)]))
+                        .collect();
+                    self.drop_objects(state, ObjectKind::Source, if_exists, names, cascade)
+                }
+                Command::ShowObjects(ObjectKind::Source) => {
+                    let readers = self.readers();
+                    let mut rows: Vec<Vec<String>> = Vec::new();
+                    for (name, spec) in &state.sources {
+                        let mine: Vec<&SourceReader> =
+                            readers.iter().filter(|r| &r.source == name).collect();
+                        if mine.is_empty() {
+                            rows.push(vec![
+                                name.clone(),
+                                spec.connector.clone(),
+                                String::new(),
+                                "idle".into(),
+                                "0".into(),
+                                "0".into(),
+                            ]);
+                        }
+                        for r in mine {
+                            rows.push(vec![
+                                name.clone(),
+                                spec.connector.clone(),
+                                r.view.clone(),
+                                r.progress.status().to_string(),
+                                r.progress.ingested.load(Ordering::Relaxed).to_string(),
+                                r.progress.errors.load(Ordering::Relaxed).to_string(),
+                            ]);
+                        }
+                    }
+                    rows.sort();
+                    text_batch(
+                        &["name", "connector", "view", "status", "rows", "errors"],
+                        rows,
+                    )
+                }
                 Command::ShowObjects(kind) => {
                     let rows = state
                         .catalog
@@ -518,7 +588,15 @@ impl Engine {
                 names,
                 cascade,
                 ..
-            } => self.drop(state, object_type, if_exists, names, cascade),
+            } => {
+                let kind = match object_type {
+                    ObjectType::Table => ObjectKind::Table,
+                    ObjectType::View => ObjectKind::View,
+                    ObjectType::MaterializedView => ObjectKind::MaterializedView,
+                    other => return Err(MillraceError::not_supported(format!("DROP {other}"))),
+                };
+                self.drop_objects(state, kind, if_exists, names, cascade)
+            }
             Statement::ShowTables { .. } => {
                 self.execute_command(state, text, Command::ShowObjects(ObjectKind::Table), None)
                     .await
@@ -807,7 +885,12 @@ impl Engine {
         self.ensure_absent(state, &name)?;
         let (plan, depends_on, schema, mut dataflow) = self.build_view(&cv, &name).await?;
         let inputs = dataflow.relations();
-        let mut contents = Contents::try_new(schema.clone())?;
+        let append_only = is_append_only(&plan, &|r| relation_grows(state, r));
+        let mut contents = if append_only {
+            Contents::try_new_append_only(schema.clone())?
+        } else {
+            Contents::try_new(schema.clone())?
+        };
         if !state.replaying {
             backfill(state, &mut dataflow, &inputs, &mut contents)?;
         }
@@ -829,10 +912,21 @@ impl Engine {
             name,
             plan,
             dataflow,
-            inputs,
+            inputs: inputs.clone(),
             contents,
+            append_only,
         });
         self.publish(state);
+        if !state.replaying {
+            let view_name = state
+                .views
+                .last()
+                .map(|v| v.name.clone())
+                .unwrap_or_default();
+            for input in &inputs {
+                self.start_reader(state, input, &view_name);
+            }
+        }
         Ok(QueryOutput::command("CREATE MATERIALIZED VIEW"))
     }
 
@@ -854,21 +948,43 @@ impl Engine {
     /// from their inputs' current contents.
     fn rebuild_views(&self, state: &mut EngineState, from: usize) -> Result<()> {
         for i in from..state.views.len() {
-            let mut dataflow = lower_plan(&state.views[i].plan)?;
-            let schema = state.views[i].contents.schema().clone();
-            let mut contents = Contents::try_new(schema)?;
-            let inputs = state.views[i].inputs.clone();
-            backfill(state, &mut dataflow, &inputs, &mut contents)?;
-            let view = &mut state.views[i];
-            view.dataflow = dataflow;
-            view.contents = contents;
+            self.rebuild_view(state, i)?;
         }
+        Ok(())
+    }
+
+    /// Re-creates one view's dataflow and contents from its inputs.
+    fn rebuild_view(&self, state: &mut EngineState, i: usize) -> Result<()> {
+        let mut dataflow = lower_plan(&state.views[i].plan)?;
+        let schema = state.views[i].contents.schema().clone();
+        let mut contents = if state.views[i].append_only {
+            Contents::try_new_append_only(schema)?
+        } else {
+            Contents::try_new(schema)?
+        };
+        let inputs = state.views[i].inputs.clone();
+        backfill(state, &mut dataflow, &inputs, &mut contents)?;
+        let view = &mut state.views[i];
+        view.dataflow = dataflow;
+        view.contents = contents;
         Ok(())
     }
 
     /// Applies changes to tables and propagates them through every view, as
     /// one epoch. On any error, nothing is changed.
     fn commit(&self, state: &mut EngineState, changes: Vec<(String, ChangeBatch)>) -> Result<()> {
+        self.commit_epoch(state, changes, None)
+    }
+
+    /// One epoch: `changes` to tables and rows `streamed` from a source to
+    /// the one view whose reader produced them, pushed through every view
+    /// that reads what changed.
+    fn commit_epoch(
+        &self,
+        state: &mut EngineState,
+        changes: Vec<(String, ChangeBatch)>,
+        streamed: Option<Streamed>,
+    ) -> Result<()> {
         // Check constraints before touching anything.
         let mut checked = Vec::new();
         for (table, delta) in changes {
@@ -883,7 +999,7 @@ impl Engine {
             let index = t.check(&delta)?;
             checked.push((table, delta, index));
         }
-        if checked.is_empty() {
+        if checked.is_empty() && streamed.is_none() {
             return Ok(());
         }
         // Saved contents for rollback (O(1) clones of persistent maps).
@@ -893,18 +1009,15 @@ impl Engine {
                 state
                     .tables
                     .get(t)
-                    .map(|ts| (t.clone(), ts.contents.rows().clone(), ts.key_index.clone()))
+                    .map(|ts| (t.clone(), ts.contents.save(), ts.key_index.clone()))
             })
             .collect();
-        let saved_views: Vec<_> = state
-            .views
-            .iter()
-            .map(|v| v.contents.rows().clone())
-            .collect();
+        let saved_views: Vec<_> = state.views.iter().map(|v| v.contents.save()).collect();
 
         let mut deltas: HashMap<String, ChangeBatch> = HashMap::new();
         let mut writes = WriteBatch::default();
         let mut failure: Option<(usize, MillraceError)> = None;
+        let mut stepped: Vec<usize> = Vec::new();
         for (table, delta, index) in checked {
             let Some(t) = state.tables.get_mut(&table) else {
                 continue;
@@ -930,12 +1043,24 @@ impl Engine {
         }
         if failure.is_none() {
             for (i, view) in state.views.iter_mut().enumerate() {
-                if !view.inputs.iter().any(|r| deltas.contains_key(r)) {
+                let fed = streamed.as_ref().filter(|s| s.view == view.name);
+                if fed.is_none() && !view.inputs.iter().any(|r| deltas.contains_key(r)) {
                     continue;
                 }
+                stepped.push(i);
+                // A source's rows reach only the view whose reader read them.
+                let mut view_deltas;
+                let inputs = match fed {
+                    Some(s) => {
+                        view_deltas = deltas.clone();
+                        view_deltas.insert(s.source.clone(), s.delta.clone());
+                        &view_deltas
+                    }
+                    None => &deltas,
+                };
                 let result = view
                     .dataflow
-                    .step(&deltas)
+                    .step(inputs)
                     .and_then(|out| out.map(|o| o.consolidate()).transpose())
                     .and_then(|out| match out {
                         Some(o) if !o.is_empty() => view.contents.apply(&o).map(|_| Some(o)),
@@ -960,19 +1085,34 @@ impl Engine {
         }
         if let Some((_, err)) = failure {
             warn!(error = %err, "change rejected; rolling back");
-            for (t, rows, index) in saved_tables {
+            for (t, saved, index) in saved_tables {
                 if let Some(ts) = state.tables.get_mut(&t) {
-                    ts.contents.set_rows(rows);
+                    ts.contents.restore(saved);
                     ts.key_index = index;
                 }
             }
-            for (v, rows) in state.views.iter_mut().zip(saved_views) {
-                v.contents.set_rows(rows);
+            for (v, saved) in state.views.iter_mut().zip(saved_views) {
+                v.contents.restore(saved);
             }
-            // Operator state may be half-updated: rebuild every view from
-            // the restored contents.
-            if let Err(e) = self.rebuild_views(state, 0) {
-                warn!(error = %e, "rebuilding views after a rejected change failed");
+            // The operators of the views that saw this change may be half
+            // updated: rebuild those from the restored contents. A view that
+            // reads a source cannot replay the stream it has seen, and
+            // restarts from the live stream.
+            for i in stepped {
+                if !state.views[i].dataflow.is_stateful() {
+                    // Nothing but the restored contents to put back.
+                    continue;
+                }
+                if let Err(e) = self.rebuild_view(state, i) {
+                    warn!(error = %e, "rebuilding a view after a rejected change failed");
+                }
+                if state.views[i]
+                    .inputs
+                    .iter()
+                    .any(|r| state.sources.contains_key(r))
+                {
+                    warn!(view = %state.views[i].name, "view reset after a failed batch from a source");
+                }
             }
             return Err(err);
         }
@@ -1229,20 +1369,134 @@ impl Engine {
         Ok(QueryOutput::count("DELETE", rows))
     }
 
-    fn drop(
+    fn readers(&self) -> Vec<SourceReader> {
+        self.readers_mut().clone()
+    }
+
+    fn readers_mut(&self) -> std::sync::MutexGuard<'_, Vec<SourceReader>> {
+        match self.readers.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Waits until every row the running sources produced so far is
+    /// committed.
+    async fn wait_for_sources(&self) -> Result<()> {
+        let targets: Vec<(String, Arc<SourceProgress>, u64)> = self
+            .readers()
+            .into_iter()
+            .map(|r| {
+                let target = r.progress.produced.load(Ordering::SeqCst);
+                (r.source, r.progress, target)
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        for (name, p, target) in targets {
+            while p.ingested.load(Ordering::SeqCst) < target && !p.stop.load(Ordering::SeqCst) {
+                if std::time::Instant::now() > deadline {
+                    return Err(MillraceError::execution(format!(
+                        "FLUSH timed out waiting for source \"{name}\""
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Progress of every reader of source `name` (one per view reading it).
+    pub fn source_readers(&self, name: &str) -> Vec<Arc<SourceProgress>> {
+        self.readers()
+            .into_iter()
+            .filter(|r| r.source == name)
+            .map(|r| r.progress)
+            .collect()
+    }
+
+    fn create_source(&self, state: &mut EngineState, cs: CreateSource) -> Result<QueryOutput> {
+        if state.catalog.contains_key(&cs.name) {
+            if cs.if_not_exists || state.replaying {
+                return Ok(QueryOutput::command("CREATE SOURCE"));
+            }
+            return Err(MillraceError::DuplicateRelation(cs.name));
+        }
+        if cs.format.is_some() {
+            return Err(MillraceError::not_supported(
+                "FORMAT ... ENCODE on a generator source (it produces typed rows)",
+            ));
+        }
+        let declared = if cs.columns.is_empty() {
+            None
+        } else {
+            let mut fields = Vec::new();
+            for c in &cs.columns {
+                let (ty, _) = sql_to_arrow(&c.data_type)?;
+                fields.push(Field::new(ident_name(&c.name), ty, true));
+            }
+            Some(Arc::new(Schema::new(fields)))
+        };
+        let spec = build_source(declared, &cs.options)?;
+        let schema = spec.schema.clone();
+        let entry = CatalogEntry {
+            id: state.next_id,
+            name: cs.name.clone(),
+            kind: ObjectKind::Source,
+            schema: schema.clone(),
+            create_sql: cs.sql.clone(),
+            depends_on: vec![],
+        };
+        self.register(state, entry)?;
+        self.schema.register_table(
+            cs.name.clone(),
+            Arc::new(SourceProvider::new(cs.name.clone(), schema)),
+        )?;
+        state.sources.insert(cs.name, spec);
+        Ok(QueryOutput::command("CREATE SOURCE"))
+    }
+
+    /// Starts a reader of `source` (if it is a source) for `view`: its own
+    /// generator, from the start of the stream.
+    fn start_reader(&self, state: &mut EngineState, source: &str, view: &str) {
+        let Some(spec) = state.sources.get(source) else {
+            return;
+        };
+        let Some(engine) = self.me.upgrade() else {
+            return;
+        };
+        let progress = Arc::new(SourceProgress::default());
+        self.readers_mut().push(SourceReader {
+            source: source.to_string(),
+            view: view.to_string(),
+            progress: progress.clone(),
+        });
+        match (spec.make_generator)() {
+            Ok(generator) => {
+                info!(%source, %view, connector = %spec.connector, "source reader started");
+                spawn_source(
+                    source.to_string(),
+                    view.to_string(),
+                    generator,
+                    progress,
+                    engine,
+                );
+            }
+            Err(e) => {
+                warn!(%source, error = %e, "cannot start source");
+                progress.errors.fetch_add(1, Ordering::Relaxed);
+                progress.finished.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn drop_objects(
         &self,
         state: &mut EngineState,
-        object_type: ObjectType,
+        kind: ObjectKind,
         if_exists: bool,
         names: Vec<ObjectName>,
         cascade: bool,
     ) -> Result<QueryOutput> {
-        let kind = match object_type {
-            ObjectType::Table => ObjectKind::Table,
-            ObjectType::View => ObjectKind::View,
-            ObjectType::MaterializedView => ObjectKind::MaterializedView,
-            other => return Err(MillraceError::not_supported(format!("DROP {other}"))),
-        };
         let tag = format!("DROP {}", kind.sql_name());
         let mut to_drop: Vec<String> = Vec::new();
         for n in &names {
@@ -1300,11 +1554,57 @@ impl Engine {
                 self.store.drop_namespace(&rows_namespace(entry.id))?;
             }
             state.views.retain(|v| &v.name != name);
+            state.sources.remove(name);
+            self.readers_mut().retain(|r| {
+                let gone = &r.source == name || &r.view == name;
+                if gone {
+                    r.progress.stop.store(true, Ordering::SeqCst);
+                }
+                !gone
+            });
         }
         self.store.write(batch)?;
         self.publish(state);
         Ok(QueryOutput::command(&tag))
     }
+}
+
+/// Whether relation `name` only ever grows: sources do, and views built
+/// only from growing inputs.
+fn relation_grows(state: &EngineState, name: &str) -> bool {
+    state.sources.contains_key(name) || state.views.iter().any(|v| v.name == name && v.append_only)
+}
+
+#[async_trait::async_trait]
+impl SourceSink for Engine {
+    async fn ingest(&self, source: &str, view: &str, batches: Vec<RecordBatch>) -> Result<()> {
+        let mut state = self.writer.lock().await;
+        let Some(spec) = state.sources.get(source) else {
+            return Ok(());
+        };
+        if !state.views.iter().any(|v| v.name == view) {
+            return Ok(());
+        }
+        let schema = spec.schema.clone();
+        let parts: Vec<ChangeBatch> = batches
+            .into_iter()
+            .map(|b| ChangeBatch::with_uniform_weight(b, 1))
+            .collect();
+        let delta = ChangeBatch::concat(schema, &parts)?;
+        let streamed = Streamed {
+            source: source.to_string(),
+            view: view.to_string(),
+            delta,
+        };
+        self.commit_epoch(&mut state, vec![], Some(streamed))
+    }
+}
+
+/// Rows read from a source for one view.
+struct Streamed {
+    source: String,
+    view: String,
+    delta: ChangeBatch,
 }
 
 /// Feeds the full contents of `inputs` through a new dataflow.
@@ -1321,6 +1621,10 @@ fn backfill(
         outputs.push(out);
     }
     for input in inputs {
+        if state.sources.contains_key(input) {
+            // A source keeps no rows: the view starts from its live stream.
+            continue;
+        }
         let source = state
             .tables
             .get(input)

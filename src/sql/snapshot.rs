@@ -97,3 +97,43 @@ fn split_partitions(
     }
     parts
 }
+
+/// A source as DataFusion sees it: it has a schema, so views can be planned
+/// over it, but it holds no rows to scan.
+#[derive(Debug)]
+pub struct SourceProvider {
+    name: String,
+    schema: SchemaRef,
+}
+
+impl SourceProvider {
+    /// A provider for source `name` with `schema`.
+    pub fn new(name: String, schema: SchemaRef) -> Self {
+        Self { name, schema }
+    }
+}
+
+#[async_trait]
+impl TableProvider for SourceProvider {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        Err(DataFusionError::NotImplemented(format!(
+            "reading source \"{}\" directly: a source is a stream and keeps no rows; \
+             create a materialized view over it and query that",
+            self.name
+        )))
+    }
+}

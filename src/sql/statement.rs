@@ -7,7 +7,9 @@
 //! MATERIALIZED VIEW ...`), or a sqlparser [`Statement`] in the PostgreSQL
 //! dialect.
 
-use datafusion::sql::sqlparser::ast::Statement;
+use std::collections::BTreeMap;
+
+use datafusion::sql::sqlparser::ast::{ColumnDef, Statement, Value};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -24,6 +26,8 @@ pub enum ObjectKind {
     View,
     /// A materialized view maintained incrementally.
     MaterializedView,
+    /// A continuous source of rows.
+    Source,
 }
 
 impl ObjectKind {
@@ -33,6 +37,7 @@ impl ObjectKind {
             ObjectKind::Table => "TABLE",
             ObjectKind::View => "VIEW",
             ObjectKind::MaterializedView => "MATERIALIZED VIEW",
+            ObjectKind::Source => "SOURCE",
         }
     }
 }
@@ -46,10 +51,38 @@ pub enum Command {
     ShowObjects(ObjectKind),
     /// `SHOW CREATE TABLE | VIEW | MATERIALIZED VIEW name`
     ShowCreate(ObjectKind, String),
+    /// `CREATE SOURCE name [(columns)] WITH (options) [FORMAT f ENCODE e]`
+    CreateSource(Box<CreateSource>),
+    /// `DROP SOURCE [IF EXISTS] name, ... [CASCADE]`
+    DropSource {
+        /// Names to drop.
+        names: Vec<String>,
+        /// No error when absent.
+        if_exists: bool,
+        /// Drop dependents too.
+        cascade: bool,
+    },
     /// Anything sqlparser parses.
     Sql(Box<Statement>),
     /// An empty statement (only whitespace or comments).
     Empty,
+}
+
+/// A parsed `CREATE SOURCE`.
+#[derive(Debug, Clone)]
+pub struct CreateSource {
+    /// Source name.
+    pub name: String,
+    /// `IF NOT EXISTS` was given.
+    pub if_not_exists: bool,
+    /// Declared columns (possibly none).
+    pub columns: Vec<ColumnDef>,
+    /// `WITH` options, keys lower-cased.
+    pub options: BTreeMap<String, String>,
+    /// `FORMAT x ENCODE y`, lower-cased, when given.
+    pub format: Option<(String, String)>,
+    /// The statement's text, as written.
+    pub sql: String,
 }
 
 /// One statement of a multi-statement string.
@@ -169,7 +202,20 @@ fn object_name(tokens: &[Token]) -> Option<String> {
 /// Parses one statement's text. `offset` is where it starts in the whole
 /// text, so parse error positions point into what the client sent.
 pub fn parse_statement(whole: &str, stmt: &StatementText) -> Result<Command> {
+    let relocate = |err: MillraceError| match err {
+        MillraceError::Parse { message, position } => MillraceError::Parse {
+            message,
+            position: position.map(|p| whole[..stmt.offset].chars().count() + p),
+        },
+        other => other,
+    };
     if let Some(tokens) = words(&stmt.text) {
+        if tokens.len() >= 2
+            && keyword(&tokens[0]) == Some(Keyword::CREATE)
+            && is_word(&tokens[1], "SOURCE")
+        {
+            return parse_create_source(&stmt.text).map_err(relocate);
+        }
         if let Some(cmd) = own_command(&tokens) {
             return Ok(cmd);
         }
@@ -181,16 +227,7 @@ pub fn parse_statement(whole: &str, stmt: &StatementText) -> Result<Command> {
     let mut statements = Parser::new(&dialect)
         .try_with_sql(&stmt.text)
         .and_then(|mut p| p.parse_statements())
-        .map_err(|e| {
-            let err = parse_error(Some(&stmt.text), e);
-            match err {
-                MillraceError::Parse { message, position } => MillraceError::Parse {
-                    message,
-                    position: position.map(|p| whole[..stmt.offset].chars().count() + p),
-                },
-                other => other,
-            }
-        })?;
+        .map_err(|e| relocate(parse_error(Some(&stmt.text), e)))?;
     match statements.len() {
         0 => Ok(Command::Empty),
         1 => Ok(Command::Sql(Box::new(statements.remove(0)))),
@@ -201,10 +238,131 @@ pub fn parse_statement(whole: &str, stmt: &StatementText) -> Result<Command> {
     }
 }
 
+/// Parses `CREATE SOURCE [IF NOT EXISTS] name [(columns)] WITH (key = value,
+/// ...) [FORMAT f ENCODE e]`, where keys may be dotted (`fields.id.kind`).
+fn parse_create_source(text: &str) -> Result<Command> {
+    let dialect = PostgreSqlDialect {};
+    let err = |e: ParserError| parse_error(Some(text), e);
+    let mut p = Parser::new(&dialect).try_with_sql(text).map_err(err)?;
+    p.expect_keyword(Keyword::CREATE).map_err(err)?;
+    p.next_token(); // SOURCE
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = p.parse_object_name(false).map_err(err)?;
+    let name = name
+        .0
+        .last()
+        .and_then(|n| n.as_ident())
+        .map(|i| {
+            if i.quote_style.is_some() {
+                i.value.clone()
+            } else {
+                i.value.to_ascii_lowercase()
+            }
+        })
+        .ok_or_else(|| MillraceError::plan("invalid source name"))?;
+    let columns = if p.peek_token().token == Token::LParen {
+        let (columns, constraints) = p.parse_columns().map_err(err)?;
+        if !constraints.is_empty() {
+            return Err(MillraceError::not_supported("constraints on a source"));
+        }
+        columns
+    } else {
+        vec![]
+    };
+    let mut options = BTreeMap::new();
+    if p.parse_keyword(Keyword::WITH) {
+        p.expect_token(&Token::LParen).map_err(err)?;
+        loop {
+            let mut key = p.parse_identifier().map_err(err)?.value;
+            while p.consume_token(&Token::Period) {
+                key.push('.');
+                key.push_str(&p.parse_identifier().map_err(err)?.value);
+            }
+            p.expect_token(&Token::Eq).map_err(err)?;
+            let value = match p.parse_value().map_err(err)?.value {
+                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s,
+                Value::Number(n, _) => n,
+                Value::Boolean(b) => b.to_string(),
+                other => other.to_string(),
+            };
+            options.insert(key.to_ascii_lowercase(), value);
+            if !p.consume_token(&Token::Comma) {
+                break;
+            }
+        }
+        p.expect_token(&Token::RParen).map_err(err)?;
+    }
+    let mut format = None;
+    if p.peek_token().token != Token::EOF && is_word(&p.peek_token().token, "FORMAT") {
+        p.next_token();
+        let f = p
+            .parse_identifier()
+            .map_err(err)?
+            .value
+            .to_ascii_lowercase();
+        let next = p.next_token().token;
+        if !is_word(&next, "ENCODE") {
+            return Err(MillraceError::Parse {
+                message: format!("Expected: ENCODE, found: {next}"),
+                position: None,
+            });
+        }
+        let e = p
+            .parse_identifier()
+            .map_err(err)?
+            .value
+            .to_ascii_lowercase();
+        format = Some((f, e));
+    }
+    let trailing = p.peek_token();
+    if trailing.token != Token::EOF {
+        return Err(err(ParserError::ParserError(format!(
+            "Expected: end of statement, found: {} at Line: {}, Column: {}",
+            trailing.token, trailing.span.start.line, trailing.span.start.column
+        ))));
+    }
+    Ok(Command::CreateSource(Box::new(CreateSource {
+        name,
+        if_not_exists,
+        columns,
+        options,
+        format,
+        sql: text.trim().to_string(),
+    })))
+}
+
 fn own_command(tokens: &[Token]) -> Option<Command> {
     let first = tokens.first()?;
     if is_word(first, "FLUSH") && tokens.len() == 1 {
         return Some(Command::Flush);
+    }
+    if keyword(first) == Some(Keyword::DROP) && tokens.len() >= 3 && is_word(&tokens[1], "SOURCE") {
+        let mut rest = &tokens[2..];
+        let if_exists = rest.len() >= 2
+            && keyword(&rest[0]) == Some(Keyword::IF)
+            && keyword(&rest[1]) == Some(Keyword::EXISTS);
+        if if_exists {
+            rest = &rest[2..];
+        }
+        let cascade = rest
+            .last()
+            .is_some_and(|t| keyword(t) == Some(Keyword::CASCADE));
+        if cascade
+            || rest
+                .last()
+                .is_some_and(|t| keyword(t) == Some(Keyword::RESTRICT))
+        {
+            rest = &rest[..rest.len() - 1];
+        }
+        let names = rest
+            .split(|t| *t == Token::Comma)
+            .map(object_name)
+            .collect::<Option<Vec<_>>>()?;
+        return Some(Command::DropSource {
+            names,
+            if_exists,
+            cascade,
+        });
     }
     if keyword(first) != Some(Keyword::SHOW) {
         return None;
@@ -217,12 +375,14 @@ fn own_command(tokens: &[Token]) -> Option<Command> {
             }
             [a, ..] if keyword(a) == Some(Keyword::TABLE) => Some((ObjectKind::Table, 1)),
             [a, ..] if keyword(a) == Some(Keyword::VIEW) => Some((ObjectKind::View, 1)),
+            [a, ..] if is_word(a, "SOURCE") => Some((ObjectKind::Source, 1)),
             _ => None,
         }
     };
     match rest {
         [a] if is_word(a, "TABLES") => Some(Command::ShowObjects(ObjectKind::Table)),
         [a] if is_word(a, "VIEWS") => Some(Command::ShowObjects(ObjectKind::View)),
+        [a] if is_word(a, "SOURCES") => Some(Command::ShowObjects(ObjectKind::Source)),
         [a, b] if keyword(a) == Some(Keyword::MATERIALIZED) && is_word(b, "VIEWS") => {
             Some(Command::ShowObjects(ObjectKind::MaterializedView))
         }
@@ -261,6 +421,33 @@ mod tests {
             Some(Command::ShowCreate(ObjectKind::MaterializedView, n)) if n == "myview"
         ));
         assert!(t("SELECT 1").is_none());
+        assert!(matches!(
+            t("DROP SOURCE IF EXISTS a, b CASCADE"),
+            Some(Command::DropSource { names, if_exists: true, cascade: true }) if names == ["a", "b"]
+        ));
+    }
+
+    #[test]
+    fn parses_create_source_with_dotted_options() {
+        let sql = "CREATE SOURCE IF NOT EXISTS s (id bigint, v text) WITH (connector = 'datagen', fields.id.kind = 'sequence', datagen.rows.per.second = 5) FORMAT PLAIN ENCODE JSON";
+        let parts = split_statements(sql).unwrap();
+        match parse_statement(sql, &parts[0]).unwrap() {
+            Command::CreateSource(cs) => {
+                assert_eq!(cs.name, "s");
+                assert!(cs.if_not_exists);
+                assert_eq!(cs.columns.len(), 2);
+                assert_eq!(cs.options["fields.id.kind"], "sequence");
+                assert_eq!(cs.options["datagen.rows.per.second"], "5");
+                assert_eq!(cs.format, Some(("plain".into(), "json".into())));
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = "CREATE SOURCE s WITH (connector 'x')";
+        let parts = split_statements(bad).unwrap();
+        assert!(matches!(
+            parse_statement(bad, &parts[0]),
+            Err(MillraceError::Parse { .. })
+        ));
     }
 
     #[test]

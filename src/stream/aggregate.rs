@@ -634,6 +634,10 @@ impl Operator for AggregateOperator {
     fn stats(&self) -> OperatorStats {
         self.stats
     }
+
+    fn is_stateful(&self) -> bool {
+        true
+    }
 }
 
 fn apply_row(acc: &mut AccState, arg: &PreparedArg, row: usize, w: i64) {
@@ -681,5 +685,129 @@ fn apply_row(acc: &mut AccState, arg: &PreparedArg, row: usize, w: i64) {
         // The argument form is chosen from the accumulator when the operator
         // is built, so other pairs cannot occur.
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::physical_expr::expressions::Column;
+
+    use super::*;
+    use crate::stream::pretty::{from_pretty, to_pretty_lines};
+
+    fn col(name: &str, i: usize) -> Arc<dyn PhysicalExpr> {
+        Arc::new(Column::new(name, i))
+    }
+
+    fn spec(kind: AggregateKind, arg: Option<Arc<dyn PhysicalExpr>>) -> AggregateSpec {
+        AggregateSpec {
+            kind,
+            arg,
+            filter: None,
+            delimiter: ",".into(),
+            display: format!("{kind:?}"),
+        }
+    }
+
+    /// GROUP BY c0: count(*), sum(c1), min(c1), max(c1)
+    fn grouped() -> AggregateOperator {
+        let input = from_pretty("T I").unwrap().schema();
+        let out = Arc::new(Schema::new(vec![
+            Field::new("g", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::Int64, true),
+            Field::new("lo", DataType::Int64, true),
+            Field::new("hi", DataType::Int64, true),
+        ]));
+        AggregateOperator::try_new(
+            vec![col("c0", 0)],
+            vec![
+                spec(AggregateKind::Count, None),
+                spec(AggregateKind::Sum, Some(col("c1", 1))),
+                spec(AggregateKind::Min, Some(col("c1", 1))),
+                spec(AggregateKind::Max, Some(col("c1", 1))),
+            ],
+            &input,
+            out,
+        )
+        .unwrap()
+    }
+
+    fn step(op: &mut AggregateOperator, text: &str) -> Vec<String> {
+        let out = op.step(&[Some(from_pretty(text).unwrap())]).unwrap();
+        out.map(|b| to_pretty_lines(&b).unwrap())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn emits_retraction_and_insertion_per_touched_group() {
+        let mut op = grouped();
+        assert_eq!(
+            step(&mut op, "T I\n a 1 +1\n a 5 +1\n b 2 +2"),
+            vec!["a 2 6 1 5 | +1", "b 2 4 2 2 | +1"]
+        );
+        // Deleting the minimum of `a` finds the next one; `b` is untouched.
+        assert_eq!(
+            step(&mut op, "T I\n a 1 -1"),
+            vec!["a 1 5 5 5 | +1", "a 2 6 1 5 | -1"]
+        );
+        // The last rows of a group leave: only a retraction.
+        assert_eq!(step(&mut op, "T I\n b 2 -2"), vec!["b 2 4 2 2 | -1"]);
+        assert_eq!(op.group_count(), 1);
+    }
+
+    #[test]
+    fn nulls_are_ignored_by_aggregates_but_counted_by_count_star() {
+        let mut op = grouped();
+        assert_eq!(step(&mut op, "T I\n a . +1"), vec!["a 1 . . . | +1"]);
+        assert_eq!(
+            step(&mut op, "T I\n a 3 +1"),
+            vec!["a 1 . . . | -1", "a 2 3 3 3 | +1"]
+        );
+    }
+
+    #[test]
+    fn a_change_that_cancels_out_emits_nothing() {
+        let mut op = grouped();
+        step(&mut op, "T I\n a 1 +1");
+        assert!(step(&mut op, "T I\n a 7 +1\n a 7 -1").is_empty());
+    }
+
+    #[test]
+    fn global_aggregate_has_one_row_even_when_empty() {
+        let input = from_pretty("I").unwrap().schema();
+        let out = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::Int64, true),
+        ]));
+        let mut op = AggregateOperator::try_new(
+            vec![],
+            vec![
+                spec(AggregateKind::Count, None),
+                spec(AggregateKind::Sum, Some(col("c0", 0))),
+            ],
+            &input,
+            out,
+        )
+        .unwrap();
+        let first = op.step(&[None]).unwrap().unwrap();
+        assert_eq!(to_pretty_lines(&first).unwrap(), vec!["0 . | +1"]);
+        let lines = to_pretty_lines(
+            &op.step(&[Some(from_pretty("I\n 4 +1").unwrap())])
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(lines, vec!["0 . | -1", "1 4 | +1"]);
+        let lines = to_pretty_lines(
+            &op.step(&[Some(from_pretty("I\n 4 -1").unwrap())])
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(lines, vec!["0 . | +1", "1 4 | -1"]);
     }
 }

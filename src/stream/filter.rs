@@ -67,3 +67,30 @@ impl Operator for FilterOperator {
         self.stats
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::logical_expr::Operator as BinaryOp;
+    use datafusion::physical_expr::expressions::{binary, lit, Column};
+
+    use super::*;
+    use crate::stream::pretty::{from_pretty, to_pretty_lines};
+
+    #[test]
+    fn keeps_matching_rows_with_their_weights() {
+        let input = from_pretty("I\n 1 +1\n 5 -2\n . +1").unwrap();
+        let schema = input.schema();
+        let predicate = binary(
+            Arc::new(Column::new("c0", 0)),
+            BinaryOp::Gt,
+            lit(2i64),
+            &schema,
+        )
+        .unwrap();
+        let mut op = FilterOperator::try_new(predicate, schema).unwrap();
+        let out = op.step(&[Some(input)]).unwrap().unwrap();
+        assert_eq!(to_pretty_lines(&out).unwrap(), vec!["5 | -2"]);
+    }
+}

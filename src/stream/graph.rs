@@ -91,6 +91,11 @@ impl Dataflow {
         Ok(outputs.pop().flatten())
     }
 
+    /// True when any operator keeps state between epochs.
+    pub fn is_stateful(&self) -> bool {
+        self.nodes.iter().any(|n| n.operator.is_stateful())
+    }
+
     /// Per-node description and counters, in node order.
     pub fn stats(&self) -> Vec<(String, OperatorStats)> {
         self.nodes

@@ -265,4 +265,75 @@ impl Operator for JoinOperator {
     fn stats(&self) -> OperatorStats {
         self.stats
     }
+
+    fn is_stateful(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::physical_expr::expressions::Column;
+
+    use super::*;
+    use crate::stream::pretty::{from_pretty, to_pretty_lines};
+
+    fn join() -> JoinOperator {
+        let left = from_pretty("I T").unwrap().schema();
+        let right = from_pretty("I I").unwrap().schema();
+        let fields: Vec<Field> = left
+            .fields()
+            .iter()
+            .chain(right.fields().iter())
+            .map(|f| f.as_ref().clone())
+            .collect();
+        JoinOperator::try_new(
+            &left,
+            &right,
+            vec![Arc::new(Column::new("c0", 0))],
+            vec![Arc::new(Column::new("c0", 0))],
+            false,
+            None,
+            Arc::new(Schema::new(fields)),
+        )
+        .unwrap()
+    }
+
+    fn step(op: &mut JoinOperator, left: Option<&str>, right: Option<&str>) -> Vec<String> {
+        let l = left.map(|t| from_pretty(t).unwrap());
+        let r = right.map(|t| from_pretty(t).unwrap());
+        op.step(&[l, r])
+            .unwrap()
+            .map(|b| to_pretty_lines(&b).unwrap())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn weights_multiply_and_both_sides_update() {
+        let mut op = join();
+        assert!(step(&mut op, Some("I T\n 1 a +2\n 2 b +1"), None).is_empty());
+        assert_eq!(
+            step(&mut op, None, Some("I I\n 1 10 +1\n 3 30 +1")),
+            vec!["1 a 1 10 | +2"]
+        );
+        // Same epoch on both sides: dL ⋈ R + (L + dL) ⋈ dR.
+        assert_eq!(
+            step(
+                &mut op,
+                Some("I T\n 1 a -1\n 3 c +1"),
+                Some("I I\n 1 11 +1")
+            ),
+            vec!["1 a 1 10 | -1", "1 a 1 11 | +1", "3 c 3 30 | +1"]
+        );
+    }
+
+    #[test]
+    fn null_keys_never_match() {
+        let mut op = join();
+        step(&mut op, Some("I T\n . a +1"), None);
+        assert!(step(&mut op, None, Some("I I\n . 5 +1")).is_empty());
+    }
 }

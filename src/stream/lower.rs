@@ -380,3 +380,24 @@ fn unsupported_expr(e: &Expr) -> Option<&'static str> {
     });
     found
 }
+
+/// Whether the result of `plan` only ever grows (receives only positive
+/// weights), given which relations only ever grow. Filters, projections,
+/// unions and inner joins of growing inputs grow; aggregates and distinct
+/// can retract what they emitted.
+pub fn is_append_only(plan: &LogicalPlan, relation_grows: &dyn Fn(&str) -> bool) -> bool {
+    match plan {
+        LogicalPlan::TableScan(scan) => relation_grows(scan.table_name.table()),
+        LogicalPlan::Projection(_)
+        | LogicalPlan::Filter(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Union(_)
+        | LogicalPlan::Join(_) => plan
+            .inputs()
+            .iter()
+            .all(|i| is_append_only(i, relation_grows)),
+        LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => true,
+        _ => false,
+    }
+}

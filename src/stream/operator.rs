@@ -38,4 +38,9 @@ pub trait Operator: Send {
 
     /// Work counters since creation.
     fn stats(&self) -> OperatorStats;
+
+    /// True when the operator keeps state between epochs.
+    fn is_stateful(&self) -> bool {
+        false
+    }
 }
