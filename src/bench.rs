@@ -213,10 +213,11 @@ async fn batch_oracle(
     let ctx = SessionContext::new();
     for (name, options) in sources {
         let spec = build_source(None, options)?;
-        let mut generator = (spec.make_generator)()?;
         let mut batches = Vec::new();
-        while let Some(b) = generator.next_batch()? {
-            batches.push(b);
+        for mut generator in (spec.make_generators)()? {
+            while let Some(b) = generator.next_batch()? {
+                batches.push(b);
+            }
         }
         let table = MemTable::try_new(spec.schema.clone(), vec![batches])?;
         ctx.register_table(name.as_str(), Arc::new(table))?;

@@ -264,9 +264,12 @@ pub fn build(
     Ok(SourceSpec {
         connector: "datagen".into(),
         schema,
-        make_generator: Box::new(move || {
+        // One generator: sequences and clocks are ordered.
+        make_generators: Box::new(move || {
             let opts = Options::new(&options);
-            Ok(Box::new(make(&schema_for_gen, &opts)?) as Box<dyn BatchGenerator>)
+            Ok(vec![
+                Box::new(make(&schema_for_gen, &opts)?) as Box<dyn BatchGenerator>
+            ])
         }),
     })
 }
@@ -460,7 +463,7 @@ mod tests {
     }
 
     fn all_rows(spec: &SourceSpec) -> Vec<String> {
-        let mut g = (spec.make_generator)().unwrap();
+        let mut g = (spec.make_generators)().unwrap().remove(0);
         let mut out = Vec::new();
         while let Some(b) = g.next_batch().unwrap() {
             out.extend(crate::stream::pretty::batch_lines(&b).unwrap());

@@ -37,14 +37,19 @@ pub trait BatchGenerator: Send {
     fn rows_per_second(&self) -> Option<f64>;
 }
 
+/// Builds a source's generators (see [`SourceSpec::make_generators`]).
+pub type GeneratorFactory = Box<dyn Fn() -> Result<Vec<Box<dyn BatchGenerator>>> + Send + Sync>;
+
 /// A parsed source definition.
 pub struct SourceSpec {
     /// The connector name (`datagen`, `nexmark`).
     pub connector: String,
     /// The rows' schema.
     pub schema: SchemaRef,
-    /// Builds a fresh generator positioned at the start of the stream.
-    pub make_generator: Box<dyn Fn() -> Result<Box<dyn BatchGenerator>> + Send + Sync>,
+    /// Builds fresh generators positioned at the start of the stream. Each
+    /// produces a disjoint part of it, so that several threads can share the
+    /// work; together they produce the whole stream.
+    pub make_generators: GeneratorFactory,
 }
 
 /// Builds a source from its declared columns (possibly none, where the

@@ -105,6 +105,8 @@ pub struct NexmarkSettings {
     pub gap_ns: u64,
     /// Event-time origin in milliseconds.
     pub base_time_ms: u64,
+    /// Generators sharing the stream (one thread each).
+    pub split: usize,
 }
 
 /// Builds a `nexmark` source.
@@ -125,8 +127,8 @@ pub fn build(
             .clamp(1, 1 << 20),
         gap_ns: opts.parse_or("nexmark.min.event.gap.in.ns", 100_000u64)?,
         base_time_ms: opts.parse_or("nexmark.base.time", DEFAULT_BASE_TIME_MS)?,
+        split: opts.parse_or("nexmark.split.num", 2usize)?.clamp(1, 64),
     };
-    let _ = opts.get("nexmark.split.num");
     opts.reject_unknown()?;
     let full = table_schema(kind);
     let schema = match declared.filter(|s| !s.fields().is_empty()) {
@@ -151,11 +153,16 @@ pub fn build(
     Ok(SourceSpec {
         connector: "nexmark".into(),
         schema,
-        make_generator: Box::new(move || {
-            Ok(
-                Box::new(NexmarkGenerator::new(settings.clone(), gen_schema.clone()))
-                    as Box<dyn BatchGenerator>,
-            )
+        make_generators: Box::new(move || {
+            Ok((0..settings.split)
+                .map(|k| {
+                    Box::new(NexmarkGenerator::new(
+                        settings.clone(),
+                        gen_schema.clone(),
+                        k,
+                    )) as Box<dyn BatchGenerator>
+                })
+                .collect())
         }),
     })
 }
@@ -179,8 +186,9 @@ pub struct NexmarkGenerator {
 }
 
 impl NexmarkGenerator {
-    /// A generator for `settings` producing the columns of `schema`.
-    pub fn new(settings: NexmarkSettings, schema: SchemaRef) -> Self {
+    /// Generator `part` of `settings.split`, producing the columns of
+    /// `schema`: it takes every `split`-th event of the stream from `part` on.
+    pub fn new(settings: NexmarkSettings, schema: SchemaRef, part: usize) -> Self {
         let config = NexmarkConfig {
             base_time: settings.base_time_ms,
             ..Default::default()
@@ -191,7 +199,10 @@ impl NexmarkGenerator {
             .iter()
             .map(|f| full.index_of(f.name()).unwrap_or(0))
             .collect();
-        let generator = EventGenerator::new(config).with_type_filter(settings.kind);
+        let generator = EventGenerator::new(config)
+            .with_type_filter(settings.kind)
+            .with_offset(part as u64)
+            .with_step(settings.split.max(1) as u64);
         Self {
             settings,
             generator,
@@ -324,7 +335,8 @@ impl BatchGenerator for NexmarkGenerator {
     }
 
     fn rows_per_second(&self) -> Option<f64> {
-        (self.settings.gap_ns > 0).then(|| 1e9 / self.settings.gap_ns as f64)
+        (self.settings.gap_ns > 0)
+            .then(|| 1e9 / self.settings.gap_ns as f64 / self.settings.split.max(1) as f64)
     }
 }
 
@@ -346,17 +358,34 @@ mod tests {
         .collect();
         let run = || {
             let spec = build(None, &map).unwrap();
-            let mut g = (spec.make_generator)().unwrap();
             let mut lines = Vec::new();
-            while let Some(b) = g.next_batch().unwrap() {
-                assert!(b.num_rows() <= 100);
-                lines.extend(crate::stream::pretty::batch_lines(&b).unwrap());
+            for mut g in (spec.make_generators)().unwrap() {
+                while let Some(b) = g.next_batch().unwrap() {
+                    assert!(b.num_rows() <= 100);
+                    lines.extend(crate::stream::pretty::batch_lines(&b).unwrap());
+                }
             }
+            lines.sort();
             lines
         };
         let a = run();
         assert_eq!(a, run());
         // 46 of every 50 events are bids.
         assert_eq!(a.len(), 920);
+        // Split into one generator or three, the stream is the same.
+        let collect = |split: &str| {
+            let mut m = map.clone();
+            m.insert("nexmark.split.num".into(), split.into());
+            let mut lines = Vec::new();
+            for mut g in (build(None, &m).unwrap().make_generators)().unwrap() {
+                while let Some(b) = g.next_batch().unwrap() {
+                    lines.extend(crate::stream::pretty::batch_lines(&b).unwrap());
+                }
+            }
+            lines.sort();
+            lines
+        };
+        assert_eq!(collect("1"), a);
+        assert_eq!(collect("3"), a);
     }
 }

@@ -3,7 +3,7 @@
 //! per epoch. The channel bound is the back-pressure: a generator never
 //! runs more than a few batches ahead of the views.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,61 +27,44 @@ pub trait SourceSink: Send + Sync + 'static {
     async fn ingest(&self, source: &str, view: &str, batches: Vec<RecordBatch>) -> Result<()>;
 }
 
-/// Starts `generator` reading `source` for `view`, feeding `sink`. Progress
-/// and the stop flag live in `progress`.
+/// Starts `generators` (one thread each, each producing its own part of
+/// the stream) reading `source` for `view`, feeding `sink`. Progress and the
+/// stop flag live in `progress`; it is finished when every thread is.
 pub fn spawn_source(
     source: String,
     view: String,
-    mut generator: Box<dyn BatchGenerator>,
+    generators: Vec<Box<dyn BatchGenerator>>,
     progress: Arc<SourceProgress>,
     sink: Arc<dyn SourceSink>,
 ) {
-    let (tx, mut rx) = mpsc::channel::<RecordBatch>(CHANNEL_BATCHES);
+    let (tx, mut rx) = mpsc::channel::<RecordBatch>(CHANNEL_BATCHES * generators.len().max(1));
     progress.started.store(true, Ordering::Relaxed);
-    let gen_progress = progress.clone();
-    let gen_name = source.clone();
-    let spawned = std::thread::Builder::new()
-        .name(format!("source-{source}"))
-        .spawn(move || {
-            let start = Instant::now();
-            let rate = generator.rows_per_second();
-            let mut rows: u64 = 0;
-            loop {
-                if gen_progress.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let batch = match generator.next_batch() {
-                    Ok(Some(b)) => b,
-                    Ok(None) => break,
-                    Err(e) => {
-                        warn!(source = %gen_name, error = %e, "source generator failed; stopping it");
-                        gen_progress.errors.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                };
-                rows += batch.num_rows() as u64;
-                if let Some(rps) = rate {
-                    let due = Duration::from_secs_f64(rows as f64 / rps);
-                    let elapsed = start.elapsed();
-                    if due > elapsed {
-                        std::thread::sleep(due - elapsed);
-                    }
-                }
-                let n = batch.num_rows() as u64;
-                // Counted before sending, so FLUSH waits for it.
-                gen_progress.produced.fetch_add(n, Ordering::SeqCst);
-                if tx.blocking_send(batch).is_err() {
-                    break;
-                }
-            }
-            gen_progress.finished.store(true, Ordering::SeqCst);
-            info!(source = %gen_name, rows, "source generator done");
-        });
-    if let Err(e) = spawned {
-        warn!(%source, error = %e, "cannot start source thread");
+    let live = Arc::new(AtomicUsize::new(generators.len()));
+    if generators.is_empty() {
         progress.finished.store(true, Ordering::SeqCst);
-        return;
     }
+    for (part, generator) in generators.into_iter().enumerate() {
+        let tx = tx.clone();
+        let thread_progress = progress.clone();
+        let thread_live = live.clone();
+        let name = source.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("source-{source}-{part}"))
+            .spawn(move || {
+                let rows = generate(&name, generator, &thread_progress, &tx);
+                if thread_live.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    thread_progress.finished.store(true, Ordering::SeqCst);
+                }
+                info!(source = %name, part, rows, "source generator done");
+            });
+        if let Err(e) = spawned {
+            warn!(%source, error = %e, "cannot start source thread");
+            if live.fetch_sub(1, Ordering::SeqCst) == 1 {
+                progress.finished.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    drop(tx);
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let mut rows = first.num_rows();
@@ -107,4 +90,46 @@ pub fn spawn_source(
             progress.ingested.fetch_add(rows as u64, Ordering::SeqCst);
         }
     });
+}
+
+/// Runs one generator until it ends, the source stops or the engine goes
+/// away; returns the rows it produced.
+fn generate(
+    source: &str,
+    mut generator: Box<dyn BatchGenerator>,
+    progress: &SourceProgress,
+    tx: &mpsc::Sender<RecordBatch>,
+) -> u64 {
+    let start = Instant::now();
+    let rate = generator.rows_per_second();
+    let mut rows: u64 = 0;
+    loop {
+        if progress.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let batch = match generator.next_batch() {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(e) => {
+                warn!(%source, error = %e, "source generator failed; stopping it");
+                progress.errors.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        };
+        let n = batch.num_rows() as u64;
+        rows += n;
+        if let Some(rps) = rate {
+            let due = Duration::from_secs_f64(rows as f64 / rps);
+            let elapsed = start.elapsed();
+            if due > elapsed {
+                std::thread::sleep(due - elapsed);
+            }
+        }
+        // Counted before sending, so FLUSH waits for it.
+        progress.produced.fetch_add(n, Ordering::SeqCst);
+        if tx.blocking_send(batch).is_err() {
+            break;
+        }
+    }
+    rows
 }

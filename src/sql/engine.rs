@@ -1470,13 +1470,13 @@ impl Engine {
             view: view.to_string(),
             progress: progress.clone(),
         });
-        match (spec.make_generator)() {
-            Ok(generator) => {
-                info!(%source, %view, connector = %spec.connector, "source reader started");
+        match (spec.make_generators)() {
+            Ok(generators) => {
+                info!(%source, %view, connector = %spec.connector, threads = generators.len(), "source reader started");
                 spawn_source(
                     source.to_string(),
                     view.to_string(),
-                    generator,
+                    generators,
                     progress,
                     engine,
                 );
