@@ -102,7 +102,19 @@ async fn extended_protocol_with_parameters_and_binary_results() -> anyhow::Resul
     assert_eq!(ts.to_string(), "2024-01-02 03:04:05.500");
     assert_eq!(tz.to_rfc3339(), "2024-01-02T03:04:05+00:00");
     assert_eq!(v, None);
-    // A parameter of the wrong type is an error for that statement only.
+    // jsonb in binary: the version byte and the text.
+    client
+        .batch_execute("CREATE TABLE docs (j jsonb); INSERT INTO docs VALUES ('{\"a\": [1, 2]}')")
+        .await?;
+    let row = client.query_one("SELECT j FROM docs", &[]).await?;
+    assert_eq!(
+        row.columns()[0].type_(),
+        &tokio_postgres::types::Type::JSONB
+    );
+    let j: serde_json::Value = row.get(0);
+    assert_eq!(j, serde_json::json!({"a": [1, 2]}));
+    // The client refuses to send text where the server said it wants an
+    // integer: the parameter type reached it.
     let err = client
         .query("SELECT count(*) FROM t WHERE i = $1", &[&"seven"])
         .await

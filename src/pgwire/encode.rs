@@ -10,15 +10,93 @@
 use std::sync::Arc;
 
 use arrow_pg::encoder::{encode_value, Encoder};
+use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, NaiveTime};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{
     DataType, Float32Type, Float64Type, Time64MicrosecondType, TimeUnit, TimestampMicrosecondType,
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
+use pgwire::api::portal::Format;
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
+use pgwire::api::Type;
 use pgwire::error::PgWireResult;
 use pgwire::messages::data::DataRow;
+use pgwire::types::format::FormatOptions as PgFormatOptions;
+use pgwire::types::ToSqlText;
+use postgres_types::{to_sql_checked, IsNull, ToSql};
+
+use crate::sql::types::SQL_TYPE_KEY;
+
+/// The wire description of result columns: `arrow-pg`'s mapping, with
+/// columns declared `jsonb` (stored as text) reported as `jsonb`.
+pub fn pg_fields(
+    schema: &datafusion::arrow::datatypes::Schema,
+    format: &Format,
+) -> PgWireResult<Vec<FieldInfo>> {
+    let fields = arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format, None)?;
+    Ok(fields
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(info, f)| {
+            if is_jsonb(f) {
+                FieldInfo::new(
+                    info.name().to_string(),
+                    None,
+                    None,
+                    Type::JSONB,
+                    info.format(),
+                )
+            } else {
+                info
+            }
+        })
+        .collect())
+}
+
+fn is_jsonb(field: &datafusion::arrow::datatypes::Field) -> bool {
+    field
+        .metadata()
+        .get(SQL_TYPE_KEY)
+        .is_some_and(|t| t == "jsonb")
+}
+
+/// JSON text as a `jsonb` value: the text itself in text format, a version
+/// byte and the text in binary format.
+#[derive(Debug)]
+struct JsonbText<'a>(&'a str);
+
+impl ToSql for JsonbText<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty == Type::JSONB {
+            out.put_u8(1);
+        }
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB || *ty == Type::JSON
+    }
+
+    to_sql_checked!();
+}
+
+impl ToSqlText for JsonbText<'_> {
+    fn to_sql_text(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+        _format_options: &PgFormatOptions,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+}
 
 /// Encodes every row of `batch` for the given result fields.
 pub fn encode_batch(
@@ -33,6 +111,15 @@ pub fn encode_batch(
             let pg_field = &fields[col];
             let result = if array.is_null(row) {
                 Encoder::encode_field(&mut encoder, &None::<i8>, pg_field)
+            } else if *pg_field.datatype() == Type::JSONB {
+                match array.as_string_opt::<i32>() {
+                    Some(strings) => Encoder::encode_field(
+                        &mut encoder,
+                        &JsonbText(strings.value(row)),
+                        pg_field,
+                    ),
+                    None => encode_value(&mut encoder, array, row, schema.field(col), pg_field),
+                }
             } else if pg_field.format() == FieldFormat::Text {
                 match postgres_text(array.as_ref(), row) {
                     Some(text) => Encoder::encode_field(&mut encoder, &text, pg_field),

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arrow_pg::datatypes::df::deserialize_parameters;
-use arrow_pg::datatypes::{arrow_schema_to_pg_fields, into_pg_type};
+use arrow_pg::datatypes::into_pg_type;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use futures::{stream, Sink, StreamExt};
@@ -122,11 +122,7 @@ impl QueryParser for MillraceQueryParser {
         stmt: &Self::Statement,
         column_format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        arrow_schema_to_pg_fields(
-            &stmt.schema,
-            column_format.unwrap_or(&Format::UnifiedText),
-            None,
-        )
+        encode::pg_fields(&stmt.schema, column_format.unwrap_or(&Format::UnifiedText))
     }
 }
 
@@ -165,7 +161,7 @@ fn output_response(output: QueryOutput, format: &Format) -> PgWireResult<Respons
             }
         }
         QueryOutput::Rows { schema, batches } => {
-            let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
+            let fields = Arc::new(encode::pg_fields(&schema, format)?);
             let f = fields.clone();
             let rows = stream::iter(batches)
                 .map(move |b| stream::iter(encode::encode_batch(&f, &b)))

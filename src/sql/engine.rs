@@ -1691,17 +1691,42 @@ fn conform(columns: &[ArrayRef], schema: &SchemaRef) -> Result<RecordBatch> {
         .iter()
         .zip(schema.fields())
         .map(|(c, f)| {
-            if c.data_type() == f.data_type() {
-                Ok(c.clone())
+            let c = if c.data_type() == f.data_type() {
+                c.clone()
             } else {
-                Ok(cast_with_options(c, f.data_type(), &options)?)
+                cast_with_options(c, f.data_type(), &options)?
+            };
+            if f.metadata().get(SQL_TYPE_KEY).is_some_and(|t| t == "jsonb") {
+                check_json(&c, f.name())?;
             }
+            Ok(c)
         })
         .collect::<Result<Vec<_>>>()?;
     let n = columns.first().map(|c| c.len()).unwrap_or(0);
     // Built under the relaxed schema: NOT NULL is checked by the table, with
     // a proper error, before anything is applied.
     crate::stream::change::batch_from_columns(relaxed(schema), cols, n)
+}
+
+/// Refuses text that is not JSON, as PostgreSQL does for `jsonb`.
+fn check_json(column: &ArrayRef, name: &str) -> Result<()> {
+    use datafusion::arrow::array::{Array, AsArray};
+    let Some(strings) = column.as_string_opt::<i32>() else {
+        return Ok(());
+    };
+    for i in 0..strings.len() {
+        if strings.is_valid(i) {
+            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(strings.value(i)) {
+                return Err(MillraceError::Data {
+                    sqlstate: "22P02",
+                    message: format!(
+                        "invalid input syntax for type json in column \"{name}\": {e}"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `schema` with every column nullable.
