@@ -154,6 +154,11 @@ fn column_gen(opts: &Options, name: &str, ty: &DataType, seed: u64) -> Result<Co
                     };
                     let min = opts.parse_or(&key("min"), 0i64)?;
                     let max = opts.parse_or(&key("max"), max_default)?;
+                    if min < -max_default - 1 || max > max_default {
+                        return Err(invalid(format!(
+                            "datagen: {min}..{max} does not fit column {name} of type {ty}"
+                        )));
+                    }
                     if min > max {
                         return Err(invalid(format!("datagen: {} > {}", key("min"), key("max"))));
                     }
@@ -166,6 +171,13 @@ fn column_gen(opts: &Options, name: &str, ty: &DataType, seed: u64) -> Result<Co
             "random" => {
                 let min = opts.parse_or(&key("min"), 0f64)?;
                 let max = opts.parse_or(&key("max"), 1f64)?;
+                if !min.is_finite() || !max.is_finite() {
+                    return Err(invalid(format!(
+                        "datagen: {} and {} must be finite",
+                        key("min"),
+                        key("max")
+                    )));
+                }
                 if min > max {
                     return Err(invalid(format!("datagen: {} > {}", key("min"), key("max"))));
                 }
@@ -176,8 +188,17 @@ fn column_gen(opts: &Options, name: &str, ty: &DataType, seed: u64) -> Result<Co
         DataType::Decimal128(p, s) => match kind.as_deref().unwrap_or("random") {
             "random" => {
                 let scale = 10f64.powi(*s as i32);
-                let min = (opts.parse_or(&key("min"), 0f64)? * scale).round() as i128;
-                let max = (opts.parse_or(&key("max"), 100f64)? * scale).round() as i128;
+                let min_value: f64 = opts.parse_or(&key("min"), 0f64)?;
+                let max_value: f64 = opts.parse_or(&key("max"), 100f64)?;
+                if !min_value.is_finite() || !max_value.is_finite() {
+                    return Err(invalid(format!(
+                        "datagen: {} and {} must be finite",
+                        key("min"),
+                        key("max")
+                    )));
+                }
+                let min = (min_value * scale).round() as i128;
+                let max = (max_value * scale).round() as i128;
                 if min > max {
                     return Err(invalid(format!("datagen: {} > {}", key("min"), key("max"))));
                 }
@@ -208,10 +229,13 @@ fn column_gen(opts: &Options, name: &str, ty: &DataType, seed: u64) -> Result<Co
                     }
                     ColumnGen::TextValues { values, rng }
                 }
-                None => ColumnGen::TextRandom {
-                    length: opts.parse_or(&key("length"), 10usize)?,
-                    rng,
-                },
+                None => {
+                    let length = opts.parse_or(&key("length"), 10usize)?;
+                    if length > 1 << 20 {
+                        return Err(invalid(format!("datagen: {} is over 1 MiB", key("length"))));
+                    }
+                    ColumnGen::TextRandom { length, rng }
+                }
             },
             k => return Err(bad_kind(k)),
         },
@@ -223,6 +247,12 @@ fn column_gen(opts: &Options, name: &str, ty: &DataType, seed: u64) -> Result<Co
                     None => now_micros(),
                 };
                 let step_ms: f64 = opts.parse_or(&key("step.ms"), 1000.0)?;
+                if !step_ms.is_finite() {
+                    return Err(invalid(format!(
+                        "datagen: {} must be finite",
+                        key("step.ms")
+                    )));
+                }
                 ColumnGen::TimeClock {
                     next_us: start,
                     step_us: (step_ms * 1000.0) as i64,
@@ -230,6 +260,12 @@ fn column_gen(opts: &Options, name: &str, ty: &DataType, seed: u64) -> Result<Co
             }
             "random" => {
                 let past: f64 = opts.parse_or(&key("max_past"), 3600.0)?;
+                if !(0.0..=1e10).contains(&past) {
+                    return Err(invalid(format!(
+                        "datagen: {} must be between 0 and 1e10 seconds",
+                        key("max_past")
+                    )));
+                }
                 ColumnGen::TimeRandomPast {
                     max_past_us: (past * 1e6) as i64,
                     rng,
@@ -329,7 +365,7 @@ impl Datagen {
                 | ColumnGen::TextSequence {
                     next,
                     end: Some(end),
-                } => Some((end - next + 1).max(0) as usize),
+                } => Some(end.saturating_sub(*next).saturating_add(1).max(0) as usize),
                 _ => None,
             })
             .min()
@@ -356,8 +392,10 @@ impl BatchGenerator for Datagen {
             let array: ArrayRef = match gen {
                 ColumnGen::IntSequence { next, .. } => {
                     let start = *next;
-                    *next += n as i64;
-                    Arc::new(Int64Array::from_iter_values(start..start + n as i64))
+                    *next = next.saturating_add(n as i64);
+                    Arc::new(Int64Array::from_iter_values(
+                        (0..n as i64).map(|i| start.saturating_add(i)),
+                    ))
                 }
                 ColumnGen::IntRandom { min, max, rng } => Arc::new(Int64Array::from_iter_values(
                     (0..n).map(|_| rng.random_range(*min..=*max)),
@@ -403,18 +441,18 @@ impl BatchGenerator for Datagen {
                 ColumnGen::TextSequence { next, .. } => {
                     let mut b = StringBuilder::with_capacity(n, n * 8);
                     for i in 0..n as i64 {
-                        b.append_value((*next + i).to_string());
+                        b.append_value(next.saturating_add(i).to_string());
                     }
-                    *next += n as i64;
+                    *next = next.saturating_add(n as i64);
                     Arc::new(b.finish())
                 }
                 ColumnGen::TimeNow => Arc::new(TimestampMicrosecondArray::from_value(now, n)),
                 ColumnGen::TimeClock { next_us, step_us } => {
                     let start = *next_us;
-                    *next_us += *step_us * n as i64;
+                    *next_us = start.saturating_add(step_us.saturating_mul(n as i64));
                     let step = *step_us;
                     Arc::new(TimestampMicrosecondArray::from_iter_values(
-                        (0..n as i64).map(|i| start + i * step),
+                        (0..n as i64).map(|i| start.saturating_add(i.saturating_mul(step))),
                     ))
                 }
                 ColumnGen::TimeRandomPast { max_past_us, rng } => {
