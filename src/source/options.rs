@@ -31,13 +31,7 @@ impl<'a> Options<'a> {
     where
         T::Err: std::fmt::Display,
     {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .trim()
-                .parse::<T>()
-                .map_err(|e| invalid(format!("invalid value '{v}' for option {key}: {e}"))),
-        }
+        Ok(self.parse(key)?.unwrap_or(default))
     }
 
     /// `key` parsed as `T`, if present.
