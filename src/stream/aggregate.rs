@@ -56,6 +56,7 @@ pub enum AggregateKind {
 }
 
 /// One aggregate call in the operator.
+#[derive(Clone)]
 pub struct AggregateSpec {
     /// Which function.
     pub kind: AggregateKind,

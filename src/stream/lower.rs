@@ -25,10 +25,25 @@ use super::constant::ConstantOperator;
 use super::filter::FilterOperator;
 use super::graph::{Dataflow, NodeInput};
 use super::join::JoinOperator;
+use super::operator::Operator;
+use super::partition::PartitionedOperator;
 use super::project::ProjectOperator;
 use super::scan::ScanOperator;
 use super::union::UnionOperator;
 use crate::error::{MillraceError, Result};
+
+/// Worker threads each keyed stateful operator is split across, unless
+/// `MILLRACE_WORKERS` says otherwise.
+pub const DEFAULT_WORKERS: usize = 2;
+
+/// Worker threads per keyed stateful operator.
+pub fn workers() -> usize {
+    std::env::var("MILLRACE_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(DEFAULT_WORKERS)
+        .clamp(1, 64)
+}
 
 /// Builds the dataflow that maintains `plan` incrementally. Table scans
 /// become inputs named by the scanned relation's bare table name.
@@ -37,6 +52,7 @@ pub fn lower_plan(plan: &LogicalPlan) -> Result<Dataflow> {
     let mut lowering = Lowering {
         graph: Dataflow::new(),
         props: ExecutionProps::new(),
+        workers: workers(),
     };
     lowering.node(plan)?;
     Ok(lowering.graph)
@@ -66,6 +82,7 @@ pub fn reject_volatile(plan: &LogicalPlan) -> Result<()> {
 struct Lowering {
     graph: Dataflow,
     props: ExecutionProps,
+    workers: usize,
 }
 
 fn arrow_schema(schema: &DFSchema) -> SchemaRef {
@@ -152,13 +169,32 @@ impl Lowering {
                     .iter()
                     .map(|e| self.aggregate_spec(e, in_schema))
                     .collect::<Result<Vec<_>>>()?;
-                let op = AggregateOperator::try_new(
-                    group_exprs,
-                    aggregates,
-                    &arrow_schema(in_schema),
-                    arrow_schema(&a.schema),
-                )?;
-                self.graph.add(Box::new(op), vec![NodeInput::Node(input)])
+                let input_schema = arrow_schema(in_schema);
+                let make = || -> Result<Box<dyn Operator>> {
+                    Ok(Box::new(AggregateOperator::try_new(
+                        group_exprs.clone(),
+                        aggregates.clone(),
+                        &input_schema,
+                        arrow_schema(&a.schema),
+                    )?))
+                };
+                let op = if self.workers > 1 && !group_exprs.is_empty() {
+                    let key_types = group_exprs
+                        .iter()
+                        .map(|e| Ok(e.data_type(&input_schema)?))
+                        .collect::<Result<Vec<_>>>()?;
+                    let shards = (0..self.workers)
+                        .map(|_| make())
+                        .collect::<Result<Vec<_>>>()?;
+                    Box::new(PartitionedOperator::try_new(
+                        shards,
+                        vec![group_exprs.clone()],
+                        key_types,
+                    )?)
+                } else {
+                    make()?
+                };
+                self.graph.add(op, vec![NodeInput::Node(input)])
             }
             LogicalPlan::Distinct(Distinct::All(input)) => {
                 let id = self.node(input)?;
@@ -201,19 +237,36 @@ impl Lowering {
                     .as_ref()
                     .map(|f| self.expr(f, &j.schema))
                     .transpose()?;
-                let op = JoinOperator::try_new(
-                    &arrow_schema(j.left.schema()),
-                    &arrow_schema(j.right.schema()),
-                    left_keys,
-                    right_keys,
-                    j.null_equality == NullEquality::NullEqualsNull,
-                    filter,
-                    arrow_schema(&j.schema),
-                )?;
-                self.graph.add(
-                    Box::new(op),
-                    vec![NodeInput::Node(left), NodeInput::Node(right)],
-                )
+                let left_schema = arrow_schema(j.left.schema());
+                let make = || -> Result<Box<dyn Operator>> {
+                    Ok(Box::new(JoinOperator::try_new(
+                        &left_schema,
+                        &arrow_schema(j.right.schema()),
+                        left_keys.clone(),
+                        right_keys.clone(),
+                        j.null_equality == NullEquality::NullEqualsNull,
+                        filter.clone(),
+                        arrow_schema(&j.schema),
+                    )?))
+                };
+                let op = if self.workers > 1 && !left_keys.is_empty() {
+                    let key_types = left_keys
+                        .iter()
+                        .map(|e| Ok(e.data_type(&left_schema)?))
+                        .collect::<Result<Vec<_>>>()?;
+                    let shards = (0..self.workers)
+                        .map(|_| make())
+                        .collect::<Result<Vec<_>>>()?;
+                    Box::new(PartitionedOperator::try_new(
+                        shards,
+                        vec![left_keys.clone(), right_keys.clone()],
+                        key_types,
+                    )?)
+                } else {
+                    make()?
+                };
+                self.graph
+                    .add(op, vec![NodeInput::Node(left), NodeInput::Node(right)])
             }
             LogicalPlan::Union(u) => {
                 let inputs = u

@@ -35,6 +35,7 @@ impl TestServer {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir)
+            .env("MILLRACE_WORKERS", "2")
             .arg("--log-level")
             .arg("warn")
             .args(extra)
