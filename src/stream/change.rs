@@ -224,3 +224,25 @@ pub fn batch_from_columns(
         &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(num_rows)),
     )?)
 }
+
+/// Evaluates key expressions over a batch, casting each to its key type so
+/// that equal keys from inputs of different types compare equal.
+pub fn evaluate_keys(
+    exprs: &[std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>],
+    types: &[datafusion::arrow::datatypes::DataType],
+    batch: &RecordBatch,
+) -> Result<Vec<ArrayRef>> {
+    let n = batch.num_rows();
+    exprs
+        .iter()
+        .zip(types)
+        .map(|(e, ty)| {
+            let a = e.evaluate(batch)?.into_array(n)?;
+            Ok(if a.data_type() == ty {
+                a
+            } else {
+                datafusion::arrow::compute::cast(&a, ty)?
+            })
+        })
+        .collect()
+}

@@ -13,13 +13,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Int64Array, UInt32Array};
-use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::array::{Array, Int64Array, UInt32Array};
+use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::change::{batch_from_columns, row_converter, ChangeBatch};
+use super::change::{batch_from_columns, evaluate_keys, row_converter, ChangeBatch};
 use super::filter::evaluate_predicate;
 use super::operator::{Operator, OperatorStats};
 use crate::error::Result;
@@ -102,18 +102,7 @@ impl JoinOperator {
         let Some(conv) = &self.key_converter else {
             return Ok(vec![Some(Box::from(&[][..])); n]);
         };
-        let arrays = keys
-            .iter()
-            .zip(&self.key_types)
-            .map(|(e, ty)| {
-                let a = e.evaluate(delta.data())?.into_array(n)?;
-                Ok(if a.data_type() == ty {
-                    a
-                } else {
-                    cast(&a, ty)?
-                })
-            })
-            .collect::<Result<Vec<ArrayRef>>>()?;
+        let arrays = evaluate_keys(keys, &self.key_types, delta.data())?;
         let rows = conv.convert_columns(&arrays)?;
         Ok((0..n)
             .map(|i| {

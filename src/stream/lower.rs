@@ -178,22 +178,12 @@ impl Lowering {
                         arrow_schema(&a.schema),
                     )?))
                 };
-                let op = if self.workers > 1 && !group_exprs.is_empty() {
-                    let key_types = group_exprs
-                        .iter()
-                        .map(|e| Ok(e.data_type(&input_schema)?))
-                        .collect::<Result<Vec<_>>>()?;
-                    let shards = (0..self.workers)
-                        .map(|_| make())
-                        .collect::<Result<Vec<_>>>()?;
-                    Box::new(PartitionedOperator::try_new(
-                        shards,
-                        vec![group_exprs.clone()],
-                        key_types,
-                    )?)
-                } else {
-                    make()?
-                };
+                let op = self.maybe_partitioned(
+                    make,
+                    vec![group_exprs.clone()],
+                    &group_exprs,
+                    &input_schema,
+                )?;
                 self.graph.add(op, vec![NodeInput::Node(input)])
             }
             LogicalPlan::Distinct(Distinct::All(input)) => {
@@ -249,22 +239,12 @@ impl Lowering {
                         arrow_schema(&j.schema),
                     )?))
                 };
-                let op = if self.workers > 1 && !left_keys.is_empty() {
-                    let key_types = left_keys
-                        .iter()
-                        .map(|e| Ok(e.data_type(&left_schema)?))
-                        .collect::<Result<Vec<_>>>()?;
-                    let shards = (0..self.workers)
-                        .map(|_| make())
-                        .collect::<Result<Vec<_>>>()?;
-                    Box::new(PartitionedOperator::try_new(
-                        shards,
-                        vec![left_keys.clone(), right_keys.clone()],
-                        key_types,
-                    )?)
-                } else {
-                    make()?
-                };
+                let op = self.maybe_partitioned(
+                    make,
+                    vec![left_keys.clone(), right_keys.clone()],
+                    &left_keys,
+                    &left_schema,
+                )?;
                 self.graph
                     .add(op, vec![NodeInput::Node(left), NodeInput::Node(right)])
             }
@@ -341,6 +321,31 @@ impl Lowering {
                 other.display()
             ))),
         }
+    }
+
+    /// `make()` split into `self.workers` copies by `keys` (one key list per
+    /// input; `typed_keys` over `schema` give the key types), or a single
+    /// copy when there is one worker or no key.
+    fn maybe_partitioned(
+        &self,
+        make: impl Fn() -> Result<Box<dyn Operator>>,
+        keys: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+        typed_keys: &[Arc<dyn PhysicalExpr>],
+        schema: &SchemaRef,
+    ) -> Result<Box<dyn Operator>> {
+        if self.workers <= 1 || typed_keys.is_empty() {
+            return make();
+        }
+        let key_types = typed_keys
+            .iter()
+            .map(|e| Ok(e.data_type(schema)?))
+            .collect::<Result<Vec<_>>>()?;
+        let shards = (0..self.workers)
+            .map(|_| make())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Box::new(PartitionedOperator::try_new(
+            shards, keys, key_types,
+        )?))
     }
 
     fn aggregate_spec(&self, e: &Expr, schema: &DFSchema) -> Result<AggregateSpec> {

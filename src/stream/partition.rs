@@ -9,12 +9,11 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::UInt32Array;
-use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::hash_utils::{create_hashes, RandomState};
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::change::ChangeBatch;
+use super::change::{evaluate_keys, ChangeBatch};
 use super::operator::{Operator, OperatorStats};
 use crate::error::{MillraceError, Result};
 
@@ -57,18 +56,7 @@ impl PartitionedOperator {
     /// Splits one input's delta into a delta per shard.
     fn route(&self, input: usize, delta: &ChangeBatch) -> Result<Vec<Option<ChangeBatch>>> {
         let n = delta.num_rows();
-        let arrays = self.keys[input]
-            .iter()
-            .zip(&self.key_types)
-            .map(|(e, ty)| {
-                let a = e.evaluate(delta.data())?.into_array(n)?;
-                Ok(if a.data_type() == ty {
-                    a
-                } else {
-                    cast(&a, ty)?
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let arrays = evaluate_keys(&self.keys[input], &self.key_types, delta.data())?;
         let mut hashes = vec![0u64; n];
         create_hashes(&arrays, &RandomState::with_seed(0), &mut hashes)?;
         let shards = self.shards.len() as u64;
