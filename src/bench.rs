@@ -214,9 +214,9 @@ async fn batch_oracle(
     for (name, options) in sources {
         let spec = build_source(None, options)?;
         let mut batches = Vec::new();
-        for mut generator in (spec.make_generators)()? {
+        for mut generator in (spec.make_generators)(&Default::default())? {
             while let Some(b) = generator.next_batch()? {
-                batches.push(b);
+                batches.push(b.data().clone());
             }
         }
         let table = MemTable::try_new(spec.schema.clone(), vec![batches])?;

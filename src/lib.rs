@@ -7,6 +7,7 @@ pub mod bench;
 pub mod error;
 pub mod pgwire;
 pub mod server;
+pub mod sink;
 pub mod source;
 pub mod sql;
 pub mod storage;

@@ -36,6 +36,7 @@ use rand::{Rng, SeedableRng};
 use super::options::{invalid, Options};
 use super::{BatchGenerator, SourceSpec};
 use crate::error::{MillraceError, Result};
+use crate::stream::change::ChangeBatch;
 
 /// Largest batch the generator hands over at once.
 const MAX_BATCH_ROWS: usize = 8192;
@@ -301,7 +302,8 @@ pub fn build(
         connector: "datagen".into(),
         schema,
         // One generator: sequences and clocks are ordered.
-        make_generators: Box::new(move || {
+        append_only: true,
+        make_generators: Box::new(move |_: &super::ReaderContext| {
             let opts = Options::new(&options);
             Ok(vec![
                 Box::new(make(&schema_for_gen, &opts)?) as Box<dyn BatchGenerator>
@@ -373,7 +375,7 @@ impl Datagen {
 }
 
 impl BatchGenerator for Datagen {
-    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+    fn next_batch(&mut self) -> Result<Option<ChangeBatch>> {
         if self.done {
             return Ok(None);
         }
@@ -474,7 +476,10 @@ impl BatchGenerator for Datagen {
                 self.done = true;
             }
         }
-        Ok(Some(RecordBatch::try_new(self.schema.clone(), arrays)?))
+        Ok(Some(ChangeBatch::with_uniform_weight(
+            RecordBatch::try_new(self.schema.clone(), arrays)?,
+            1,
+        )))
     }
 
     fn rows_per_second(&self) -> Option<f64> {
@@ -501,10 +506,12 @@ mod tests {
     }
 
     fn all_rows(spec: &SourceSpec) -> Vec<String> {
-        let mut g = (spec.make_generators)().unwrap().remove(0);
+        let mut g = (spec.make_generators)(&Default::default())
+            .unwrap()
+            .remove(0);
         let mut out = Vec::new();
         while let Some(b) = g.next_batch().unwrap() {
-            out.extend(crate::stream::pretty::batch_lines(&b).unwrap());
+            out.extend(crate::stream::pretty::batch_lines(b.data()).unwrap());
         }
         out
     }

@@ -12,33 +12,98 @@
 //! its start offset).
 
 pub mod datagen;
+pub mod kafka;
 pub mod nexmark;
 pub mod options;
 mod runner;
+pub mod upsert;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::error::{MillraceError, Result};
+use crate::stream::change::ChangeBatch;
 use options::invalid;
 
 pub use runner::{spawn_source, SourceSink};
 
-/// Produces a source's rows, one Arrow batch at a time.
+/// Produces a source's changes, one batch at a time. Most sources only
+/// insert (every weight +1); upsert and change-data-capture sources also
+/// retract rows they produced before.
 pub trait BatchGenerator: Send {
-    /// The next batch, or `None` once the source is exhausted.
-    fn next_batch(&mut self) -> Result<Option<RecordBatch>>;
+    /// The next batch (possibly empty, when nothing arrived for a while), or
+    /// `None` once the source is exhausted.
+    fn next_batch(&mut self) -> Result<Option<ChangeBatch>>;
 
     /// Rows per second to pace at, or `None` for as fast as possible.
     fn rows_per_second(&self) -> Option<f64>;
 }
 
 /// Builds a source's generators (see [`SourceSpec::make_generators`]).
-pub type GeneratorFactory = Box<dyn Fn() -> Result<Vec<Box<dyn BatchGenerator>>> + Send + Sync>;
+pub type GeneratorFactory =
+    Box<dyn Fn(&ReaderContext) -> Result<Vec<Box<dyn BatchGenerator>>> + Send + Sync>;
+
+/// What a reader of a source is for: passed to the generators it starts.
+#[derive(Clone, Default)]
+pub struct ReaderContext {
+    /// The source read.
+    pub source: String,
+    /// The view fed.
+    pub view: String,
+    /// The reader's counters, which generators update.
+    pub progress: Arc<SourceProgress>,
+}
+
+/// A `CREATE SOURCE` statement, ready for its connector.
+pub struct SourceDecl<'a> {
+    /// The source's name.
+    pub name: &'a str,
+    /// Declared columns, if any.
+    pub declared: Option<SchemaRef>,
+    /// `WITH` options.
+    pub options: &'a BTreeMap<String, String>,
+    /// `FORMAT f ENCODE e`, lower-cased.
+    pub format: Option<(String, String)>,
+    /// Options given after `ENCODE e`.
+    pub encode_options: &'a BTreeMap<String, String>,
+    /// Declared `PRIMARY KEY` columns.
+    pub primary_key: &'a [String],
+    /// `INCLUDE` clauses: (what, header name, column, Arrow type if declared).
+    pub includes: Vec<Include>,
+    /// Whether to check that the external system is reachable now (false
+    /// when the catalog is replayed at start, so that an unreachable broker
+    /// does not keep the server down).
+    pub validate: bool,
+}
+
+/// One metadata column of a source (`INCLUDE ...`).
+#[derive(Debug, Clone)]
+pub struct Include {
+    /// What fills it.
+    pub what: IncludeKind,
+    /// Its column name.
+    pub column: String,
+    /// Its declared type, if given.
+    pub data_type: Option<datafusion::arrow::datatypes::DataType>,
+}
+
+/// The record metadata a column can be filled from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IncludeKind {
+    /// The record key.
+    Key,
+    /// The partition number.
+    Partition,
+    /// The record's offset in its partition.
+    Offset,
+    /// The record's timestamp.
+    Timestamp,
+    /// The value of the first header with this name.
+    Header(String),
+}
 
 /// A parsed source definition.
 pub struct SourceSpec {
@@ -46,27 +111,65 @@ pub struct SourceSpec {
     pub connector: String,
     /// The rows' schema.
     pub schema: SchemaRef,
+    /// Whether the source only ever inserts rows (generators, plain Kafka
+    /// topics); upsert and change-data-capture sources also retract.
+    pub append_only: bool,
     /// Builds fresh generators positioned at the start of the stream. Each
     /// produces a disjoint part of it, so that several threads can share the
     /// work; together they produce the whole stream.
     pub make_generators: GeneratorFactory,
 }
 
-/// Builds a source from its declared columns (possibly none, where the
-/// connector implies them) and its `WITH` options.
+/// Builds a generator source (`datagen`, `nexmark`) from its declared
+/// columns (possibly none, where the connector implies them) and its
+/// `WITH` options.
 pub fn build_source(
     declared: Option<SchemaRef>,
     options: &BTreeMap<String, String>,
 ) -> Result<SourceSpec> {
-    let connector = options
+    let empty = BTreeMap::new();
+    build_declared(&SourceDecl {
+        name: "",
+        declared,
+        options,
+        format: None,
+        encode_options: &empty,
+        primary_key: &[],
+        includes: vec![],
+        validate: false,
+    })
+}
+
+/// Builds a source from its whole declaration.
+pub fn build_declared(decl: &SourceDecl<'_>) -> Result<SourceSpec> {
+    let connector = decl
+        .options
         .get("connector")
         .ok_or_else(|| invalid("CREATE SOURCE needs WITH (connector = '...')"))?
         .to_ascii_lowercase();
+    if connector != "kafka" {
+        if decl.format.is_some() {
+            return Err(MillraceError::not_supported(format!(
+                "FORMAT ... ENCODE on a {connector} source (it produces typed rows)"
+            )));
+        }
+        if !decl.includes.is_empty() {
+            return Err(MillraceError::not_supported(format!(
+                "INCLUDE on a {connector} source (its rows carry no metadata)"
+            )));
+        }
+        if !decl.primary_key.is_empty() {
+            return Err(MillraceError::not_supported(format!(
+                "PRIMARY KEY on a {connector} source"
+            )));
+        }
+    }
     match connector.as_str() {
-        "datagen" => datagen::build(declared, options),
-        "nexmark" => nexmark::build(declared, options),
+        "datagen" => datagen::build(decl.declared.clone(), decl.options),
+        "nexmark" => nexmark::build(decl.declared.clone(), decl.options),
+        "kafka" => kafka::build(decl),
         other => Err(MillraceError::not_supported(format!(
-            "source connector '{other}' (available: datagen, nexmark)"
+            "source connector '{other}' (available: datagen, nexmark, kafka)"
         ))),
     }
 }
@@ -87,6 +190,25 @@ pub struct SourceProgress {
     pub stop: AtomicBool,
     /// The generator thread is running.
     pub started: AtomicBool,
+    /// Records that could not be decoded (skipped).
+    pub bad_records: AtomicU64,
+    /// Per-partition position and counters, for partitioned sources.
+    pub partitions: std::sync::Mutex<BTreeMap<i32, PartitionProgress>>,
+}
+
+/// Where a reader stands in one partition of a partitioned source.
+#[derive(Debug, Default, Clone)]
+pub struct PartitionProgress {
+    /// The next offset to read.
+    pub next_offset: i64,
+    /// The partition's high watermark when last asked, if known.
+    pub high_watermark: Option<i64>,
+    /// Records read.
+    pub records: u64,
+    /// Payload and key bytes read.
+    pub bytes: u64,
+    /// Records that could not be decoded.
+    pub errors: u64,
 }
 
 impl SourceProgress {

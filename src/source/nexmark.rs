@@ -33,6 +33,7 @@ use nexmark::EventGenerator;
 use super::options::{invalid, Options};
 use super::{BatchGenerator, SourceSpec};
 use crate::error::Result;
+use crate::stream::change::ChangeBatch;
 
 /// Default event-time origin: 2023-11-14 22:13:20 UTC.
 pub const DEFAULT_BASE_TIME_MS: u64 = 1_700_000_000_000;
@@ -153,7 +154,8 @@ pub fn build(
     Ok(SourceSpec {
         connector: "nexmark".into(),
         schema,
-        make_generators: Box::new(move || {
+        append_only: true,
+        make_generators: Box::new(move |_: &super::ReaderContext| {
             Ok((0..settings.split)
                 .map(|k| {
                     Box::new(NexmarkGenerator::new(
@@ -256,7 +258,7 @@ impl Builder {
 }
 
 impl BatchGenerator for NexmarkGenerator {
-    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+    fn next_batch(&mut self) -> Result<Option<ChangeBatch>> {
         if self.done {
             return Ok(None);
         }
@@ -331,7 +333,10 @@ impl BatchGenerator for NexmarkGenerator {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some(RecordBatch::try_new(self.schema.clone(), arrays)?))
+        Ok(Some(ChangeBatch::with_uniform_weight(
+            RecordBatch::try_new(self.schema.clone(), arrays)?,
+            1,
+        )))
     }
 
     fn rows_per_second(&self) -> Option<f64> {
@@ -359,10 +364,10 @@ mod tests {
         let run = || {
             let spec = build(None, &map).unwrap();
             let mut lines = Vec::new();
-            for mut g in (spec.make_generators)().unwrap() {
+            for mut g in (spec.make_generators)(&Default::default()).unwrap() {
                 while let Some(b) = g.next_batch().unwrap() {
                     assert!(b.num_rows() <= 100);
-                    lines.extend(crate::stream::pretty::batch_lines(&b).unwrap());
+                    lines.extend(crate::stream::pretty::batch_lines(b.data()).unwrap());
                 }
             }
             lines.sort();
@@ -377,9 +382,9 @@ mod tests {
             let mut m = map.clone();
             m.insert("nexmark.split.num".into(), split.into());
             let mut lines = Vec::new();
-            for mut g in (build(None, &m).unwrap().make_generators)().unwrap() {
+            for mut g in (build(None, &m).unwrap().make_generators)(&Default::default()).unwrap() {
                 while let Some(b) = g.next_batch().unwrap() {
-                    lines.extend(crate::stream::pretty::batch_lines(&b).unwrap());
+                    lines.extend(crate::stream::pretty::batch_lines(b.data()).unwrap());
                 }
             }
             lines.sort();

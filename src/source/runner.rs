@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{BatchGenerator, SourceProgress};
 use crate::error::Result;
+use crate::stream::change::ChangeBatch;
 
 /// Batches in flight between a generator and the engine.
 const CHANNEL_BATCHES: usize = 4;
@@ -24,7 +24,7 @@ const MAX_EPOCH_ROWS: usize = 1 << 16;
 #[async_trait]
 pub trait SourceSink: Send + Sync + 'static {
     /// Commits `batches` read from `source` for `view` as one epoch.
-    async fn ingest(&self, source: &str, view: &str, batches: Vec<RecordBatch>) -> Result<()>;
+    async fn ingest(&self, source: &str, view: &str, batches: Vec<ChangeBatch>) -> Result<()>;
 }
 
 /// Starts `generators` (one thread each, each producing its own part of
@@ -37,7 +37,7 @@ pub fn spawn_source(
     progress: Arc<SourceProgress>,
     sink: Arc<dyn SourceSink>,
 ) {
-    let (tx, mut rx) = mpsc::channel::<RecordBatch>(CHANNEL_BATCHES * generators.len().max(1));
+    let (tx, mut rx) = mpsc::channel::<ChangeBatch>(CHANNEL_BATCHES * generators.len().max(1));
     progress.started.store(true, Ordering::Relaxed);
     let live = Arc::new(AtomicUsize::new(generators.len()));
     if generators.is_empty() {
@@ -98,7 +98,7 @@ fn generate(
     source: &str,
     mut generator: Box<dyn BatchGenerator>,
     progress: &SourceProgress,
-    tx: &mpsc::Sender<RecordBatch>,
+    tx: &mpsc::Sender<ChangeBatch>,
 ) -> u64 {
     let start = Instant::now();
     let rate = generator.rows_per_second();
@@ -116,6 +116,9 @@ fn generate(
                 break;
             }
         };
+        if batch.is_empty() {
+            continue;
+        }
         let n = batch.num_rows() as u64;
         rows += n;
         if let Some(rps) = rate {

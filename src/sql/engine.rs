@@ -36,13 +36,15 @@ use tracing::{info, warn};
 use super::catalog::{decode_entry, rows_namespace, CatalogEntry, CATALOG_NAMESPACE};
 use super::snapshot::{RelationProvider, Snapshot, SourceProvider};
 use super::statement::{
-    parse_statement, split_statements, Command, CreateSource, ObjectKind, StatementText,
+    parse_statement, split_statements, Command, CreateSink, CreateSource, ObjectKind, StatementText,
 };
 use super::table::TableState;
 use super::types::{arrow_to_sql_name, sql_to_arrow, SQL_TYPE_KEY};
 use crate::error::{MillraceError, Result};
+use crate::sink::{build_sink, spawn_sink, SinkHandle, SinkTarget};
 use crate::source::{
-    build_source, spawn_source, SourceProgress, SourceReader, SourceSink, SourceSpec,
+    build_declared, spawn_source, Include, IncludeKind, ReaderContext, SourceDecl, SourceProgress,
+    SourceReader, SourceSink, SourceSpec,
 };
 use crate::storage::{StateStore, WriteBatch};
 use crate::stream::lower::{is_append_only, lower_plan};
@@ -109,6 +111,8 @@ struct EngineState {
     tables: HashMap<String, TableState>,
     views: Vec<MaterializedView>,
     sources: HashMap<String, SourceSpec>,
+    /// Running sinks by name.
+    sinks: HashMap<String, SinkHandle>,
     next_id: u64,
     epoch: u64,
     /// When replaying the catalog at start, nothing is written back.
@@ -204,6 +208,7 @@ impl Engine {
             schema,
             store,
         });
+        engine.register_system_relations()?;
         engine.replay().await?;
         Ok(engine)
     }
@@ -485,7 +490,9 @@ impl Engine {
                     Ok(QueryOutput::command("FLUSH"))
                 }
                 Command::CreateSource(cs) => self.create_source(state, *cs),
+                Command::CreateSink(cs) => self.create_sink(state, *cs),
                 Command::DropSource {
+                    kind,
                     names,
                     if_exists,
                     cascade,
@@ -494,7 +501,7 @@ impl Engine {
                         .into_iter()
                         .map(|n| ObjectName::from(vec![Ident::with_quote('"', n)]))
                         .collect();
-                    self.drop_objects(state, ObjectKind::Source, if_exists, names, cascade)
+                    self.drop_objects(state, kind, if_exists, names, cascade)
                 }
                 Command::ShowObjects(ObjectKind::Source) => {
                     let readers = self.readers();
@@ -519,15 +526,39 @@ impl Engine {
                                 r.view.clone(),
                                 r.progress.status().to_string(),
                                 r.progress.ingested.load(Ordering::Relaxed).to_string(),
-                                r.progress.errors.load(Ordering::Relaxed).to_string(),
+                                (r.progress.errors.load(Ordering::Relaxed)
+                                    + r.progress.bad_records.load(Ordering::Relaxed))
+                                .to_string(),
                             ]);
                         }
                     }
                     rows.sort();
-                    text_batch(
-                        &["name", "connector", "view", "status", "rows", "errors"],
-                        rows,
-                    )
+                    text_batch(SHOW_SOURCES_COLUMNS, rows)
+                }
+                Command::ShowObjects(ObjectKind::Sink) => {
+                    let mut rows: Vec<Vec<String>> = state
+                        .sinks
+                        .iter()
+                        .map(|(name, h)| {
+                            let p = &h.progress;
+                            vec![
+                                name.clone(),
+                                h.relation.clone(),
+                                h.connector.clone(),
+                                format!("{:?}", h.format).to_ascii_uppercase(),
+                                p.rows.load(Ordering::Relaxed).to_string(),
+                                p.delivered.load(Ordering::Relaxed).to_string(),
+                                p.errors.load(Ordering::Relaxed).to_string(),
+                                p.last_error
+                                    .lock()
+                                    .ok()
+                                    .and_then(|e| e.clone())
+                                    .unwrap_or_default(),
+                            ]
+                        })
+                        .collect();
+                    rows.sort();
+                    text_batch(SHOW_SINKS_COLUMNS, rows)
                 }
                 Command::ShowObjects(kind) => {
                     let rows = state
@@ -1116,6 +1147,11 @@ impl Engine {
             }
             return Err(err);
         }
+        for sink in state.sinks.values() {
+            if let Some(change) = deltas.get(&sink.relation) {
+                sink.send(change);
+            }
+        }
         state.epoch += 1;
         self.publish(state);
         Ok(())
@@ -1369,6 +1405,42 @@ impl Engine {
         Ok(QueryOutput::count("DELETE", rows))
     }
 
+    /// Registers the `millrace_catalog` relations, which read live state.
+    fn register_system_relations(&self) -> Result<()> {
+        use super::system::{SystemRelation, SYSTEM_SCHEMA};
+        let system = Arc::new(MemorySchemaProvider::new());
+        let catalog = self
+            .base_state
+            .catalog_list()
+            .catalog(CATALOG_NAME)
+            .ok_or_else(|| MillraceError::execution("the catalog is missing"))?;
+        catalog.register_schema(SYSTEM_SCHEMA, system.clone())?;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("source", DataType::Utf8, false),
+            Field::new("view", DataType::Utf8, false),
+            Field::new("partition", DataType::Int32, false),
+            Field::new("offset", DataType::Int64, false),
+            Field::new("high_watermark", DataType::Int64, true),
+            Field::new("lag", DataType::Int64, true),
+            Field::new("records", DataType::Int64, false),
+            Field::new("bytes", DataType::Int64, false),
+            Field::new("errors", DataType::Int64, false),
+        ]));
+        let me = self.me.clone();
+        let rows_schema = schema.clone();
+        system.register_table(
+            "source_partitions".into(),
+            Arc::new(SystemRelation::new(
+                schema,
+                Box::new(move || {
+                    let readers = me.upgrade().map(|e| e.readers()).unwrap_or_default();
+                    source_partition_rows(&rows_schema, &readers)
+                }),
+            )),
+        )?;
+        Ok(())
+    }
+
     fn readers(&self) -> Vec<SourceReader> {
         self.readers_mut().clone()
     }
@@ -1421,11 +1493,6 @@ impl Engine {
             }
             return Err(MillraceError::DuplicateRelation(cs.name));
         }
-        if cs.format.is_some() {
-            return Err(MillraceError::not_supported(
-                "FORMAT ... ENCODE on a generator source (it produces typed rows)",
-            ));
-        }
         let declared = if cs.columns.is_empty() {
             None
         } else {
@@ -1436,7 +1503,40 @@ impl Engine {
             }
             Some(Arc::new(Schema::new(fields)))
         };
-        let spec = build_source(declared, &cs.options)?;
+        let mut includes = Vec::new();
+        for inc in &cs.includes {
+            let what = match (inc.what.as_str(), &inc.header) {
+                ("key", _) => IncludeKind::Key,
+                ("partition", _) => IncludeKind::Partition,
+                ("offset", _) => IncludeKind::Offset,
+                ("timestamp", _) => IncludeKind::Timestamp,
+                ("header", Some(h)) => IncludeKind::Header(h.clone()),
+                (other, _) => {
+                    return Err(MillraceError::not_supported(format!(
+                        "INCLUDE {other} (key, partition, offset, timestamp or header 'name')"
+                    )))
+                }
+            };
+            let data_type = match &inc.data_type {
+                Some(t) => Some(sql_to_arrow(t)?.0),
+                None => None,
+            };
+            includes.push(Include {
+                what,
+                column: inc.column.clone(),
+                data_type,
+            });
+        }
+        let spec = build_declared(&SourceDecl {
+            name: &cs.name,
+            declared,
+            options: &cs.options,
+            format: cs.format.clone(),
+            encode_options: &cs.encode_options,
+            primary_key: &cs.primary_key,
+            includes,
+            validate: !state.replaying,
+        })?;
         let schema = spec.schema.clone();
         let entry = CatalogEntry {
             id: state.next_id,
@@ -1455,6 +1555,89 @@ impl Engine {
         Ok(QueryOutput::command("CREATE SOURCE"))
     }
 
+    fn create_sink(&self, state: &mut EngineState, cs: CreateSink) -> Result<QueryOutput> {
+        if state.catalog.contains_key(&cs.name) {
+            if cs.if_not_exists || state.replaying {
+                return Ok(QueryOutput::command("CREATE SINK"));
+            }
+            return Err(MillraceError::DuplicateRelation(cs.name));
+        }
+        let entry = state
+            .catalog
+            .get(&cs.from)
+            .ok_or_else(|| MillraceError::UnknownRelation(cs.from.clone()))?;
+        let (schema, primary_key) = match entry.kind {
+            ObjectKind::Table => (
+                entry.schema.clone(),
+                state
+                    .tables
+                    .get(&cs.from)
+                    .map(|t| t.primary_key.clone())
+                    .unwrap_or_default(),
+            ),
+            ObjectKind::MaterializedView => (entry.schema.clone(), vec![]),
+            ObjectKind::View => {
+                return Err(MillraceError::not_supported(format!(
+                    "a sink from plain view \"{}\": its changes are not computed; make it a materialized view",
+                    cs.from
+                )))
+            }
+            ObjectKind::Source | ObjectKind::Sink => {
+                return Err(MillraceError::not_supported(format!(
+                    "a sink from \"{}\": sinks read tables and materialized views (make a materialized view over the source)",
+                    cs.from
+                )))
+            }
+        };
+        let target = SinkTarget {
+            name: &cs.name,
+            relation: &cs.from,
+            schema: schema.clone(),
+            append_only: relation_grows(state, &cs.from),
+            primary_key,
+            validate: !state.replaying,
+        };
+        let spec = build_sink(&target, &cs.options, cs.format.clone())?;
+        let handle = spawn_sink(
+            &cs.name,
+            &cs.from,
+            schema.clone(),
+            spec.connector,
+            spec.format,
+            spec.make_writer,
+        )?;
+        // The snapshot goes first, under the writer lock, so that no change
+        // is missed or sent twice. On restart the catalog is replayed before
+        // contents are loaded: a restarted sink sends only new changes.
+        if spec.snapshot && !state.replaying {
+            let contents = state.tables.get(&cs.from).map(|t| &t.contents).or_else(|| {
+                state
+                    .views
+                    .iter()
+                    .find(|v| v.name == cs.from)
+                    .map(|v| &v.contents)
+            });
+            if let Some(contents) = contents {
+                let parts = contents.as_change_batches()?;
+                let all = ChangeBatch::concat(schema.clone(), &parts)?;
+                if !all.is_empty() {
+                    handle.send(&all);
+                }
+            }
+        }
+        let entry = CatalogEntry {
+            id: state.next_id,
+            name: cs.name.clone(),
+            kind: ObjectKind::Sink,
+            schema,
+            create_sql: cs.sql.clone(),
+            depends_on: vec![cs.from.clone()],
+        };
+        self.register(state, entry)?;
+        state.sinks.insert(cs.name, handle);
+        Ok(QueryOutput::command("CREATE SINK"))
+    }
+
     /// Starts a reader of `source` (if it is a source) for `view`: its own
     /// generator, from the start of the stream.
     fn start_reader(&self, state: &mut EngineState, source: &str, view: &str) {
@@ -1470,7 +1653,12 @@ impl Engine {
             view: view.to_string(),
             progress: progress.clone(),
         });
-        match (spec.make_generators)() {
+        let ctx = ReaderContext {
+            source: source.to_string(),
+            view: view.to_string(),
+            progress: progress.clone(),
+        };
+        match (spec.make_generators)(&ctx) {
             Ok(generators) => {
                 info!(%source, %view, connector = %spec.connector, threads = generators.len(), "source reader started");
                 spawn_source(
@@ -1555,6 +1743,7 @@ impl Engine {
             }
             state.views.retain(|v| &v.name != name);
             state.sources.remove(name);
+            state.sinks.remove(name);
             self.readers_mut().retain(|r| {
                 let gone = &r.source == name || &r.view == name;
                 if gone {
@@ -1572,12 +1761,13 @@ impl Engine {
 /// Whether relation `name` only ever grows: sources do, and views built
 /// only from growing inputs.
 fn relation_grows(state: &EngineState, name: &str) -> bool {
-    state.sources.contains_key(name) || state.views.iter().any(|v| v.name == name && v.append_only)
+    state.sources.get(name).is_some_and(|s| s.append_only)
+        || state.views.iter().any(|v| v.name == name && v.append_only)
 }
 
 #[async_trait::async_trait]
 impl SourceSink for Engine {
-    async fn ingest(&self, source: &str, view: &str, batches: Vec<RecordBatch>) -> Result<()> {
+    async fn ingest(&self, source: &str, view: &str, batches: Vec<ChangeBatch>) -> Result<()> {
         let mut state = self.writer.lock().await;
         let Some(spec) = state.sources.get(source) else {
             return Ok(());
@@ -1586,11 +1776,7 @@ impl SourceSink for Engine {
             return Ok(());
         }
         let schema = spec.schema.clone();
-        let parts: Vec<ChangeBatch> = batches
-            .into_iter()
-            .map(|b| ChangeBatch::with_uniform_weight(b, 1))
-            .collect();
-        let delta = ChangeBatch::concat(schema, &parts)?;
+        let delta = ChangeBatch::concat(schema, &batches)?;
         let streamed = Streamed {
             source: source.to_string(),
             view: view.to_string(),
@@ -1598,6 +1784,49 @@ impl SourceSink for Engine {
         };
         self.commit_epoch(&mut state, vec![], Some(streamed))
     }
+}
+
+/// The rows of `millrace_catalog.source_partitions`.
+fn source_partition_rows(schema: &SchemaRef, readers: &[SourceReader]) -> Result<RecordBatch> {
+    use datafusion::arrow::array::{Int32Builder, Int64Builder, StringBuilder};
+    let mut source = StringBuilder::new();
+    let mut view = StringBuilder::new();
+    let mut partition = Int32Builder::new();
+    let mut offset = Int64Builder::new();
+    let mut high = Int64Builder::new();
+    let mut lag = Int64Builder::new();
+    let mut records = Int64Builder::new();
+    let mut bytes = Int64Builder::new();
+    let mut errors = Int64Builder::new();
+    for r in readers {
+        let parts = match r.progress.partitions.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        for (p, stats) in parts {
+            source.append_value(&r.source);
+            view.append_value(&r.view);
+            partition.append_value(p);
+            offset.append_value(stats.next_offset);
+            high.append_option(stats.high_watermark);
+            lag.append_option(stats.high_watermark.map(|h| (h - stats.next_offset).max(0)));
+            records.append_value(stats.records as i64);
+            bytes.append_value(stats.bytes as i64);
+            errors.append_value(stats.errors as i64);
+        }
+    }
+    let columns: Vec<datafusion::arrow::array::ArrayRef> = vec![
+        Arc::new(source.finish()),
+        Arc::new(view.finish()),
+        Arc::new(partition.finish()),
+        Arc::new(offset.finish()),
+        Arc::new(high.finish()),
+        Arc::new(lag.finish()),
+        Arc::new(records.finish()),
+        Arc::new(bytes.finish()),
+        Arc::new(errors.finish()),
+    ];
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// Rows read from a source for one view.
@@ -1780,8 +2009,24 @@ fn created_tag(stmt: &Statement) -> &'static str {
     }
 }
 
+/// Columns of `SHOW SOURCES`.
+const SHOW_SOURCES_COLUMNS: &[&str] = &["name", "connector", "view", "status", "rows", "errors"];
+/// Columns of `SHOW SINKS`.
+const SHOW_SINKS_COLUMNS: &[&str] = &[
+    "name",
+    "relation",
+    "connector",
+    "format",
+    "rows",
+    "delivered",
+    "errors",
+    "last_error",
+];
+
 fn describe_own_command(cmd: &Command) -> SchemaRef {
     let cols: &[&str] = match cmd {
+        Command::ShowObjects(ObjectKind::Source) => SHOW_SOURCES_COLUMNS,
+        Command::ShowObjects(ObjectKind::Sink) => SHOW_SINKS_COLUMNS,
         Command::ShowObjects(_) => &["name"],
         Command::ShowCreate(..) => &["name", "create_sql"],
         _ => &[],

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod engine;
 pub mod snapshot;
 pub mod statement;
+pub mod system;
 pub mod table;
 pub mod types;
 

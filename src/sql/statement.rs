@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use datafusion::sql::sqlparser::ast::{ColumnDef, Statement, Value};
+use datafusion::sql::sqlparser::ast::{ColumnDef, ColumnOption, Statement, TableConstraint, Value};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -28,6 +28,8 @@ pub enum ObjectKind {
     MaterializedView,
     /// A continuous source of rows.
     Source,
+    /// A continuous export of a relation's changes.
+    Sink,
 }
 
 impl ObjectKind {
@@ -38,8 +40,41 @@ impl ObjectKind {
             ObjectKind::View => "VIEW",
             ObjectKind::MaterializedView => "MATERIALIZED VIEW",
             ObjectKind::Source => "SOURCE",
+            ObjectKind::Sink => "SINK",
         }
     }
+}
+
+/// A parsed `CREATE SINK`.
+#[derive(Debug, Clone)]
+pub struct CreateSink {
+    /// Sink name.
+    pub name: String,
+    /// `IF NOT EXISTS` was given.
+    pub if_not_exists: bool,
+    /// The table or view whose changes are exported.
+    pub from: String,
+    /// `WITH` options, keys lower-cased.
+    pub options: BTreeMap<String, String>,
+    /// `FORMAT x ENCODE y`, lower-cased, when given.
+    pub format: Option<(String, String)>,
+    /// The statement's text, as written.
+    pub sql: String,
+}
+
+/// One `INCLUDE` clause of `CREATE SOURCE`: a column filled from each
+/// record's metadata rather than its payload.
+#[derive(Debug, Clone)]
+pub struct IncludeClause {
+    /// `key`, `partition`, `offset`, `timestamp` or `header`.
+    pub what: String,
+    /// The header's name, for `INCLUDE header 'name'`.
+    pub header: Option<String>,
+    /// The column's name (`AS name`); defaults to `_rw_kafka_`-free names:
+    /// `_key`, `_partition`, `_offset`, `_timestamp`, `_header_<name>`.
+    pub column: String,
+    /// The column's declared type, when given after its name.
+    pub data_type: Option<datafusion::sql::sqlparser::ast::DataType>,
 }
 
 /// A statement ready to execute.
@@ -53,8 +88,12 @@ pub enum Command {
     ShowCreate(ObjectKind, String),
     /// `CREATE SOURCE name [(columns)] WITH (options) [FORMAT f ENCODE e]`
     CreateSource(Box<CreateSource>),
-    /// `DROP SOURCE [IF EXISTS] name, ... [CASCADE]`
+    /// `CREATE SINK name FROM relation WITH (options) [FORMAT f ENCODE e]`
+    CreateSink(Box<CreateSink>),
+    /// `DROP SOURCE | SINK [IF EXISTS] name, ... [CASCADE]`
     DropSource {
+        /// Source or sink.
+        kind: ObjectKind,
         /// Names to drop.
         names: Vec<String>,
         /// No error when absent.
@@ -81,6 +120,13 @@ pub struct CreateSource {
     pub options: BTreeMap<String, String>,
     /// `FORMAT x ENCODE y`, lower-cased, when given.
     pub format: Option<(String, String)>,
+    /// Options after `ENCODE y (...)`, keys lower-cased.
+    pub encode_options: BTreeMap<String, String>,
+    /// `PRIMARY KEY (columns)` among the column definitions.
+    pub primary_key: Vec<String>,
+    /// `INCLUDE key | partition | offset | timestamp | header 'name' [AS
+    /// column [type]]` clauses, in order.
+    pub includes: Vec<IncludeClause>,
     /// The statement's text, as written.
     pub sql: String,
 }
@@ -216,6 +262,12 @@ pub fn parse_statement(whole: &str, stmt: &StatementText) -> Result<Command> {
         {
             return parse_create_source(&stmt.text).map_err(relocate);
         }
+        if tokens.len() >= 2
+            && keyword(&tokens[0]) == Some(Keyword::CREATE)
+            && is_word(&tokens[1], "SINK")
+        {
+            return parse_create_sink(&stmt.text).map_err(relocate);
+        }
         if let Some(cmd) = own_command(&tokens) {
             return Ok(cmd);
         }
@@ -252,48 +304,161 @@ fn parse_create_source(text: &str) -> Result<Command> {
         .0
         .last()
         .and_then(|n| n.as_ident())
-        .map(|i| {
-            if i.quote_style.is_some() {
-                i.value.clone()
-            } else {
-                i.value.to_ascii_lowercase()
-            }
-        })
+        .map(ident_lower)
         .ok_or_else(|| MillraceError::plan("invalid source name"))?;
+    let mut primary_key = Vec::new();
     let columns = if p.peek_token().token == Token::LParen {
         let (columns, constraints) = p.parse_columns().map_err(err)?;
-        if !constraints.is_empty() {
-            return Err(MillraceError::not_supported("constraints on a source"));
+        for c in constraints {
+            match c {
+                TableConstraint::PrimaryKey(pk) => {
+                    for col in pk.columns {
+                        primary_key.push(col.to_string().to_ascii_lowercase());
+                    }
+                }
+                other => {
+                    return Err(MillraceError::not_supported(format!(
+                        "constraint {other} on a source (only PRIMARY KEY)"
+                    )))
+                }
+            }
+        }
+        for c in &columns {
+            for o in &c.options {
+                if matches!(o.option, ColumnOption::PrimaryKey(_)) {
+                    primary_key.push(ident_lower(&c.name));
+                }
+            }
         }
         columns
     } else {
         vec![]
     };
-    let mut options = BTreeMap::new();
-    if p.parse_keyword(Keyword::WITH) {
-        p.expect_token(&Token::LParen).map_err(err)?;
-        loop {
-            let mut key = p.parse_identifier().map_err(err)?.value;
-            while p.consume_token(&Token::Period) {
-                key.push('.');
-                key.push_str(&p.parse_identifier().map_err(err)?.value);
+    let mut includes = Vec::new();
+    while is_word(&p.peek_token().token, "INCLUDE") {
+        p.next_token();
+        let what = p
+            .parse_identifier()
+            .map_err(err)?
+            .value
+            .to_ascii_lowercase();
+        let header = if what == "header" {
+            match p.parse_value().map_err(err)?.value {
+                Value::SingleQuotedString(s) => Some(s),
+                other => {
+                    return Err(MillraceError::Parse {
+                        message: format!("Expected: a header name in quotes, found: {other}"),
+                        position: None,
+                    })
+                }
             }
-            p.expect_token(&Token::Eq).map_err(err)?;
-            let value = match p.parse_value().map_err(err)?.value {
-                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s,
-                Value::Number(n, _) => n,
-                Value::Boolean(b) => b.to_string(),
-                other => other.to_string(),
+        } else {
+            None
+        };
+        let (column, data_type) = if p.parse_keyword(Keyword::AS) {
+            let column = ident_lower(&p.parse_identifier().map_err(err)?);
+            let next = p.peek_token().token;
+            let typed = !(next == Token::EOF
+                || keyword(&next) == Some(Keyword::WITH)
+                || is_word(&next, "INCLUDE")
+                || is_word(&next, "FORMAT"));
+            let data_type = if typed {
+                Some(p.parse_data_type().map_err(err)?)
+            } else {
+                None
             };
-            options.insert(key.to_ascii_lowercase(), value);
-            if !p.consume_token(&Token::Comma) {
-                break;
-            }
-        }
-        p.expect_token(&Token::RParen).map_err(err)?;
+            (column, data_type)
+        } else {
+            let column = match &header {
+                Some(h) => format!("_header_{h}"),
+                None => format!("_{what}"),
+            };
+            (column, None)
+        };
+        includes.push(IncludeClause {
+            what,
+            header,
+            column,
+            data_type,
+        });
     }
+    let options = if p.parse_keyword(Keyword::WITH) {
+        parse_option_list(&mut p).map_err(err)?
+    } else {
+        BTreeMap::new()
+    };
     let mut format = None;
+    let mut encode_options = BTreeMap::new();
     if p.peek_token().token != Token::EOF && is_word(&p.peek_token().token, "FORMAT") {
+        p.next_token();
+        let f = p
+            .parse_identifier()
+            .map_err(err)?
+            .value
+            .to_ascii_lowercase();
+        let next = p.next_token().token;
+        if !is_word(&next, "ENCODE") {
+            return Err(MillraceError::Parse {
+                message: format!("Expected: ENCODE, found: {next}"),
+                position: None,
+            });
+        }
+        let e = p
+            .parse_identifier()
+            .map_err(err)?
+            .value
+            .to_ascii_lowercase();
+        format = Some((f, e));
+        if p.peek_token().token == Token::LParen {
+            encode_options = parse_option_list(&mut p).map_err(err)?;
+        }
+    }
+    let trailing = p.peek_token();
+    if trailing.token != Token::EOF {
+        return Err(err(ParserError::ParserError(format!(
+            "Expected: end of statement, found: {} at Line: {}, Column: {}",
+            trailing.token, trailing.span.start.line, trailing.span.start.column
+        ))));
+    }
+    Ok(Command::CreateSource(Box::new(CreateSource {
+        name,
+        if_not_exists,
+        columns,
+        options,
+        format,
+        encode_options,
+        primary_key,
+        includes,
+        sql: text.trim().to_string(),
+    })))
+}
+
+/// Parses `CREATE SINK [IF NOT EXISTS] name FROM relation WITH (key =
+/// value, ...) [FORMAT f ENCODE e]`.
+fn parse_create_sink(text: &str) -> Result<Command> {
+    let dialect = PostgreSqlDialect {};
+    let err = |e: ParserError| parse_error(Some(text), e);
+    let mut p = Parser::new(&dialect).try_with_sql(text).map_err(err)?;
+    p.expect_keyword(Keyword::CREATE).map_err(err)?;
+    p.next_token(); // SINK
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = ident_lower(&p.parse_identifier().map_err(err)?);
+    p.expect_keyword(Keyword::FROM).map_err(err)?;
+    let from = p
+        .parse_object_name(false)
+        .map_err(err)?
+        .0
+        .last()
+        .and_then(|n| n.as_ident())
+        .map(ident_lower)
+        .ok_or_else(|| MillraceError::plan("invalid relation name"))?;
+    let options = if p.parse_keyword(Keyword::WITH) {
+        parse_option_list(&mut p).map_err(err)?
+    } else {
+        BTreeMap::new()
+    };
+    let mut format = None;
+    if is_word(&p.peek_token().token, "FORMAT") {
         p.next_token();
         let f = p
             .parse_identifier()
@@ -321,14 +486,52 @@ fn parse_create_source(text: &str) -> Result<Command> {
             trailing.token, trailing.span.start.line, trailing.span.start.column
         ))));
     }
-    Ok(Command::CreateSource(Box::new(CreateSource {
+    Ok(Command::CreateSink(Box::new(CreateSink {
         name,
         if_not_exists,
-        columns,
+        from,
         options,
         format,
         sql: text.trim().to_string(),
     })))
+}
+
+/// An unquoted identifier lower-cased, a quoted one as written.
+fn ident_lower(i: &datafusion::sql::sqlparser::ast::Ident) -> String {
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_ascii_lowercase()
+    }
+}
+
+/// Parses `(key = value, ...)` where keys may be dotted (`fields.id.kind`)
+/// and values are literals; keys are lower-cased.
+fn parse_option_list(
+    p: &mut Parser<'_>,
+) -> std::result::Result<BTreeMap<String, String>, ParserError> {
+    let mut options = BTreeMap::new();
+    p.expect_token(&Token::LParen)?;
+    loop {
+        let mut key = p.parse_identifier()?.value;
+        while p.consume_token(&Token::Period) {
+            key.push('.');
+            key.push_str(&p.parse_identifier()?.value);
+        }
+        p.expect_token(&Token::Eq)?;
+        let value = match p.parse_value()?.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s,
+            Value::Number(n, _) => n,
+            Value::Boolean(b) => b.to_string(),
+            other => other.to_string(),
+        };
+        options.insert(key.to_ascii_lowercase(), value);
+        if !p.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    p.expect_token(&Token::RParen)?;
+    Ok(options)
 }
 
 fn own_command(tokens: &[Token]) -> Option<Command> {
@@ -336,7 +539,15 @@ fn own_command(tokens: &[Token]) -> Option<Command> {
     if is_word(first, "FLUSH") && tokens.len() == 1 {
         return Some(Command::Flush);
     }
-    if keyword(first) == Some(Keyword::DROP) && tokens.len() >= 3 && is_word(&tokens[1], "SOURCE") {
+    if keyword(first) == Some(Keyword::DROP)
+        && tokens.len() >= 3
+        && (is_word(&tokens[1], "SOURCE") || is_word(&tokens[1], "SINK"))
+    {
+        let kind = if is_word(&tokens[1], "SINK") {
+            ObjectKind::Sink
+        } else {
+            ObjectKind::Source
+        };
         let mut rest = &tokens[2..];
         let if_exists = rest.len() >= 2
             && keyword(&rest[0]) == Some(Keyword::IF)
@@ -359,6 +570,7 @@ fn own_command(tokens: &[Token]) -> Option<Command> {
             .map(object_name)
             .collect::<Option<Vec<_>>>()?;
         return Some(Command::DropSource {
+            kind,
             names,
             if_exists,
             cascade,
@@ -376,6 +588,7 @@ fn own_command(tokens: &[Token]) -> Option<Command> {
             [a, ..] if keyword(a) == Some(Keyword::TABLE) => Some((ObjectKind::Table, 1)),
             [a, ..] if keyword(a) == Some(Keyword::VIEW) => Some((ObjectKind::View, 1)),
             [a, ..] if is_word(a, "SOURCE") => Some((ObjectKind::Source, 1)),
+            [a, ..] if is_word(a, "SINK") => Some((ObjectKind::Sink, 1)),
             _ => None,
         }
     };
@@ -383,6 +596,7 @@ fn own_command(tokens: &[Token]) -> Option<Command> {
         [a] if is_word(a, "TABLES") => Some(Command::ShowObjects(ObjectKind::Table)),
         [a] if is_word(a, "VIEWS") => Some(Command::ShowObjects(ObjectKind::View)),
         [a] if is_word(a, "SOURCES") => Some(Command::ShowObjects(ObjectKind::Source)),
+        [a] if is_word(a, "SINKS") => Some(Command::ShowObjects(ObjectKind::Sink)),
         [a, b] if keyword(a) == Some(Keyword::MATERIALIZED) && is_word(b, "VIEWS") => {
             Some(Command::ShowObjects(ObjectKind::MaterializedView))
         }
@@ -423,7 +637,7 @@ mod tests {
         assert!(t("SELECT 1").is_none());
         assert!(matches!(
             t("DROP SOURCE IF EXISTS a, b CASCADE"),
-            Some(Command::DropSource { names, if_exists: true, cascade: true }) if names == ["a", "b"]
+            Some(Command::DropSource { names, if_exists: true, cascade: true, .. }) if names == ["a", "b"]
         ));
     }
 

@@ -29,7 +29,19 @@ impl TestServer {
 
     /// Starts a server on `data_dir` with extra arguments.
     pub fn start_on(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        // MILLRACE_TEST_WRAP runs the server under a debugger or profiler,
+        // e.g. "gdb -batch -ex run -ex bt --args".
+        let wrap = std::env::var("MILLRACE_TEST_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(words).arg(env!("CARGO_BIN_EXE_millrace"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_millrace")),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -115,6 +127,11 @@ impl TestServer {
         }
     }
 
+    /// How the process ended, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Keeps the data directory after the server is dropped (for restarts).
     pub fn take_temp(&mut self) -> Option<tempfile::TempDir> {
         self._temp.take()
@@ -127,3 +144,4 @@ impl Drop for TestServer {
         let _ = self.child.wait();
     }
 }
+pub mod kafka;
