@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
+use millrace::bench::{BenchResult, Feed};
 use millrace::server::{self, ServerConfig, DEFAULT_LISTEN};
 
 #[derive(Parser)]
@@ -47,6 +48,23 @@ enum CommandLine {
         /// Run one query in this process and print its result as JSON.
         #[arg(long, hide = true)]
         single: Option<String>,
+        /// Read the bids from Kafka at these bootstrap servers instead of
+        /// the generator: a topic is preloaded with them as JSON, a bare
+        /// consumer is measured, then each query, then freshness.
+        #[arg(long)]
+        kafka: Option<String>,
+        /// The preloaded topic (internal, for --single).
+        #[arg(long, hide = true)]
+        kafka_topic: Option<String>,
+        /// Records in the preloaded topic (internal, for --single).
+        #[arg(long, hide = true)]
+        kafka_records: Option<u64>,
+        /// Events per second produced for the freshness measurement.
+        #[arg(long, default_value_t = 50_000)]
+        freshness_rate: u64,
+        /// Seconds of production for the freshness measurement (0: skip).
+        #[arg(long, default_value_t = 10)]
+        freshness_seconds: u64,
     },
 }
 
@@ -58,7 +76,32 @@ fn main() -> anyhow::Result<()> {
             queries,
             no_verify,
             single,
-        } => bench(events, queries, !no_verify, single),
+            kafka,
+            kafka_topic,
+            kafka_records,
+            freshness_rate,
+            freshness_seconds,
+        } => {
+            let feed = match (kafka, kafka_topic, kafka_records) {
+                (Some(brokers), Some(topic), Some(records)) => Feed::Kafka {
+                    brokers,
+                    topic,
+                    records,
+                },
+                (Some(brokers), _, _) => {
+                    return bench_kafka(
+                        &brokers,
+                        events,
+                        queries,
+                        !no_verify,
+                        freshness_rate,
+                        freshness_seconds,
+                    )
+                }
+                _ => Feed::Generator,
+            };
+            bench(events, queries, !no_verify, single, &feed)
+        }
         CommandLine::Serve {
             listen,
             data_dir,
@@ -116,14 +159,15 @@ fn bench(
     queries: Vec<String>,
     verify: bool,
     single: Option<String>,
+    feed: &Feed,
 ) -> anyhow::Result<()> {
-    use millrace::bench::{markdown_table, query_names, run_single, BenchResult};
+    use millrace::bench::{markdown_table, query_names, run_single};
     if let Some(q) = single {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let result = runtime.block_on(run_single(&q, events, verify))?;
+        let result = runtime.block_on(run_single(&q, events, verify, feed))?;
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
     }
@@ -132,12 +176,36 @@ fn bench(
     } else {
         queries
     };
+    let results = run_queries(events, &queries, verify, feed)?;
+    println!("{}", markdown_table(&results));
+    if verify && results.iter().any(|r| !r.verified) {
+        anyhow::bail!("a view did not match its batch computation");
+    }
+    Ok(())
+}
+
+/// Runs each query in its own process (so that peak memory is its own).
+fn run_queries(
+    events: u64,
+    queries: &[String],
+    verify: bool,
+    feed: &Feed,
+) -> anyhow::Result<Vec<BenchResult>> {
     let exe = std::env::current_exe()?;
     let mut results: Vec<BenchResult> = Vec::new();
-    for q in &queries {
+    for q in queries {
         eprintln!("running {q} over {events} events...");
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(["bench", "--single", q, "--events", &events.to_string()]);
+        if let Feed::Kafka {
+            brokers,
+            topic,
+            records,
+        } = feed
+        {
+            cmd.args(["--kafka", brokers, "--kafka-topic", topic])
+                .args(["--kafka-records", &records.to_string()]);
+        }
         if !verify {
             cmd.arg("--no-verify");
         }
@@ -158,7 +226,74 @@ fn bench(
         );
         results.push(result);
     }
+    Ok(results)
+}
+
+/// The Kafka benchmark: preload a topic with the bids as JSON, measure a
+/// bare consumer, each query, and freshness.
+fn bench_kafka(
+    brokers: &str,
+    events: u64,
+    queries: Vec<String>,
+    verify: bool,
+    freshness_rate: u64,
+    freshness_seconds: u64,
+) -> anyhow::Result<()> {
+    use millrace::bench::{kafka, markdown_table};
+    let queries = if queries.is_empty() {
+        ["q0", "q1", "q2", "q17"].map(String::from).to_vec()
+    } else {
+        queries
+    };
+    let topic = format!("millrace-bench-bids-{events}-{}", std::process::id());
+    let mut options = std::collections::BTreeMap::new();
+    for (k, v) in [
+        ("connector", "nexmark"),
+        ("nexmark.table.type", "bid"),
+        ("nexmark.min.event.gap.in.ns", "0"),
+    ] {
+        options.insert(k.to_string(), v.to_string());
+    }
+    options.insert("nexmark.event.num".into(), events.to_string());
+    eprintln!("preloading {topic} with the bids of {events} Nexmark events...");
+    let start = std::time::Instant::now();
+    let records = kafka::preload(brokers, &topic, &options)?;
+    eprintln!(
+        "preloaded {records} records in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let bare = kafka::bare_consumer(brokers, &topic, records)?;
+    eprintln!(
+        "bare consumer: {:.0} records/s, {:.0} per CPU-second",
+        bare.records as f64 / bare.seconds,
+        bare.records as f64 / bare.cpu_seconds.max(1e-9)
+    );
+    let feed = Feed::Kafka {
+        brokers: brokers.to_string(),
+        topic: topic.clone(),
+        records,
+    };
+    let results = run_queries(events, &queries, verify, &feed)?;
+    println!("Bare librdkafka consumer: {} records in {:.2} s: {:.0} records/s, {:.0} records per CPU-second\n",
+        bare.records, bare.seconds, bare.records as f64 / bare.seconds, bare.records as f64 / bare.cpu_seconds.max(1e-9));
     println!("{}", markdown_table(&results));
+    if freshness_seconds > 0 {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let exe = std::env::current_exe()?;
+        let f = runtime.block_on(kafka::freshness(
+            &exe,
+            brokers,
+            freshness_rate,
+            freshness_seconds,
+        ))?;
+        println!(
+            "Freshness at {} events/s for {} s ({} samples through pgwire): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            f.rate, freshness_seconds, f.samples, f.p50_ms, f.p99_ms, f.max_ms
+        );
+    }
     if verify && results.iter().any(|r| !r.verified) {
         anyhow::bail!("a view did not match its batch computation");
     }

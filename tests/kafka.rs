@@ -906,3 +906,45 @@ async fn sinks_write_every_format_and_an_independent_consumer_reads_them() {
     assert!(format!("{err:?}").contains("orders_cdc"), "{err:?}");
     client.batch_execute("DROP SINK orders_cdc").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_guide_works_as_written() {
+    let (broker, server) = setup();
+    let guide =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/kafka.md")).unwrap();
+    // The events the guide produces with kcat.
+    let events: Vec<&str> = guide
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('\''))
+        .filter_map(|l| l.strip_suffix("' \\").or_else(|| l.strip_suffix('\'')))
+        .filter(|l| l.starts_with('{'))
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    // The guide's SQL, on a topic of its own, without psql's \watch.
+    let sql = guide
+        .split("```sql\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap();
+    let topic = broker.unique_topic("events");
+    let sql: String = sql
+        .lines()
+        .filter(|l| !l.starts_with('\\'))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("127.0.0.1:9092", &broker.servers)
+        .replace("topic = 'events'", &format!("topic = '{topic}'"));
+    broker.create_topic(&topic, 1).unwrap();
+    let tx = broker.producer().unwrap();
+    for e in &events {
+        tx.value(&topic, 0, e.as_bytes()).unwrap();
+    }
+    tx.flush().unwrap();
+    let client = server.connect().await.unwrap();
+    client.batch_execute(&sql).await.unwrap();
+    wait_for(&client, "SELECT sum(events) FROM per_kind", |v| v == "2").await;
+    assert_eq!(
+        rows(&client, "SELECT kind, events, amount FROM per_kind").await,
+        vec!["buy\t1\t12", "click\t1\t0.5"]
+    );
+}

@@ -18,6 +18,8 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::Statement;
 use serde::{Deserialize, Serialize};
 
+pub mod kafka;
+
 use crate::error::{MillraceError, Result};
 use crate::source::build_source;
 use crate::sql::statement::{parse_statement, split_statements, Command};
@@ -25,11 +27,11 @@ use crate::sql::{Engine, EngineOptions, QueryOutput};
 
 /// The benchmark queries: name and the SQL file that defines its sources and view.
 pub const QUERIES: &[(&str, &str)] = &[
-    ("q0", include_str!("../sql-examples/nexmark/q0.sql")),
-    ("q1", include_str!("../sql-examples/nexmark/q1.sql")),
-    ("q2", include_str!("../sql-examples/nexmark/q2.sql")),
-    ("q17", include_str!("../sql-examples/nexmark/q17.sql")),
-    ("q20", include_str!("../sql-examples/nexmark/q20.sql")),
+    ("q0", include_str!("../../sql-examples/nexmark/q0.sql")),
+    ("q1", include_str!("../../sql-examples/nexmark/q1.sql")),
+    ("q2", include_str!("../../sql-examples/nexmark/q2.sql")),
+    ("q17", include_str!("../../sql-examples/nexmark/q17.sql")),
+    ("q20", include_str!("../../sql-examples/nexmark/q20.sql")),
 ];
 
 /// What one query's run measured.
@@ -110,8 +112,24 @@ fn query_file(name: &str) -> Result<&'static str> {
         })
 }
 
+/// Where a benchmark query's bid rows come from.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    /// The built-in Nexmark generator.
+    Generator,
+    /// A Kafka topic preloaded with the same events as JSON.
+    Kafka {
+        /// Bootstrap servers.
+        brokers: String,
+        /// The topic.
+        topic: String,
+        /// Records in the topic.
+        records: u64,
+    },
+}
+
 /// Runs one query in this process.
-pub async fn run_single(name: &str, events: u64, verify: bool) -> Result<BenchResult> {
+pub async fn run_single(name: &str, events: u64, verify: bool, feed: &Feed) -> Result<BenchResult> {
     let sql = query_file(name)?;
     let dir = std::env::temp_dir().join(format!("millrace-bench-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -127,9 +145,20 @@ pub async fn run_single(name: &str, events: u64, verify: bool) -> Result<BenchRe
                 cs.options
                     .insert("nexmark.min.event.gap.in.ns".into(), "0".into());
                 sources.push((cs.name.clone(), cs.options.clone()));
-                engine
-                    .execute_parsed(&part, Command::CreateSource(cs), None, &options)
-                    .await?;
+                match feed {
+                    Feed::Generator => {
+                        engine
+                            .execute_parsed(&part, Command::CreateSource(cs), None, &options)
+                            .await?;
+                    }
+                    Feed::Kafka { brokers, topic, .. } => {
+                        let sql = kafka::source_sql(&cs.name, &cs.options, brokers, topic)?;
+                        let (_, err) = engine.execute_all(&sql, &options).await;
+                        if let Some(e) = err {
+                            return Err(e);
+                        }
+                    }
+                }
             }
             Command::Sql(stmt) => {
                 if let Statement::CreateView(cv) = stmt.as_ref() {
@@ -143,10 +172,17 @@ pub async fn run_single(name: &str, events: u64, verify: bool) -> Result<BenchRe
                 // Wait for every source to be drained into the view.
                 loop {
                     let done = sources.iter().all(|(s, _)| {
-                        engine.source_readers(s).iter().all(|p| {
-                            p.finished.load(Ordering::SeqCst)
-                                && p.ingested.load(Ordering::SeqCst)
-                                    >= p.produced.load(Ordering::SeqCst)
+                        engine.source_readers(s).iter().all(|p| match feed {
+                            Feed::Generator => {
+                                p.finished.load(Ordering::SeqCst)
+                                    && p.ingested.load(Ordering::SeqCst)
+                                        >= p.produced.load(Ordering::SeqCst)
+                            }
+                            Feed::Kafka { records, .. } => {
+                                p.ingested.load(Ordering::SeqCst)
+                                    + p.bad_records.load(Ordering::SeqCst)
+                                    >= *records
+                            }
                         })
                     });
                     if done {

@@ -1,0 +1,340 @@
+//! Nexmark over Kafka: preloading a topic with the generator's bid events as
+//! JSON, a bare librdkafka consumer as the ceiling, and produce-to-visible
+//! freshness measured through a real Postgres client.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::json::writer::{LineDelimited, WriterBuilder};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use super::process_cpu_seconds;
+use crate::error::{MillraceError, Result};
+use crate::source::build_source;
+use crate::sql::types::arrow_to_sql_name;
+
+/// Partitions of the benchmark topic.
+pub const PARTITIONS: i32 = 2;
+
+fn kafka(e: impl std::fmt::Display) -> MillraceError {
+    MillraceError::execution(format!("Kafka: {e}"))
+}
+
+fn client(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers).set("log_level", "3");
+    c
+}
+
+/// `CREATE SOURCE name (columns of the Nexmark table) WITH (connector =
+/// 'kafka', ...)`, reading `topic` from its start.
+pub fn source_sql(
+    name: &str,
+    nexmark_options: &BTreeMap<String, String>,
+    brokers: &str,
+    topic: &str,
+) -> Result<String> {
+    let spec = build_source(None, nexmark_options)?;
+    let columns: Vec<String> = spec
+        .schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), arrow_to_sql_name(f.data_type(), None)))
+        .collect();
+    Ok(format!(
+        "CREATE SOURCE {name} ({}) WITH (connector = 'kafka', topic = '{topic}', \
+         properties.bootstrap.server = '{brokers}', scan.startup.mode = 'earliest') \
+         FORMAT PLAIN ENCODE JSON",
+        columns.join(", ")
+    ))
+}
+
+/// Creates `topic` (two partitions) and fills it with the rows of the
+/// Nexmark source `options` as JSON, alternating partitions by batch.
+/// Returns the number of records.
+pub fn preload(brokers: &str, topic: &str, options: &BTreeMap<String, String>) -> Result<u64> {
+    let admin: AdminClient<DefaultClientContext> = client(brokers).create().map_err(kafka)?;
+    let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
+    let results = futures::executor::block_on(admin.create_topics(
+        [&new],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+    ))
+    .map_err(kafka)?;
+    for r in results {
+        r.map_err(|(t, e)| kafka(format!("creating topic {t}: {e}")))?;
+    }
+    let producer: BaseProducer = client(brokers)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create()
+        .map_err(kafka)?;
+    let spec = build_source(None, options)?;
+    let mut records = 0u64;
+    let mut partition = 0;
+    for mut generator in (spec.make_generators)(&Default::default())? {
+        while let Some(change) = generator.next_batch()? {
+            let mut writer = WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, LineDelimited>(Vec::new());
+            writer.write(change.data())?;
+            writer.finish()?;
+            let buf = writer.into_inner();
+            for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let mut record: BaseRecord<'_, [u8], [u8]> =
+                    BaseRecord::to(topic).partition(partition).payload(line);
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            producer.poll(Duration::from_millis(5));
+                            record = back;
+                        }
+                        Err((e, _)) => return Err(kafka(e)),
+                    }
+                }
+                records += 1;
+            }
+            producer.poll(Duration::ZERO);
+            partition = (partition + 1) % PARTITIONS;
+        }
+    }
+    producer.flush(Duration::from_secs(300)).map_err(kafka)?;
+    Ok(records)
+}
+
+/// What a bare consumer measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsumerRun {
+    /// Records read.
+    pub records: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// CPU seconds of this process.
+    pub cpu_seconds: f64,
+}
+
+/// Reads `records` records of `topic` from its start with a plain
+/// librdkafka consumer that only counts them: the ceiling the broker sets.
+pub fn bare_consumer(brokers: &str, topic: &str, records: u64) -> Result<ConsumerRun> {
+    let consumer: BaseConsumer = client(brokers)
+        .set("group.id", "millrace-bench-bare")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "20")
+        .set("queued.min.messages", "200000")
+        .create()
+        .map_err(kafka)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(kafka)?;
+    }
+    consumer.assign(&tpl).map_err(kafka)?;
+    let cpu = process_cpu_seconds();
+    let start = Instant::now();
+    let mut read = 0u64;
+    let mut bytes = 0usize;
+    while read < records {
+        if start.elapsed() > Duration::from_secs(600) {
+            return Err(kafka(format!(
+                "bare consumer read {read} of {records} in 600 s"
+            )));
+        }
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.map_err(kafka)?;
+            bytes += rdkafka::message::Message::payload(&m).map_or(0, |p| p.len());
+            read += 1;
+        }
+    }
+    std::hint::black_box(bytes);
+    Ok(ConsumerRun {
+        records: read,
+        seconds: start.elapsed().as_secs_f64(),
+        cpu_seconds: process_cpu_seconds() - cpu,
+    })
+}
+
+/// Produce-to-visible latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Freshness {
+    /// Target produce rate (events/s).
+    pub rate: u64,
+    /// Events produced.
+    pub produced: u64,
+    /// Observations made.
+    pub samples: usize,
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Worst.
+    pub max_ms: f64,
+}
+
+/// Starts `millrace serve` (from `exe`) on a loopback port, declares a
+/// Kafka source and a view over a new topic, produces `rate` events per
+/// second for `seconds`, and meanwhile queries the view over the Postgres
+/// protocol in a loop. Each answer shows the newest event visible; its
+/// age at that moment is one freshness sample.
+pub async fn freshness(exe: &Path, brokers: &str, rate: u64, seconds: u64) -> Result<Freshness> {
+    use tokio::io::AsyncBufReadExt;
+    let topic = format!("millrace-fresh-{}", std::process::id());
+    let admin: AdminClient<DefaultClientContext> = client(brokers).create().map_err(kafka)?;
+    let new = NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1));
+    for r in admin
+        .create_topics([&new], &AdminOptions::new())
+        .await
+        .map_err(kafka)?
+    {
+        r.map_err(|(t, e)| kafka(format!("creating topic {t}: {e}")))?;
+    }
+    let dir = std::env::temp_dir().join(format!("millrace-fresh-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut server = tokio::process::Command::new(exe)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = server
+        .stdout
+        .take()
+        .ok_or_else(|| MillraceError::execution("no server stdout"))?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let addr = loop {
+        match lines.next_line().await? {
+            Some(l) => {
+                if let Some(a) = l.strip_prefix("listening on ") {
+                    break a.to_string();
+                }
+            }
+            None => {
+                return Err(MillraceError::execution(
+                    "the server exited before listening",
+                ))
+            }
+        }
+    };
+    let port = addr.rsplit(':').next().unwrap_or("0");
+    let (pg, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=bench dbname=bench"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .map_err(|e| MillraceError::execution(format!("connecting to the server: {e}")))?;
+    tokio::spawn(conn);
+    let pg_err = |e: tokio_postgres::Error| MillraceError::execution(format!("query: {e}"));
+    pg.batch_execute(&format!(
+        "CREATE SOURCE fresh (seq BIGINT) WITH (connector = 'kafka', topic = '{topic}',
+         properties.bootstrap.server = '{brokers}', scan.startup.mode = 'earliest')
+         FORMAT PLAIN ENCODE JSON;
+         CREATE MATERIALIZED VIEW fresh_v AS SELECT max(seq) AS seq, count(*) AS n FROM fresh;"
+    ))
+    .await
+    .map_err(pg_err)?;
+    // Give the reader time to find its partitions.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let total = rate * seconds;
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let origin = Instant::now();
+    let producer_sent = sent.clone();
+    let producer_brokers = brokers.to_string();
+    let producer_topic = topic.clone();
+    let producer = std::thread::spawn(move || -> Result<()> {
+        let producer: BaseProducer = client(&producer_brokers)
+            .set("linger.ms", "0")
+            .create()
+            .map_err(kafka)?;
+        let per_ms = (rate / 1000).max(1);
+        let mut seq = 0u64;
+        while seq < total {
+            // Paced per millisecond.
+            let due = Duration::from_micros(seq * 1_000_000 / rate);
+            let now = origin.elapsed();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            for _ in 0..per_ms.min(total - seq) {
+                let value = format!("{{\"seq\": {seq}}}");
+                producer_sent[seq as usize]
+                    .store(origin.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                let mut record: BaseRecord<'_, [u8], str> = BaseRecord::to(&producer_topic)
+                    .partition((seq % PARTITIONS as u64) as i32)
+                    .payload(value.as_str());
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            producer.poll(Duration::from_millis(1));
+                            record = back;
+                        }
+                        Err((e, _)) => return Err(kafka(e)),
+                    }
+                }
+                seq += 1;
+            }
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(30)).map_err(kafka)?;
+        Ok(())
+    });
+    let mut samples: Vec<f64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(seconds + 30);
+    loop {
+        let row = pg
+            .query_one("SELECT seq, n FROM fresh_v", &[])
+            .await
+            .map_err(pg_err)?;
+        let seq: Option<i64> = row.get(0);
+        let n: i64 = row.get(1);
+        let now = origin.elapsed().as_nanos() as u64;
+        if let Some(seq) = seq {
+            let at = sent[seq as usize].load(Ordering::Relaxed);
+            // Only while production runs: afterwards the newest event
+            // just ages.
+            if !producer.is_finished() {
+                samples.push(now.saturating_sub(at) as f64 / 1e6);
+            }
+        }
+        if n as u64 >= total || Instant::now() > deadline {
+            break;
+        }
+    }
+    producer
+        .join()
+        .map_err(|_| MillraceError::execution("producer thread panicked"))??;
+    drop(pg);
+    let _ = server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    if samples.is_empty() {
+        return Err(MillraceError::execution("no freshness samples"));
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+    Ok(Freshness {
+        rate,
+        produced: total,
+        samples: samples.len(),
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        max_ms: pct(1.0),
+    })
+}
