@@ -293,6 +293,10 @@ fn bench_kafka(
             "Freshness at {} events/s for {} s ({} samples through pgwire): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             f.rate, freshness_seconds, f.samples, f.p50_ms, f.p99_ms, f.max_ms
         );
+        println!(
+            "Bare consumer on the same records, produce to consumed: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            f.bare_p50_ms, f.bare_p99_ms, f.bare_max_ms
+        );
     }
     if verify && results.iter().any(|r| !r.verified) {
         anyhow::bail!("a view did not match its batch computation");

@@ -166,6 +166,59 @@ async fn json_records_from_every_partition_with_metadata_columns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_json_objects_become_struct_columns() {
+    let (broker, server) = setup();
+    let topic = broker.unique_topic("nested");
+    broker.create_topic(&topic, 1).unwrap();
+    let tx = broker.producer().unwrap();
+    for v in [
+        r#"{"id": 1, "address": {"city": "Oslo", "zip": 150, "extra": 1}}"#,
+        r#"{"id": 2, "address": {"city": "Lima"}}"#,
+        r#"{"id": 3, "address": null}"#,
+        r#"{"id": 4}"#,
+        r#"{"id": 5, "address": {"city": 7, "zip": "x"}}"#,
+    ] {
+        tx.value(&topic, 0, v.as_bytes()).unwrap();
+    }
+    tx.flush().unwrap();
+    let client = server.connect().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE people (id INT, address STRUCT<city VARCHAR, zip INT>)
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}')
+             FORMAT PLAIN ENCODE JSON;
+             CREATE MATERIALIZED VIEW cities AS
+               SELECT id, address['city'] AS city, address['zip'] AS zip FROM people;
+             CREATE MATERIALIZED VIEW addresses AS SELECT id, address FROM people;",
+            broker.servers
+        ))
+        .await
+        .unwrap();
+    wait_for(&client, "SELECT count(*) FROM cities", |v| v == "4").await;
+    assert_eq!(
+        rows(
+            &client,
+            "SELECT id, coalesce(city, '-'), coalesce(zip, -1) FROM cities"
+        )
+        .await,
+        vec!["1\tOslo\t150", "2\tLima\t-1", "3\t-\t-1", "4\t-\t-1"]
+    );
+    // A whole struct reads back as a PostgreSQL composite value.
+    wait_for(&client, "SELECT count(*) FROM addresses", |v| v == "4").await;
+    assert_eq!(
+        rows(&client, "SELECT address FROM addresses WHERE id <= 2").await,
+        vec!["(Lima,)", "(Oslo,150)"]
+    );
+    let errors = wait_for(
+        &client,
+        "SELECT sum(errors) FROM millrace_catalog.source_partitions WHERE view = 'cities'",
+        |v| v == "1",
+    )
+    .await;
+    assert_eq!(errors, "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_startup_mode_starts_where_it_says() {
     let (broker, server) = setup();
     let topic = broker.unique_topic("modes");

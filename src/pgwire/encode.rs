@@ -180,8 +180,47 @@ fn postgres_text(array: &dyn Array, row: usize) -> Option<String> {
                 base
             })
         }
+        DataType::Struct(_) => Some(composite_text(array.as_struct(), row)),
         _ => None,
     }
+}
+
+/// A struct as PostgreSQL writes a composite value: `(a,b,)`, a NULL field
+/// empty, a field quoted when it is empty or holds `,()"\` or spaces.
+fn composite_text(array: &datafusion::arrow::array::StructArray, row: usize) -> String {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let mut out = String::from("(");
+    for (i, child) in array.columns().iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        if child.is_null(row) {
+            continue;
+        }
+        let text = postgres_text(child.as_ref(), row).unwrap_or_else(|| {
+            ArrayFormatter::try_new(child.as_ref(), &FormatOptions::default())
+                .map(|f| f.value(row).to_string())
+                .unwrap_or_default()
+        });
+        let quote = text.is_empty()
+            || text
+                .chars()
+                .any(|c| matches!(c, ',' | '(' | ')' | '"' | '\\') || c.is_whitespace());
+        if quote {
+            out.push('"');
+            for c in text.chars() {
+                if c == '"' || c == '\\' {
+                    out.push(c);
+                }
+                out.push(c);
+            }
+            out.push('"');
+        } else {
+            out.push_str(&text);
+        }
+    }
+    out.push(')');
+    out
 }
 
 /// `.123` for 123000 microseconds; empty for zero.

@@ -293,7 +293,9 @@ pub fn parse_statement(whole: &str, stmt: &StatementText) -> Result<Command> {
 /// Parses `CREATE SOURCE [IF NOT EXISTS] name [(columns)] WITH (key = value,
 /// ...) [FORMAT f ENCODE e]`, where keys may be dotted (`fields.id.kind`).
 fn parse_create_source(text: &str) -> Result<Command> {
-    let dialect = PostgreSqlDialect {};
+    // The generic dialect also parses `STRUCT<field type, ...>` column types,
+    // which map nested JSON objects.
+    let dialect = datafusion::sql::sqlparser::dialect::GenericDialect {};
     let err = |e: ParserError| parse_error(Some(text), e);
     let mut p = Parser::new(&dialect).try_with_sql(text).map_err(err)?;
     p.expect_keyword(Keyword::CREATE).map_err(err)?;

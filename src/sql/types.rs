@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, IntervalUnit, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, IntervalUnit, TimeUnit};
 use datafusion::sql::sqlparser::ast::{DataType as SqlType, ExactNumberInfo, TimezoneInfo};
 
 use crate::error::{MillraceError, Result};
@@ -75,6 +75,25 @@ pub fn sql_to_arrow(ty: &SqlType) -> Result<(DataType, Option<&'static str>)> {
         SqlType::TimestampNtz(_) => DataType::Timestamp(TimeUnit::Microsecond, None),
         SqlType::Interval { .. } => DataType::Interval(IntervalUnit::MonthDayNano),
         SqlType::Bytea => DataType::Binary,
+        SqlType::Struct(fields, _) => {
+            let mut arrow_fields = Vec::with_capacity(fields.len());
+            for (i, f) in fields.iter().enumerate() {
+                let name = f
+                    .field_name
+                    .as_ref()
+                    .map(|n| {
+                        if n.quote_style.is_some() {
+                            n.value.clone()
+                        } else {
+                            n.value.to_ascii_lowercase()
+                        }
+                    })
+                    .unwrap_or_else(|| format!("f{}", i + 1));
+                let (ty, _) = sql_to_arrow(&f.field_type)?;
+                arrow_fields.push(Field::new(name, ty, true));
+            }
+            DataType::Struct(arrow_fields.into())
+        }
         SqlType::JSONB | SqlType::JSON => return Ok((DataType::Utf8, Some("jsonb"))),
         SqlType::Custom(name, _) => {
             let n = name.to_string().to_ascii_lowercase();
@@ -127,6 +146,14 @@ pub fn arrow_to_sql_name(ty: &DataType, sql_type: Option<&str>) -> String {
         DataType::Timestamp(_, Some(_)) => "timestamptz".into(),
         DataType::Interval(_) => "interval".into(),
         DataType::Binary => "bytea".into(),
+        DataType::Struct(fields) => format!(
+            "struct<{}>",
+            fields
+                .iter()
+                .map(|f| format!("{} {}", f.name(), arrow_to_sql_name(f.data_type(), None)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         other => other.to_string(),
     }
 }
