@@ -360,6 +360,10 @@ fn consumer_config(source: &KafkaSource, group: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "20")
         .set("queued.min.messages", "200000")
+        // After a lost connection, reconnect after a second rather than at
+        // once, so that the reader sees the loss and starts from a fresh
+        // client before the old one can fetch from a restarted broker.
+        .set("reconnect.backoff.ms", "1000")
         .set("log_level", "3");
     for (k, v) in &source.client {
         config.set(k, v);

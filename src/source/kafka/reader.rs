@@ -100,7 +100,7 @@ impl KafkaReader {
     fn discover(&mut self) -> Result<()> {
         self.last_discovery = Some(Instant::now());
         let Some(partitions) =
-            partitions_of(&self.consumer, &self.d.source, Duration::from_secs(5))?
+            partitions_of(&self.consumer, &self.d.source, Duration::from_secs(1))?
         else {
             self.topic_gone()?;
             return Err(MillraceError::execution(format!(
@@ -226,7 +226,7 @@ impl KafkaReader {
         for &p in &self.assigned {
             if let Ok((_, high)) =
                 self.consumer
-                    .fetch_watermarks(&self.d.source.topic, p, Duration::from_millis(500))
+                    .fetch_watermarks(&self.d.source.topic, p, Duration::from_millis(200))
             {
                 marks.push((p, high));
             }
