@@ -525,6 +525,13 @@ async fn upsert_records_replace_and_tombstones_delete_through_views() {
     )
     .await;
     wait_for(&client, "SELECT count(*) FROM current", |v| v == "3").await;
+    // Each view has its own readers: wait for the other one too.
+    wait_for(
+        &client,
+        "SELECT count(*) FROM totals WHERE owner = 'fay'",
+        |v| v == "1",
+    )
+    .await;
     assert_eq!(
         rows(&client, "SELECT id, owner, balance FROM current").await,
         vec!["a\tann\t11", "c\tcid\t7", "f\tfay\t1"]

@@ -78,6 +78,8 @@ pub struct KafkaSource {
     pub max_batch_records: usize,
     /// Log one bad record in this many.
     pub log_every: u64,
+    /// Reader threads per view; partition p goes to thread p mod threads.
+    pub threads: usize,
 }
 
 /// Builds a Kafka source from its declaration.
@@ -98,8 +100,12 @@ pub fn build(decl: &SourceDecl<'_>) -> Result<SourceSpec> {
         schema,
         append_only,
         make_generators: Box::new(move |ctx: &super::ReaderContext| {
-            let reader = reader::KafkaReader::try_new(source.clone(), ctx)?;
-            Ok(vec![Box::new(reader) as Box<dyn super::BatchGenerator>])
+            (0..source.threads)
+                .map(|i| {
+                    reader::KafkaReader::try_new(source.clone(), ctx, i)
+                        .map(|r| Box::new(r) as Box<dyn super::BatchGenerator>)
+                })
+                .collect()
         }),
     })
 }
@@ -253,6 +259,7 @@ fn parse(decl: &SourceDecl<'_>) -> Result<KafkaSource> {
     let discovery_ms: u64 = opts.parse_or("scan.partition.discovery.interval.ms", 5000)?;
     let max_batch_records: usize = opts.parse_or("max.batch.records", 10_000)?;
     let log_every: u64 = opts.parse_or("bad.record.log.every", 1000)?;
+    let threads: usize = opts.parse_or("reader.threads", 2)?;
     opts.reject_unknown()?;
     if max_batch_records == 0 || log_every == 0 {
         return Err(invalid(
@@ -284,6 +291,7 @@ fn parse(decl: &SourceDecl<'_>) -> Result<KafkaSource> {
         discovery_interval: Duration::from_millis(discovery_ms.max(100)),
         max_batch_records,
         log_every,
+        threads,
     })
 }
 

@@ -34,6 +34,8 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// Reads one topic for one view.
 pub struct KafkaReader {
     consumer: WatchedConsumer,
+    /// This reader's share: the partitions p with p mod threads == part.
+    part: usize,
     d: Decoding,
     /// Partitions assigned so far.
     assigned: BTreeSet<i32>,
@@ -64,7 +66,8 @@ struct Decoding {
 
 impl KafkaReader {
     /// A reader that has not yet talked to the broker.
-    pub fn try_new(source: Arc<KafkaSource>, ctx: &ReaderContext) -> Result<Self> {
+    /// Reader `part` of the source's reader threads.
+    pub fn try_new(source: Arc<KafkaSource>, ctx: &ReaderContext, part: usize) -> Result<Self> {
         let consumer = new_consumer(&source, &ctx.source)?;
         let decoder_schema = match source.envelope {
             Envelope::Debezium => super::debezium_schema(&source.value_schema),
@@ -78,6 +81,7 @@ impl KafkaReader {
         };
         Ok(Self {
             consumer,
+            part,
             d: Decoding {
                 source,
                 ctx: ctx.clone(),
@@ -113,7 +117,7 @@ impl KafkaReader {
         self.started = true;
         let new: Vec<i32> = partitions
             .into_iter()
-            .filter(|p| !self.assigned.contains(p))
+            .filter(|p| self.mine(*p) && !self.assigned.contains(p))
             .collect();
         if new.is_empty() {
             return Ok(());
@@ -188,6 +192,11 @@ impl KafkaReader {
         Ok(())
     }
 
+    /// Whether partition `p` is this reader's.
+    fn mine(&self, p: i32) -> bool {
+        (p as usize) % self.d.source.threads == self.part
+    }
+
     /// The topic was deleted: forget its partitions. If it is created
     /// again, that is a new topic, read from its start.
     fn topic_gone(&mut self) -> Result<()> {
@@ -201,7 +210,9 @@ impl KafkaReader {
         self.consumer = new_consumer(&self.d.source, &self.d.ctx.source)?;
         self.assigned.clear();
         self.next_offsets.clear();
-        lock(&self.d.ctx.progress.partitions).clear();
+        let part = self.part;
+        let threads = self.d.source.threads;
+        lock(&self.d.ctx.progress.partitions).retain(|p, _| (*p as usize) % threads != part);
         Ok(())
     }
 
@@ -534,10 +545,14 @@ impl BatchGenerator for KafkaReader {
     fn next_batch(&mut self) -> Result<Option<ChangeBatch>> {
         let schema = self.d.source.schema.clone();
         let empty = move || Ok(Some(ChangeBatch::empty(schema.clone())));
-        let discovery_due = self.assigned.is_empty()
-            || self
-                .last_discovery
-                .is_none_or(|t| t.elapsed() >= self.d.source.discovery_interval);
+        // Without partitions (waiting for the topic, or none of its
+        // partitions are this reader's), look again every 200 ms.
+        let interval = if self.assigned.is_empty() {
+            Duration::from_millis(200).min(self.d.source.discovery_interval)
+        } else {
+            self.d.source.discovery_interval
+        };
+        let discovery_due = self.last_discovery.is_none_or(|t| t.elapsed() >= interval);
         if discovery_due {
             if let Err(e) = self.discover() {
                 self.errors_seen += 1;
