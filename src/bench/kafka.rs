@@ -2,6 +2,10 @@
 //! JSON, a bare librdkafka consumer as the ceiling, and produce-to-visible
 //! freshness measured through a real Postgres client.
 
+// rdkafka's `send` hands the record back inside its error, so that it can
+// be sent again: the error is large by design.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +17,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -21,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::process_cpu_seconds;
 use crate::error::{MillraceError, Result};
 use crate::source::build_source;
+use crate::source::kafka::send_when_room;
 use crate::sql::types::arrow_to_sql_name;
 
 /// Partitions of the benchmark topic.
@@ -91,18 +95,16 @@ pub fn preload(brokers: &str, topic: &str, options: &BTreeMap<String, String>) -
             writer.finish()?;
             let buf = writer.into_inner();
             for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                let mut record: BaseRecord<'_, [u8], [u8]> =
+                let record: BaseRecord<'_, [u8], [u8]> =
                     BaseRecord::to(topic).partition(partition).payload(line);
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                            producer.poll(Duration::from_millis(5));
-                            record = back;
-                        }
-                        Err((e, _)) => return Err(kafka(e)),
-                    }
-                }
+                send_when_room(
+                    record,
+                    |r| producer.send(r),
+                    || {
+                        producer.poll(Duration::from_millis(5));
+                    },
+                )
+                .map_err(kafka)?;
                 records += 1;
             }
             producer.poll(Duration::ZERO);
@@ -293,19 +295,17 @@ pub async fn freshness(exe: &Path, brokers: &str, rate: u64, seconds: u64) -> Re
                 let value = format!("{{\"seq\": {seq}}}");
                 producer_sent[seq as usize]
                     .store(origin.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                let mut record: BaseRecord<'_, [u8], str> = BaseRecord::to(&producer_topic)
+                let record: BaseRecord<'_, [u8], str> = BaseRecord::to(&producer_topic)
                     .partition((seq % PARTITIONS as u64) as i32)
                     .payload(value.as_str());
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                            producer.poll(Duration::from_millis(1));
-                            record = back;
-                        }
-                        Err((e, _)) => return Err(kafka(e)),
-                    }
-                }
+                send_when_room(
+                    record,
+                    |r| producer.send(r),
+                    || {
+                        producer.poll(Duration::from_millis(1));
+                    },
+                )
+                .map_err(kafka)?;
                 seq += 1;
             }
             producer.poll(Duration::ZERO);

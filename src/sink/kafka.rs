@@ -1,12 +1,15 @@
 //! The Kafka sink: a relation's changes as JSON messages on a topic.
 
+// rdkafka's `send` hands the record back inside its error, so that it can
+// be sent again: the error is large by design.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
@@ -14,7 +17,7 @@ use rdkafka::ClientContext;
 use super::encode::encode_change;
 use super::{SinkFormat, SinkProgress, SinkSpec, SinkTarget, SinkWriter};
 use crate::error::{MillraceError, Result};
-use crate::source::kafka::client_properties;
+use crate::source::kafka::{client_properties, send_when_room};
 use crate::source::options::{invalid, Options};
 use crate::stream::change::ChangeBatch;
 
@@ -155,22 +158,16 @@ impl SinkWriter for KafkaSinkWriter {
             if let Some(v) = value {
                 record = record.payload(v.as_slice());
             }
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        // The local queue is full: wait for deliveries.
-                        std::thread::sleep(Duration::from_millis(5));
-                        record = back;
-                    }
-                    Err((e, _)) => {
-                        return Err(MillraceError::execution(format!(
-                            "Kafka sink to topic '{}': {e}",
-                            self.topic
-                        )))
-                    }
-                }
-            }
+            // A full local queue waits for deliveries (the producer's own
+            // thread polls them).
+            send_when_room(
+                record,
+                |r| self.producer.send(r),
+                || std::thread::sleep(Duration::from_millis(5)),
+            )
+            .map_err(|e| {
+                MillraceError::execution(format!("Kafka sink to topic '{}': {e}", self.topic))
+            })?;
         }
         Ok(())
     }

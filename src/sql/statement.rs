@@ -389,32 +389,7 @@ fn parse_create_source(text: &str) -> Result<Command> {
     } else {
         BTreeMap::new()
     };
-    let mut format = None;
-    let mut encode_options = BTreeMap::new();
-    if p.peek_token().token != Token::EOF && is_word(&p.peek_token().token, "FORMAT") {
-        p.next_token();
-        let f = p
-            .parse_identifier()
-            .map_err(err)?
-            .value
-            .to_ascii_lowercase();
-        let next = p.next_token().token;
-        if !is_word(&next, "ENCODE") {
-            return Err(MillraceError::Parse {
-                message: format!("Expected: ENCODE, found: {next}"),
-                position: None,
-            });
-        }
-        let e = p
-            .parse_identifier()
-            .map_err(err)?
-            .value
-            .to_ascii_lowercase();
-        format = Some((f, e));
-        if p.peek_token().token == Token::LParen {
-            encode_options = parse_option_list(&mut p).map_err(err)?;
-        }
-    }
+    let (format, encode_options) = parse_format_clause(&mut p, text)?;
     let trailing = p.peek_token();
     if trailing.token != Token::EOF {
         return Err(err(ParserError::ParserError(format!(
@@ -459,27 +434,9 @@ fn parse_create_sink(text: &str) -> Result<Command> {
     } else {
         BTreeMap::new()
     };
-    let mut format = None;
-    if is_word(&p.peek_token().token, "FORMAT") {
-        p.next_token();
-        let f = p
-            .parse_identifier()
-            .map_err(err)?
-            .value
-            .to_ascii_lowercase();
-        let next = p.next_token().token;
-        if !is_word(&next, "ENCODE") {
-            return Err(MillraceError::Parse {
-                message: format!("Expected: ENCODE, found: {next}"),
-                position: None,
-            });
-        }
-        let e = p
-            .parse_identifier()
-            .map_err(err)?
-            .value
-            .to_ascii_lowercase();
-        format = Some((f, e));
+    let (format, encode_options) = parse_format_clause(&mut p, text)?;
+    if !encode_options.is_empty() {
+        return Err(MillraceError::not_supported("ENCODE options on a sink"));
     }
     let trailing = p.peek_token();
     if trailing.token != Token::EOF {
@@ -496,6 +453,42 @@ fn parse_create_sink(text: &str) -> Result<Command> {
         format,
         sql: text.trim().to_string(),
     })))
+}
+
+/// Parses an optional `FORMAT f ENCODE e [(options)]`, lower-cased.
+#[allow(clippy::type_complexity)]
+fn parse_format_clause(
+    p: &mut Parser<'_>,
+    text: &str,
+) -> Result<(Option<(String, String)>, BTreeMap<String, String>)> {
+    let err = |e: ParserError| parse_error(Some(text), e);
+    if !is_word(&p.peek_token().token, "FORMAT") {
+        return Ok((None, BTreeMap::new()));
+    }
+    p.next_token();
+    let f = p
+        .parse_identifier()
+        .map_err(err)?
+        .value
+        .to_ascii_lowercase();
+    let next = p.next_token().token;
+    if !is_word(&next, "ENCODE") {
+        return Err(MillraceError::Parse {
+            message: format!("Expected: ENCODE, found: {next}"),
+            position: None,
+        });
+    }
+    let e = p
+        .parse_identifier()
+        .map_err(err)?
+        .value
+        .to_ascii_lowercase();
+    let options = if p.peek_token().token == Token::LParen {
+        parse_option_list(p).map_err(err)?
+    } else {
+        BTreeMap::new()
+    };
+    Ok((Some((f, e)), options))
 }
 
 /// An unquoted identifier lower-cased, a quoted one as written.

@@ -334,6 +334,26 @@ fn parse_offsets(text: &str) -> Result<BTreeMap<i32, i64>> {
     Ok(out)
 }
 
+/// Hands `record` to `send` until the producer's local queue has room,
+/// calling `wait` (which should let deliveries complete) while it is full.
+pub fn send_when_room<R>(
+    mut record: R,
+    mut send: impl FnMut(R) -> std::result::Result<(), (rdkafka::error::KafkaError, R)>,
+    mut wait: impl FnMut(),
+) -> std::result::Result<(), rdkafka::error::KafkaError> {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    loop {
+        match send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                wait();
+                record = back;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 /// librdkafka settings from `properties.*` options: the prefix removed, and
 /// `bootstrap.server` (RisingWave's spelling) as `bootstrap.servers`.
 pub fn client_properties(options: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
