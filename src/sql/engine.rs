@@ -890,12 +890,13 @@ impl Engine {
 
     async fn build_view(
         &self,
+        growing: &std::collections::HashSet<String>,
         cv: &CreateView,
         name: &str,
     ) -> Result<(LogicalPlan, Vec<String>, SchemaRef, Dataflow)> {
         let (raw, depends_on, schema) = self.plan_view_query(cv, name).await?;
         let plan = self.base_state.optimize(&raw)?;
-        let dataflow = lower_plan(&plan)?;
+        let dataflow = lower_plan(&plan, &|r| growing.contains(r))?;
         Ok((plan, depends_on, schema, dataflow))
     }
 
@@ -914,7 +915,9 @@ impl Engine {
             ));
         }
         self.ensure_absent(state, &name)?;
-        let (plan, depends_on, schema, mut dataflow) = self.build_view(&cv, &name).await?;
+        let (plan, depends_on, schema, mut dataflow) = self
+            .build_view(&growing_relations(state), &cv, &name)
+            .await?;
         let inputs = dataflow.relations();
         let append_only = is_append_only(&plan, &|r| relation_grows(state, r));
         let mut contents = if append_only {
@@ -963,8 +966,9 @@ impl Engine {
 
     async fn explain_view(&self, state: &mut EngineState, cv: CreateView) -> Result<QueryOutput> {
         let name = lower_name(&cv.name)?;
-        let _ = state;
-        let (_, _, _, dataflow) = self.build_view(&cv, &name).await?;
+        let (_, _, _, dataflow) = self
+            .build_view(&growing_relations(state), &cv, &name)
+            .await?;
         let mut lines = vec![vec![format!("Materialize {name}")]];
         lines.extend(
             dataflow
@@ -986,7 +990,7 @@ impl Engine {
 
     /// Re-creates one view's dataflow and contents from its inputs.
     fn rebuild_view(&self, state: &mut EngineState, i: usize) -> Result<()> {
-        let mut dataflow = lower_plan(&state.views[i].plan)?;
+        let mut dataflow = lower_plan(&state.views[i].plan, &|r| relation_grows(state, r))?;
         let schema = state.views[i].contents.schema().clone();
         let mut contents = if state.views[i].append_only {
             Contents::try_new_append_only(schema)?
@@ -1089,10 +1093,16 @@ impl Engine {
                     }
                     None => &deltas,
                 };
+                // An append-only view's output has only positive weights, so
+                // there is nothing to cancel out.
+                let append_only = view.append_only;
                 let result = view
                     .dataflow
                     .step(inputs)
-                    .and_then(|out| out.map(|o| o.consolidate()).transpose())
+                    .and_then(|out| {
+                        out.map(|o| if append_only { Ok(o) } else { o.consolidate() })
+                            .transpose()
+                    })
                     .and_then(|out| match out {
                         Some(o) if !o.is_empty() => view.contents.apply(&o).map(|_| Some(o)),
                         _ => Ok(None),
@@ -1756,6 +1766,21 @@ impl Engine {
         self.publish(state);
         Ok(QueryOutput::command(&tag))
     }
+}
+
+/// The relations that only ever grow (see [`relation_grows`]).
+fn growing_relations(state: &EngineState) -> std::collections::HashSet<String> {
+    let sources = state
+        .sources
+        .iter()
+        .filter(|(_, s)| s.append_only)
+        .map(|(name, _)| name.clone());
+    let views = state
+        .views
+        .iter()
+        .filter(|v| v.append_only)
+        .map(|v| v.name.clone());
+    sources.chain(views).collect()
 }
 
 /// Whether relation `name` only ever grows: sources do, and views built

@@ -9,6 +9,7 @@ use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32A
 use datafusion::arrow::compute::{concat_batches, filter_record_batch, take};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::hash_utils::RandomState;
 
 use crate::error::{MillraceError, Result};
 
@@ -153,8 +154,11 @@ impl ChangeBatch {
         }
         let converter = row_converter(&self.schema())?;
         let rows = converter.convert_columns(self.data.columns())?;
-        let mut first_index: std::collections::HashMap<&[u8], usize> =
-            std::collections::HashMap::with_capacity(rows.num_rows());
+        let mut first_index: std::collections::HashMap<&[u8], usize, RandomState> =
+            std::collections::HashMap::with_capacity_and_hasher(
+                rows.num_rows(),
+                RandomState::default(),
+            );
         let mut order: Vec<u32> = Vec::new();
         let mut sums: Vec<i64> = Vec::new();
         for (i, w) in self.weights.values().iter().enumerate() {

@@ -47,12 +47,15 @@ pub fn workers() -> usize {
 
 /// Builds the dataflow that maintains `plan` incrementally. Table scans
 /// become inputs named by the scanned relation's bare table name.
-pub fn lower_plan(plan: &LogicalPlan) -> Result<Dataflow> {
+/// `relation_grows` says which relations only ever grow (see
+/// [`is_append_only`]); operators over growing inputs keep less state.
+pub fn lower_plan(plan: &LogicalPlan, relation_grows: &dyn Fn(&str) -> bool) -> Result<Dataflow> {
     reject_volatile(plan)?;
     let mut lowering = Lowering {
         graph: Dataflow::new(),
         props: ExecutionProps::new(),
         workers: workers(),
+        relation_grows,
     };
     lowering.node(plan)?;
     Ok(lowering.graph)
@@ -79,17 +82,18 @@ pub fn reject_volatile(plan: &LogicalPlan) -> Result<()> {
     }
 }
 
-struct Lowering {
+struct Lowering<'a> {
     graph: Dataflow,
     props: ExecutionProps,
     workers: usize,
+    relation_grows: &'a dyn Fn(&str) -> bool,
 }
 
 fn arrow_schema(schema: &DFSchema) -> SchemaRef {
     Arc::new(schema.as_arrow().clone())
 }
 
-impl Lowering {
+impl Lowering<'_> {
     fn expr(&self, e: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
         if let Some(what) = unsupported_expr(e) {
             return Err(MillraceError::not_supported(format!(
@@ -170,12 +174,14 @@ impl Lowering {
                     .map(|e| self.aggregate_spec(e, in_schema))
                     .collect::<Result<Vec<_>>>()?;
                 let input_schema = arrow_schema(in_schema);
+                let append_only = is_append_only(&a.input, self.relation_grows);
                 let make = || -> Result<Box<dyn Operator>> {
                     Ok(Box::new(AggregateOperator::try_new(
                         group_exprs.clone(),
                         aggregates.clone(),
                         &input_schema,
                         arrow_schema(&a.schema),
+                        append_only,
                     )?))
                 };
                 let op = self.maybe_partitioned(
@@ -199,7 +205,14 @@ impl Lowering {
                         )
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let op = AggregateOperator::try_new(group_exprs, vec![], &schema, schema.clone())?;
+                let append_only = is_append_only(input, self.relation_grows);
+                let op = AggregateOperator::try_new(
+                    group_exprs,
+                    vec![],
+                    &schema,
+                    schema.clone(),
+                    append_only,
+                )?;
                 self.graph.add(Box::new(op), vec![NodeInput::Node(id)])
             }
             LogicalPlan::Distinct(Distinct::On(_)) => Err(MillraceError::not_supported(

@@ -52,6 +52,8 @@ pub struct KafkaReader {
     last_stats: Instant,
     /// Broker errors seen, for rate-limited logging.
     errors_seen: u64,
+    /// Asks the broker for high watermarks off this thread.
+    watermarks: WatermarkWatcher,
 }
 
 /// Turning polled records into changes.
@@ -69,6 +71,7 @@ impl KafkaReader {
     /// Reader `part` of the source's reader threads.
     pub fn try_new(source: Arc<KafkaSource>, ctx: &ReaderContext, part: usize) -> Result<Self> {
         let consumer = new_consumer(&source, &ctx.source)?;
+        let watermarks = WatermarkWatcher::start(&source, ctx)?;
         let decoder_schema = match source.envelope {
             Envelope::Debezium => super::debezium_schema(&source.value_schema),
             _ => source.value_schema.clone(),
@@ -96,6 +99,7 @@ impl KafkaReader {
             skip_before: BTreeMap::new(),
             last_stats: Instant::now(),
             errors_seen: 0,
+            watermarks,
         })
     }
 
@@ -233,21 +237,7 @@ impl KafkaReader {
     /// lag tools.
     fn refresh_stats(&mut self) {
         self.last_stats = Instant::now();
-        let mut marks = Vec::new();
-        for &p in &self.assigned {
-            if let Ok((_, high)) =
-                self.consumer
-                    .fetch_watermarks(&self.d.source.topic, p, Duration::from_millis(200))
-            {
-                marks.push((p, high));
-            }
-        }
-        {
-            let mut progress = lock(&self.d.ctx.progress.partitions);
-            for (p, high) in marks {
-                progress.entry(p).or_default().high_watermark = Some(high);
-            }
-        }
+        self.watermarks.watch(&self.assigned);
         // Only partitions being read: committing for a topic the broker
         // has lost is pointless (and upsets some brokers).
         let committable: Vec<(i32, i64)> = self
@@ -617,13 +607,25 @@ impl BatchGenerator for KafkaReader {
         // Positions and byte counts first: a record counts as read even if
         // it turns out to be bad.
         {
+            // Records of one partition arrive in runs; update per run.
             let mut progress = lock(&self.d.ctx.progress.partitions);
-            for m in &messages {
-                let p = progress.entry(m.partition()).or_default();
-                p.next_offset = m.offset() + 1;
-                p.records += 1;
-                p.bytes += (m.payload_len() + m.key_len()) as u64;
-                self.next_offsets.insert(m.partition(), m.offset() + 1);
+            let mut run_start = 0;
+            while run_start < messages.len() {
+                let partition = messages[run_start].partition();
+                let mut run_end = run_start;
+                let mut bytes = 0u64;
+                while run_end < messages.len() && messages[run_end].partition() == partition {
+                    let m = &messages[run_end];
+                    bytes += (m.payload_len() + m.key_len()) as u64;
+                    run_end += 1;
+                }
+                let next = messages[run_end - 1].offset() + 1;
+                let p = progress.entry(partition).or_default();
+                p.next_offset = next;
+                p.records += (run_end - run_start) as u64;
+                p.bytes += bytes;
+                self.next_offsets.insert(partition, next);
+                run_start = run_end;
             }
         }
         let change = self.d.decode(&messages)?;
@@ -785,6 +787,64 @@ fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
         .iter()
         .find(|h| h.key == name)
         .and_then(|h| h.value)
+}
+
+/// A thread with its own Kafka client that asks the broker for the high
+/// watermarks of the partitions a reader reads, once a second, for the
+/// progress view. Asking blocks for a round trip per partition; on the
+/// reader's thread that delay would reach every record behind it.
+struct WatermarkWatcher {
+    partitions: Arc<std::sync::Mutex<Vec<i32>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WatermarkWatcher {
+    fn start(source: &Arc<KafkaSource>, ctx: &ReaderContext) -> Result<Self> {
+        let client: BaseConsumer = consumer_config(source, "millrace-watermarks")
+            .create()
+            .map_err(kafka_error)?;
+        let partitions: Arc<std::sync::Mutex<Vec<i32>>> = Arc::default();
+        let stop: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let (watched, stopped) = (partitions.clone(), stop.clone());
+        let (topic, progress) = (source.topic.clone(), ctx.progress.clone());
+        std::thread::Builder::new()
+            .name(format!("{}-watermarks", ctx.source))
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    let list = lock(&watched).clone();
+                    for p in list {
+                        if let Ok((_, high)) =
+                            client.fetch_watermarks(&topic, p, Duration::from_millis(500))
+                        {
+                            lock(&progress.partitions)
+                                .entry(p)
+                                .or_default()
+                                .high_watermark = Some(high);
+                        }
+                    }
+                    // Sleep in short steps so a dropped reader's watcher
+                    // ends soon.
+                    for _ in 0..10 {
+                        if stopped.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        std::thread::sleep(STATS_INTERVAL / 10);
+                    }
+                }
+            })?;
+        Ok(Self { partitions, stop })
+    }
+
+    /// From now on, watch `assigned`.
+    fn watch(&self, assigned: &BTreeSet<i32>) {
+        *lock(&self.partitions) = assigned.iter().copied().collect();
+    }
+}
+
+impl Drop for WatermarkWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Drop for KafkaReader {

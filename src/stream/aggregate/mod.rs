@@ -1,0 +1,650 @@
+//! Hash aggregate with `GROUP BY`, maintained incrementally.
+//!
+//! Weights: each input row `r` with weight `w` adds `w` copies of `r` to its
+//! group. For every group whose contents changed in an epoch the operator
+//! emits the group's previous output row with weight -1 (if the group
+//! existed) and its new output row with weight +1 (if it still exists); an
+//! unchanged output row is not emitted. A group exists while the sum of its
+//! rows' weights is positive. Without `GROUP BY` there is exactly one group,
+//! which always exists (so `count(*)` over nothing is one row saying 0, as in
+//! PostgreSQL).
+//!
+//! Every aggregate is invertible here: `count`, `sum` and `avg` keep running
+//! sums; `bool_and`/`bool_or` keep counts of true and false; `min`, `max`,
+//! `string_agg` and `count(DISTINCT)` keep the multiset of values in Arrow row
+//! format (whose byte order is the value order), so a delete of the current
+//! minimum finds the next one without rescanning any input. When the input
+//! can never retract, `min` and `max` of fixed-width values keep only the
+//! running extreme.
+//!
+//! The work is per batch: group keys are hashed column-wise and interned into
+//! dense ids ([`groups`]), state is one vector per aggregate indexed by id
+//! ([`accumulator`]), and the old and new outputs of all touched groups are
+//! read out as whole Arrow arrays and compared column-wise.
+
+mod accumulator;
+mod groups;
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, UInt32Array};
+use datafusion::arrow::buffer::BooleanBuffer;
+use datafusion::arrow::compute::kernels::cmp::distinct;
+use datafusion::arrow::compute::{concat, take};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::physical_expr::PhysicalExpr;
+
+use self::accumulator::{active_rows, AccColumn, AccPlan};
+use self::groups::{GroupTable, Interned};
+use super::change::{batch_from_columns, ChangeBatch};
+use super::filter::evaluate_predicate;
+use super::operator::{Operator, OperatorStats};
+use crate::error::{MillraceError, Result};
+
+/// The aggregate functions the operator maintains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregateKind {
+    /// `count(*)` (no argument) or `count(x)` (non-NULL x).
+    Count,
+    /// `count(DISTINCT x)`.
+    CountDistinct,
+    /// `sum(x)`.
+    Sum,
+    /// `avg(x)`.
+    Avg,
+    /// `min(x)`.
+    Min,
+    /// `max(x)`.
+    Max,
+    /// `bool_and(x)`.
+    BoolAnd,
+    /// `bool_or(x)`.
+    BoolOr,
+    /// `string_agg(x, delimiter)`, values concatenated in ascending order.
+    StringAgg,
+}
+
+/// One aggregate call in the operator.
+#[derive(Clone)]
+pub struct AggregateSpec {
+    /// Which function.
+    pub kind: AggregateKind,
+    /// The argument, or `None` for `count(*)`.
+    pub arg: Option<Arc<dyn PhysicalExpr>>,
+    /// `FILTER (WHERE ...)`: rows failing it are ignored by this aggregate.
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+    /// The delimiter of `string_agg`.
+    pub delimiter: String,
+    /// Text shown by `EXPLAIN`.
+    pub display: String,
+}
+
+/// Incremental `GROUP BY` operator; see the module documentation.
+pub struct AggregateOperator {
+    group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    aggregates: Vec<AggregateSpec>,
+    plans: Vec<AccPlan>,
+    columns: Vec<AccColumn>,
+    /// Sum of the weights of each group's rows.
+    counts: Vec<i64>,
+    group_converter: Option<RowConverter>,
+    groups: GroupTable,
+    append_only: bool,
+    global_emitted: bool,
+    /// Per group id, the last epoch stamp that touched it.
+    touched_at: Vec<u32>,
+    stamp: u32,
+    schema: SchemaRef,
+    stats: OperatorStats,
+}
+
+impl AggregateOperator {
+    /// An aggregate over rows of `input_schema`, grouping by `group_exprs`
+    /// and computing `aggregates`, emitting rows of `schema` (group columns
+    /// then aggregate columns). `append_only` promises that the input never
+    /// retracts (every weight is positive), which lets `min`/`max` keep only
+    /// the running extreme; a retraction then is refused as an engine bug.
+    pub fn try_new(
+        group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+        aggregates: Vec<AggregateSpec>,
+        input_schema: &SchemaRef,
+        schema: SchemaRef,
+        append_only: bool,
+    ) -> Result<Self> {
+        if schema.fields().len() != group_exprs.len() + aggregates.len() {
+            return Err(MillraceError::plan(
+                "aggregate output schema does not match its expressions",
+            ));
+        }
+        let group_converter = if group_exprs.is_empty() {
+            None
+        } else {
+            let fields = group_exprs
+                .iter()
+                .map(|e| Ok(SortField::new(e.data_type(input_schema)?)))
+                .collect::<Result<Vec<_>>>()?;
+            Some(RowConverter::new(fields)?)
+        };
+        let plans = aggregates
+            .iter()
+            .enumerate()
+            .map(|(i, agg)| {
+                let arg_type = match &agg.arg {
+                    Some(e) => e.data_type(input_schema)?,
+                    None => DataType::Null,
+                };
+                let out_type = schema.field(group_exprs.len() + i).data_type().clone();
+                AccPlan::try_new(
+                    agg.kind,
+                    arg_type,
+                    out_type,
+                    agg.delimiter.clone(),
+                    append_only,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let columns = plans.iter().map(AccPlan::new_column).collect();
+        let mut op = Self {
+            group_exprs,
+            aggregates,
+            plans,
+            columns,
+            counts: Vec::new(),
+            group_converter,
+            groups: GroupTable::default(),
+            append_only,
+            global_emitted: false,
+            touched_at: Vec::new(),
+            stamp: 0,
+            schema,
+            stats: OperatorStats::default(),
+        };
+        if op.is_global() {
+            // The one group of a global aggregate has id 0 and is never
+            // removed.
+            op.push_group();
+        }
+        Ok(op)
+    }
+
+    /// Number of groups currently held.
+    pub fn group_count(&self) -> usize {
+        if self.is_global() {
+            1
+        } else {
+            self.groups.len()
+        }
+    }
+
+    fn is_global(&self) -> bool {
+        self.group_exprs.is_empty()
+    }
+
+    fn push_group(&mut self) {
+        self.counts.push(0);
+        self.touched_at.push(0);
+        for c in &mut self.columns {
+            c.push_empty();
+        }
+    }
+
+    /// Maps every row of `delta` to its group id, creating groups.
+    fn group_ids(&mut self, delta: &ChangeBatch) -> Result<Vec<u32>> {
+        let n = delta.num_rows();
+        let Some(conv) = &self.group_converter else {
+            return Ok(vec![0; n]);
+        };
+        let keys = self
+            .group_exprs
+            .iter()
+            .map(|e| Ok(e.evaluate(delta.data())?.into_array(n)?))
+            .collect::<Result<Vec<_>>>()?;
+        let rows = conv.convert_columns(&keys)?;
+        self.groups.hash_batch(&keys, n)?;
+        let mut ids = Vec::with_capacity(n);
+        for row in 0..n {
+            let id = match self.groups.intern(&rows, row) {
+                Interned::Existing(id) | Interned::Reused(id) => id,
+                Interned::Appended(id) => {
+                    self.push_group();
+                    id
+                }
+            };
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// Whether each group in `touched` exists (has rows, or is the global
+    /// group once emitted).
+    fn existing(&self, touched: &[u32], global_exists: bool) -> Vec<bool> {
+        if self.is_global() {
+            vec![global_exists; touched.len()]
+        } else {
+            touched
+                .iter()
+                .map(|&g| self.counts[g as usize] > 0)
+                .collect()
+        }
+    }
+
+    /// The aggregate output columns of `touched` groups.
+    fn output_columns(&self, touched: &[u32]) -> Result<Vec<ArrayRef>> {
+        self.plans
+            .iter()
+            .zip(&self.columns)
+            .map(|(plan, column)| plan.output(column, touched))
+            .collect()
+    }
+
+    /// The group key columns of `touched` groups.
+    fn key_columns(&self, touched: &[u32]) -> Result<Vec<ArrayRef>> {
+        match &self.group_converter {
+            None => Ok(vec![]),
+            Some(conv) => {
+                let parser = conv.parser();
+                Ok(conv.convert_rows(touched.iter().map(|&g| parser.parse(self.groups.key(g))))?)
+            }
+        }
+    }
+
+    /// Adds `delta` (whose rows belong to groups `ids`) to the state.
+    fn apply(&mut self, delta: &ChangeBatch, ids: &[u32]) -> Result<()> {
+        let weights = delta.weights().values();
+        if self.append_only && weights.iter().any(|&w| w < 0) {
+            return Err(MillraceError::execution(
+                "a retraction reached an aggregate over an append-only input",
+            ));
+        }
+        for (&g, &w) in ids.iter().zip(weights.iter()) {
+            self.counts[g as usize] += w;
+        }
+        let n = delta.num_rows();
+        for ((agg, plan), column) in self
+            .aggregates
+            .iter()
+            .zip(&self.plans)
+            .zip(&mut self.columns)
+        {
+            let arg = agg
+                .arg
+                .as_ref()
+                .map(|e| e.evaluate(delta.data())?.into_array(n))
+                .transpose()?;
+            let filter = agg
+                .filter
+                .as_ref()
+                .map(|f| evaluate_predicate(f, delta.data()))
+                .transpose()?;
+            let active: Option<BooleanBuffer> = active_rows(arg.as_ref(), filter.as_ref());
+            let prepared = plan.prepare(arg.as_ref())?;
+            plan.apply(column, &prepared, ids, weights, active.as_ref());
+        }
+        Ok(())
+    }
+}
+
+/// Positions where any pair of columns differs (NULL equals NULL).
+fn changed_rows(old: &[ArrayRef], new: &[ArrayRef], rows: usize) -> Result<Vec<bool>> {
+    let mut changed = vec![false; rows];
+    for (a, b) in old.iter().zip(new) {
+        match distinct(a, b) {
+            Ok(d) => {
+                for (c, v) in changed.iter_mut().zip(d.values().iter()) {
+                    *c |= v;
+                }
+            }
+            // A type the comparison kernel does not handle: treat every row
+            // as changed (a retraction and insertion of an equal row cancel
+            // out downstream).
+            Err(_) => changed.iter_mut().for_each(|c| *c = true),
+        }
+    }
+    Ok(changed)
+}
+
+impl Operator for AggregateOperator {
+    fn describe(&self) -> String {
+        let groups: Vec<String> = self.group_exprs.iter().map(|e| e.to_string()).collect();
+        let aggs: Vec<&str> = self.aggregates.iter().map(|a| a.display.as_str()).collect();
+        format!(
+            "Aggregate group_by=[{}] aggregates=[{}]",
+            groups.join(", "),
+            aggs.join(", ")
+        )
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn step(&mut self, inputs: &[Option<ChangeBatch>]) -> Result<Option<ChangeBatch>> {
+        let delta = inputs.first().cloned().flatten();
+        let global = self.is_global();
+        let first_global = global && !self.global_emitted;
+        if delta.is_none() && !first_global {
+            return Ok(None);
+        }
+
+        // The groups this epoch touches, each once.
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.touched_at.iter_mut().for_each(|t| *t = 0);
+            self.stamp = 1;
+        }
+        let ids = match &delta {
+            Some(d) => {
+                self.stats.rows_in += d.num_rows() as u64;
+                self.group_ids(d)?
+            }
+            None => Vec::new(),
+        };
+        let mut touched: Vec<u32> = Vec::new();
+        for &g in ids.iter().chain(first_global.then_some(&0)) {
+            let mark = &mut self.touched_at[g as usize];
+            if *mark != self.stamp {
+                *mark = self.stamp;
+                touched.push(g);
+            }
+        }
+        self.stats.state_touched += touched.len() as u64;
+
+        // Outputs before and after the change.
+        let old_exists = self.existing(&touched, self.global_emitted);
+        let old = if old_exists.iter().any(|&e| e) {
+            Some(self.output_columns(&touched)?)
+        } else {
+            None
+        };
+        if let Some(delta) = &delta {
+            self.apply(delta, &ids)?;
+        }
+        if touched.iter().any(|&g| self.counts[g as usize] < 0) {
+            return Err(MillraceError::execution(
+                "aggregate group has negative multiplicity (a delete of a row that was never inserted)",
+            ));
+        }
+        let new_exists = self.existing(&touched, true);
+        let new = self.output_columns(&touched)?;
+        if global {
+            self.global_emitted = true;
+        }
+
+        // Retract old rows and insert new ones where they differ.
+        let changed = match &old {
+            Some(old) => changed_rows(old, &new, touched.len())?,
+            None => vec![true; touched.len()],
+        };
+        let mut retract: Vec<u32> = Vec::new();
+        let mut insert: Vec<u32> = Vec::new();
+        for (i, ((&was, &is), &diff)) in
+            old_exists.iter().zip(&new_exists).zip(&changed).enumerate()
+        {
+            if was && (!is || diff) {
+                retract.push(i as u32);
+            }
+            if is && (!was || diff) {
+                insert.push(i as u32);
+            }
+        }
+        let result = if retract.is_empty() && insert.is_empty() {
+            None
+        } else {
+            let retract = UInt32Array::from(retract);
+            let insert = UInt32Array::from(insert);
+            let both: UInt32Array = retract.iter().chain(insert.iter()).collect();
+            let mut columns = self
+                .key_columns(&touched)?
+                .iter()
+                .map(|k| Ok(take(k, &both, None)?))
+                .collect::<Result<Vec<_>>>()?;
+            for (i, new_col) in new.iter().enumerate() {
+                let inserted = take(new_col, &insert, None)?;
+                columns.push(match &old {
+                    Some(old) if !retract.is_empty() => {
+                        let retracted = take(&old[i], &retract, None)?;
+                        concat(&[retracted.as_ref(), inserted.as_ref()])?
+                    }
+                    _ => inserted,
+                });
+            }
+            let rows = retract.len() + insert.len();
+            let mut weights = vec![-1i64; retract.len()];
+            weights.resize(rows, 1);
+            let data = batch_from_columns(self.schema.clone(), columns, rows)?;
+            self.stats.rows_out += rows as u64;
+            Some(ChangeBatch::try_new(data, Int64Array::from(weights))?)
+        };
+
+        // Groups left without rows go; their ids are reused.
+        if !global {
+            for (&g, &is) in touched.iter().zip(&new_exists) {
+                if !is {
+                    self.groups.remove(g);
+                    self.counts[g as usize] = 0;
+                    for c in &mut self.columns {
+                        c.reset(g);
+                    }
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    fn stats(&self) -> OperatorStats {
+        self.stats
+    }
+
+    fn is_stateful(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::physical_expr::expressions::Column;
+
+    use super::*;
+    use crate::stream::pretty::{from_pretty, to_pretty_lines};
+
+    fn col(name: &str, i: usize) -> Arc<dyn PhysicalExpr> {
+        Arc::new(Column::new(name, i))
+    }
+
+    fn spec(kind: AggregateKind, arg: Option<Arc<dyn PhysicalExpr>>) -> AggregateSpec {
+        AggregateSpec {
+            kind,
+            arg,
+            filter: None,
+            delimiter: ",".into(),
+            display: format!("{kind:?}"),
+        }
+    }
+
+    /// GROUP BY c0: count(*), sum(c1), min(c1), max(c1)
+    fn grouped() -> AggregateOperator {
+        let input = from_pretty("T I").unwrap().schema();
+        let out = Arc::new(Schema::new(vec![
+            Field::new("g", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::Int64, true),
+            Field::new("lo", DataType::Int64, true),
+            Field::new("hi", DataType::Int64, true),
+        ]));
+        AggregateOperator::try_new(
+            vec![col("c0", 0)],
+            vec![
+                spec(AggregateKind::Count, None),
+                spec(AggregateKind::Sum, Some(col("c1", 1))),
+                spec(AggregateKind::Min, Some(col("c1", 1))),
+                spec(AggregateKind::Max, Some(col("c1", 1))),
+            ],
+            &input,
+            out,
+            false,
+        )
+        .unwrap()
+    }
+
+    fn step(op: &mut AggregateOperator, text: &str) -> Vec<String> {
+        let out = op.step(&[Some(from_pretty(text).unwrap())]).unwrap();
+        out.map(|b| to_pretty_lines(&b).unwrap())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn emits_retraction_and_insertion_per_touched_group() {
+        let mut op = grouped();
+        assert_eq!(
+            step(&mut op, "T I\n a 1 +1\n a 5 +1\n b 2 +2"),
+            vec!["a 2 6 1 5 | +1", "b 2 4 2 2 | +1"]
+        );
+        // Deleting the minimum of `a` finds the next one; `b` is untouched.
+        assert_eq!(
+            step(&mut op, "T I\n a 1 -1"),
+            vec!["a 1 5 5 5 | +1", "a 2 6 1 5 | -1"]
+        );
+        // The last rows of a group leave: only a retraction.
+        assert_eq!(step(&mut op, "T I\n b 2 -2"), vec!["b 2 4 2 2 | -1"]);
+        assert_eq!(op.group_count(), 1);
+    }
+
+    #[test]
+    fn nulls_are_ignored_by_aggregates_but_counted_by_count_star() {
+        let mut op = grouped();
+        assert_eq!(step(&mut op, "T I\n a . +1"), vec!["a 1 . . . | +1"]);
+        assert_eq!(
+            step(&mut op, "T I\n a 3 +1"),
+            vec!["a 1 . . . | -1", "a 2 3 3 3 | +1"]
+        );
+    }
+
+    #[test]
+    fn a_change_that_cancels_out_emits_nothing() {
+        let mut op = grouped();
+        step(&mut op, "T I\n a 1 +1");
+        assert!(step(&mut op, "T I\n a 7 +1\n a 7 -1").is_empty());
+    }
+
+    #[test]
+    fn global_aggregate_has_one_row_even_when_empty() {
+        let input = from_pretty("I").unwrap().schema();
+        let out = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::Int64, true),
+        ]));
+        let mut op = AggregateOperator::try_new(
+            vec![],
+            vec![
+                spec(AggregateKind::Count, None),
+                spec(AggregateKind::Sum, Some(col("c0", 0))),
+            ],
+            &input,
+            out,
+            false,
+        )
+        .unwrap();
+        let first = op.step(&[None]).unwrap().unwrap();
+        assert_eq!(to_pretty_lines(&first).unwrap(), vec!["0 . | +1"]);
+        let lines = to_pretty_lines(
+            &op.step(&[Some(from_pretty("I\n 4 +1").unwrap())])
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(lines, vec!["0 . | -1", "1 4 | +1"]);
+        let lines = to_pretty_lines(
+            &op.step(&[Some(from_pretty("I\n 4 -1").unwrap())])
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(lines, vec!["0 . | +1", "1 4 | -1"]);
+    }
+
+    /// GROUP BY c0: min/max of an integer and a float column, count(c1).
+    fn extremes(append_only: bool) -> AggregateOperator {
+        let input = from_pretty("T I F").unwrap().schema();
+        let out = Arc::new(Schema::new(vec![
+            Field::new("g", DataType::Utf8, true),
+            Field::new("lo", DataType::Int64, true),
+            Field::new("hi", DataType::Int64, true),
+            Field::new("flo", DataType::Float64, true),
+            Field::new("fhi", DataType::Float64, true),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        AggregateOperator::try_new(
+            vec![col("c0", 0)],
+            vec![
+                spec(AggregateKind::Min, Some(col("c1", 1))),
+                spec(AggregateKind::Max, Some(col("c1", 1))),
+                spec(AggregateKind::Min, Some(col("c2", 2))),
+                spec(AggregateKind::Max, Some(col("c2", 2))),
+                spec(AggregateKind::Count, Some(col("c1", 1))),
+            ],
+            &input,
+            out,
+            append_only,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn running_extremes_equal_value_multisets_on_growing_input() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut running = extremes(true);
+        let mut multiset = extremes(false);
+        for _ in 0..200 {
+            let mut text = String::from("T I F\n");
+            for _ in 0..rng.random_range(1..20) {
+                let g = ["a", "b", "c", "d", "."][rng.random_range(0..5)];
+                let i = if rng.random_ratio(1, 6) {
+                    ".".to_string()
+                } else {
+                    rng.random_range(-50i64..50).to_string()
+                };
+                let f = if rng.random_ratio(1, 6) {
+                    ".".to_string()
+                } else {
+                    format!("{:.2}", rng.random_range(-5.0f64..5.0))
+                };
+                text.push_str(&format!("{g} {i} {f} +{}\n", rng.random_range(1..3)));
+            }
+            assert_eq!(
+                step(&mut running, &text),
+                step(&mut multiset, &text),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_retraction_into_an_append_only_aggregate_is_refused() {
+        let mut op = extremes(true);
+        step(&mut op, "T I F\n a 1 1.0 +1");
+        let err = op
+            .step(&[Some(from_pretty("T I F\n a 1 1.0 -1").unwrap())])
+            .unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{err}");
+    }
+
+    #[test]
+    fn removed_groups_free_their_state_for_new_groups() {
+        let mut op = grouped();
+        step(&mut op, "T I\n a 1 +1\n b 9 +1");
+        step(&mut op, "T I\n a 1 -1");
+        // `c` reuses the id `a` had, and starts from empty state.
+        assert_eq!(step(&mut op, "T I\n c 4 +1"), vec!["c 1 4 4 4 | +1"]);
+        assert_eq!(
+            step(&mut op, "T I\n c 2 +1\n b 9 -1"),
+            vec!["b 1 9 9 9 | -1", "c 1 4 4 4 | -1", "c 2 6 2 4 | +1"]
+        );
+        assert_eq!(op.group_count(), 1);
+    }
+}
