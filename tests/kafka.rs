@@ -524,12 +524,18 @@ async fn upsert_records_replace_and_tombstones_delete_through_views() {
         |v| v == "1",
     )
     .await;
-    wait_for(&client, "SELECT count(*) FROM current", |v| v == "3").await;
-    // Each view has its own readers: wait for the other one too.
     wait_for(
         &client,
-        "SELECT count(*) FROM totals WHERE owner = 'fay'",
-        |v| v == "1",
+        "SELECT count(*) FROM current WHERE id = 'f' OR (id = 'a' AND balance = 11) OR (id = 'c' AND balance = 7)",
+        |v| v == "3",
+    )
+    .await;
+    // Each view has its own readers, one per partition: wait until both
+    // of the other view's readers are through too.
+    wait_for(
+        &client,
+        "SELECT count(*) FROM totals WHERE owner = 'fay' OR (owner = 'ann' AND total = 11) OR (owner = 'cid' AND total = 7)",
+        |v| v == "3",
     )
     .await;
     assert_eq!(

@@ -24,7 +24,15 @@ const MAX_EPOCH_ROWS: usize = 1 << 16;
 #[async_trait]
 pub trait SourceSink: Send + Sync + 'static {
     /// Commits `batches` read from `source` for `view` as one epoch.
-    async fn ingest(&self, source: &str, view: &str, batches: Vec<ChangeBatch>) -> Result<()>;
+    /// `more_pending` says further batches are already waiting, so the
+    /// engine may leave making this epoch visible to the next one.
+    async fn ingest(
+        &self,
+        source: &str,
+        view: &str,
+        batches: Vec<ChangeBatch>,
+        more_pending: bool,
+    ) -> Result<()>;
 }
 
 /// Starts `generators` (one thread each, each producing its own part of
@@ -81,7 +89,8 @@ pub fn spawn_source(
             if progress.stop.load(Ordering::Relaxed) {
                 break;
             }
-            if let Err(e) = sink.ingest(&source, &view, batches).await {
+            let more_pending = !rx.is_empty();
+            if let Err(e) = sink.ingest(&source, &view, batches, more_pending).await {
                 let n = progress.errors.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
                     warn!(%source, error = %e, errors = n, "batch from source skipped");

@@ -104,6 +104,10 @@ struct MaterializedView {
     append_only: bool,
 }
 
+/// While source batches are queued, the longest a committed epoch waits
+/// to become visible to readers.
+const PUBLISH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Everything the single writer owns.
 #[derive(Default)]
 struct EngineState {
@@ -115,6 +119,9 @@ struct EngineState {
     sinks: HashMap<String, SinkHandle>,
     next_id: u64,
     epoch: u64,
+    /// When the current contents were last made visible to readers, if
+    /// ever; later epochs may be committed but not yet visible.
+    last_publish: Option<std::time::Instant>,
     /// When replaying the catalog at start, nothing is written back.
     replaying: bool,
 }
@@ -280,6 +287,7 @@ impl Engine {
     }
 
     fn publish(&self, state: &mut EngineState) {
+        state.last_publish = Some(std::time::Instant::now());
         let mut relations = HashMap::new();
         for (name, t) in &state.tables {
             relations.insert(name.clone(), t.contents.snapshot());
@@ -1008,17 +1016,20 @@ impl Engine {
     /// Applies changes to tables and propagates them through every view, as
     /// one epoch. On any error, nothing is changed.
     fn commit(&self, state: &mut EngineState, changes: Vec<(String, ChangeBatch)>) -> Result<()> {
-        self.commit_epoch(state, changes, None)
+        self.commit_epoch(state, changes, None, true)
     }
 
     /// One epoch: `changes` to tables and rows `streamed` from a source to
     /// the one view whose reader produced them, pushed through every view
     /// that reads what changed.
+    /// With `publish_now` false the epoch is committed but made visible to
+    /// readers only with a later one (at most [`PUBLISH_INTERVAL`] later).
     fn commit_epoch(
         &self,
         state: &mut EngineState,
         changes: Vec<(String, ChangeBatch)>,
         streamed: Option<Streamed>,
+        publish_now: bool,
     ) -> Result<()> {
         // Check constraints before touching anything.
         let mut checked = Vec::new();
@@ -1163,7 +1174,12 @@ impl Engine {
             }
         }
         state.epoch += 1;
-        self.publish(state);
+        let due = state
+            .last_publish
+            .is_none_or(|t| t.elapsed() >= PUBLISH_INTERVAL);
+        if publish_now || due {
+            self.publish(state);
+        }
         Ok(())
     }
 
@@ -1792,7 +1808,13 @@ fn relation_grows(state: &EngineState, name: &str) -> bool {
 
 #[async_trait::async_trait]
 impl SourceSink for Engine {
-    async fn ingest(&self, source: &str, view: &str, batches: Vec<ChangeBatch>) -> Result<()> {
+    async fn ingest(
+        &self,
+        source: &str,
+        view: &str,
+        batches: Vec<ChangeBatch>,
+        more_pending: bool,
+    ) -> Result<()> {
         let mut state = self.writer.lock().await;
         let Some(spec) = state.sources.get(source) else {
             return Ok(());
@@ -1807,7 +1829,10 @@ impl SourceSink for Engine {
             view: view.to_string(),
             delta,
         };
-        self.commit_epoch(&mut state, vec![], Some(streamed))
+        // Under a backlog, epochs become visible every PUBLISH_INTERVAL
+        // rather than each: a published view's contents are shared with
+        // readers, so the next change to them copies the parts it touches.
+        self.commit_epoch(&mut state, vec![], Some(streamed), !more_pending)
     }
 }
 

@@ -52,8 +52,8 @@ pub struct KafkaReader {
     last_stats: Instant,
     /// Broker errors seen, for rate-limited logging.
     errors_seen: u64,
-    /// Asks the broker for high watermarks off this thread.
-    watermarks: WatermarkWatcher,
+    /// Does the blocking broker requests off this thread.
+    watcher: Watcher,
 }
 
 /// Turning polled records into changes.
@@ -71,7 +71,7 @@ impl KafkaReader {
     /// Reader `part` of the source's reader threads.
     pub fn try_new(source: Arc<KafkaSource>, ctx: &ReaderContext, part: usize) -> Result<Self> {
         let consumer = new_consumer(&source, &ctx.source)?;
-        let watermarks = WatermarkWatcher::start(&source, ctx)?;
+        let watcher = Watcher::start(&source, ctx)?;
         let decoder_schema = match source.envelope {
             Envelope::Debezium => super::debezium_schema(&source.value_schema),
             _ => source.value_schema.clone(),
@@ -99,7 +99,7 @@ impl KafkaReader {
             skip_before: BTreeMap::new(),
             last_stats: Instant::now(),
             errors_seen: 0,
-            watermarks,
+            watcher,
         })
     }
 
@@ -237,7 +237,7 @@ impl KafkaReader {
     /// lag tools.
     fn refresh_stats(&mut self) {
         self.last_stats = Instant::now();
-        self.watermarks.watch(&self.assigned);
+        self.watcher.watch(&self.assigned);
         // Only partitions being read: committing for a topic the broker
         // has lost is pointless (and upsets some brokers).
         let committable: Vec<(i32, i64)> = self
@@ -537,12 +537,14 @@ impl BatchGenerator for KafkaReader {
         let empty = move || Ok(Some(ChangeBatch::empty(schema.clone())));
         // Without partitions (waiting for the topic, or none of its
         // partitions are this reader's), look again every 200 ms.
-        let interval = if self.assigned.is_empty() {
-            Duration::from_millis(200).min(self.d.source.discovery_interval)
-        } else {
-            self.d.source.discovery_interval
+        let interval = Duration::from_millis(200).min(self.d.source.discovery_interval);
+        // Once partitions are assigned, the watcher thread looks for new
+        // ones (see `Watcher`); until then, this thread looks itself.
+        let discovery_due = match self.last_discovery {
+            None => true,
+            Some(_) if self.watcher.partitions_changed() => true,
+            Some(t) => self.assigned.is_empty() && t.elapsed() >= interval,
         };
-        let discovery_due = self.last_discovery.is_none_or(|t| t.elapsed() >= interval);
         if discovery_due {
             if let Err(e) = self.discover() {
                 self.errors_seen += 1;
@@ -697,6 +699,17 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Rows `indices` of `batch`.
 fn take_batch(batch: &RecordBatch, indices: &UInt32Array) -> Result<RecordBatch> {
+    // Usually every record decoded and is kept in order: nothing to copy.
+    let identity = indices.len() == batch.num_rows()
+        && indices.null_count() == 0
+        && indices
+            .values()
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v as usize == i);
+    if identity {
+        return Ok(batch.clone());
+    }
     Ok(datafusion::arrow::compute::take_record_batch(
         batch, indices,
     )?)
@@ -789,59 +802,89 @@ fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
         .and_then(|h| h.value)
 }
 
-/// A thread with its own Kafka client that asks the broker for the high
-/// watermarks of the partitions a reader reads, once a second, for the
-/// progress view. Asking blocks for a round trip per partition; on the
-/// reader's thread that delay would reach every record behind it.
-struct WatermarkWatcher {
+/// A thread with its own Kafka client that does the reader's blocking
+/// requests: high watermarks for the progress view, once a second, and the
+/// topic's partition list, once per discovery interval. Each is a round trip
+/// to the broker; on the reader's thread that wait would delay every record
+/// behind it. The reader runs its own discovery only when the watcher sees
+/// the partition list change (or the topic vanish), and at startup.
+struct Watcher {
     partitions: Arc<std::sync::Mutex<Vec<i32>>>,
+    changed: Arc<std::sync::atomic::AtomicBool>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl WatermarkWatcher {
+/// How often the watcher looks at its clocks.
+const WATCH_TICK: Duration = Duration::from_millis(100);
+
+impl Watcher {
     fn start(source: &Arc<KafkaSource>, ctx: &ReaderContext) -> Result<Self> {
-        let client: BaseConsumer = consumer_config(source, "millrace-watermarks")
+        let client: BaseConsumer = consumer_config(source, "millrace-watcher")
             .create()
             .map_err(kafka_error)?;
         let partitions: Arc<std::sync::Mutex<Vec<i32>>> = Arc::default();
+        let changed: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let stop: Arc<std::sync::atomic::AtomicBool> = Arc::default();
-        let (watched, stopped) = (partitions.clone(), stop.clone());
-        let (topic, progress) = (source.topic.clone(), ctx.progress.clone());
+        let (watched, flag, stopped) = (partitions.clone(), changed.clone(), stop.clone());
+        let (source, progress) = (source.clone(), ctx.progress.clone());
         std::thread::Builder::new()
-            .name(format!("{}-watermarks", ctx.source))
+            .name(format!("{}-watcher", ctx.source))
             .spawn(move || {
+                let mut last_marks = Instant::now();
+                let mut last_listing = Instant::now();
+                // The partition list as last seen: `None` before the first
+                // look, `Some(None)` while the topic is missing.
+                let mut listing: Option<Option<Vec<i32>>> = None;
                 while !stopped.load(Ordering::Relaxed) {
-                    let list = lock(&watched).clone();
-                    for p in list {
-                        if let Ok((_, high)) =
-                            client.fetch_watermarks(&topic, p, Duration::from_millis(500))
-                        {
-                            lock(&progress.partitions)
-                                .entry(p)
-                                .or_default()
-                                .high_watermark = Some(high);
+                    std::thread::sleep(WATCH_TICK);
+                    if last_listing.elapsed() >= source.discovery_interval {
+                        last_listing = Instant::now();
+                        if let Ok(now) = partitions_of(&client, &source, Duration::from_secs(1)) {
+                            // The first look counts as a change too: the
+                            // reader's own first look came earlier.
+                            if listing.as_ref() != Some(&now) {
+                                flag.store(true, Ordering::SeqCst);
+                            }
+                            listing = Some(now);
                         }
                     }
-                    // Sleep in short steps so a dropped reader's watcher
-                    // ends soon.
-                    for _ in 0..10 {
-                        if stopped.load(Ordering::Relaxed) {
-                            break;
+                    if last_marks.elapsed() >= STATS_INTERVAL {
+                        last_marks = Instant::now();
+                        let list = lock(&watched).clone();
+                        for p in list {
+                            if let Ok((_, high)) = client.fetch_watermarks(
+                                &source.topic,
+                                p,
+                                Duration::from_millis(500),
+                            ) {
+                                lock(&progress.partitions)
+                                    .entry(p)
+                                    .or_default()
+                                    .high_watermark = Some(high);
+                            }
                         }
-                        std::thread::sleep(STATS_INTERVAL / 10);
                     }
                 }
             })?;
-        Ok(Self { partitions, stop })
+        Ok(Self {
+            partitions,
+            changed,
+            stop,
+        })
     }
 
-    /// From now on, watch `assigned`.
+    /// From now on, watch the watermarks of `assigned`.
     fn watch(&self, assigned: &BTreeSet<i32>) {
         *lock(&self.partitions) = assigned.iter().copied().collect();
     }
+
+    /// Whether the topic's partitions changed since the last call.
+    fn partitions_changed(&self) -> bool {
+        self.changed.swap(false, Ordering::SeqCst)
+    }
 }
 
-impl Drop for WatermarkWatcher {
+impl Drop for Watcher {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
