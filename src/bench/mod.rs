@@ -30,6 +30,8 @@ pub const QUERIES: &[(&str, &str)] = &[
     ("q0", include_str!("../../sql-examples/nexmark/q0.sql")),
     ("q1", include_str!("../../sql-examples/nexmark/q1.sql")),
     ("q2", include_str!("../../sql-examples/nexmark/q2.sql")),
+    ("q5", include_str!("../../sql-examples/nexmark/q5.sql")),
+    ("q7", include_str!("../../sql-examples/nexmark/q7.sql")),
     ("q17", include_str!("../../sql-examples/nexmark/q17.sql")),
     ("q20", include_str!("../../sql-examples/nexmark/q20.sql")),
 ];
@@ -258,7 +260,22 @@ async fn batch_oracle(
         let table = MemTable::try_new(spec.schema.clone(), vec![batches])?;
         ctx.register_table(name.as_str(), Arc::new(table))?;
     }
-    Ok(ctx.sql(query).await?.collect().await?)
+    // The same window-function rewrite the engine applies, then
+    // DataFusion's own planning and execution.
+    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    let mut statements = datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, query)
+        .map_err(|e| MillraceError::plan(format!("benchmark query does not parse: {e}")))?;
+    let mut statement = statements
+        .pop()
+        .ok_or_else(|| MillraceError::plan("empty benchmark query"))?;
+    crate::sql::windows::rewrite_window_functions(&mut statement)?;
+    let plan = ctx
+        .state()
+        .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+            statement,
+        )))
+        .await?;
+    Ok(ctx.execute_logical_plan(plan).await?.collect().await?)
 }
 
 /// A multiset of rows as sorted hashes of their text, floats rounded so

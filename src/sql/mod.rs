@@ -8,5 +8,6 @@ pub mod statement;
 pub mod system;
 pub mod table;
 pub mod types;
+pub mod windows;
 
 pub use engine::{Engine, EngineOptions, QueryOutput};

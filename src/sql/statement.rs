@@ -282,7 +282,11 @@ pub fn parse_statement(whole: &str, stmt: &StatementText) -> Result<Command> {
         .map_err(|e| relocate(parse_error(Some(&stmt.text), e)))?;
     match statements.len() {
         0 => Ok(Command::Empty),
-        1 => Ok(Command::Sql(Box::new(statements.remove(0)))),
+        1 => {
+            let mut statement = statements.remove(0);
+            super::windows::rewrite_window_functions(&mut statement)?;
+            Ok(Command::Sql(Box::new(statement)))
+        }
         _ => Err(MillraceError::Parse {
             message: "expected one statement".into(),
             position: None,
