@@ -299,29 +299,13 @@ impl AccPlan {
                 }
             }),
             (AccColumn::IntExtreme { value, n }, PreparedArg::Ints(v)) => {
-                let max = matches!(self.layout, Layout::IntExtreme { max: true });
-                rows!(|r| {
-                    let g = groups[r] as usize;
-                    let x = v[r] as i128;
-                    if n[g] == 0 || (max && x > value[g]) || (!max && x < value[g]) {
-                        value[g] = x;
-                    }
-                    n[g] += weights[r];
-                })
+                fold_extreme(value, n, v, groups, weights, active, self.is_max())
             }
             (AccColumn::IntExtreme { value, n }, PreparedArg::Wide(v)) => {
-                let max = matches!(self.layout, Layout::DecimalExtreme { max: true });
-                rows!(|r| {
-                    let g = groups[r] as usize;
-                    let x = v[r];
-                    if n[g] == 0 || (max && x > value[g]) || (!max && x < value[g]) {
-                        value[g] = x;
-                    }
-                    n[g] += weights[r];
-                })
+                fold_extreme(value, n, v, groups, weights, active, self.is_max())
             }
             (AccColumn::FloatExtreme { value, n }, PreparedArg::Floats(v)) => {
-                let max = matches!(self.layout, Layout::FloatExtreme { max: true });
+                let max = self.is_max();
                 rows!(|r| {
                     let g = groups[r] as usize;
                     let x = v[r];
@@ -355,6 +339,16 @@ impl AccPlan {
             // state, so other pairs cannot occur.
             _ => {}
         }
+    }
+
+    /// Whether a running extreme is a maximum.
+    fn is_max(&self) -> bool {
+        matches!(
+            self.layout,
+            Layout::IntExtreme { max: true }
+                | Layout::DecimalExtreme { max: true }
+                | Layout::FloatExtreme { max: true }
+        )
     }
 
     /// The aggregate's output value for each of `groups`, as one array of
@@ -528,61 +522,58 @@ impl AccPlan {
 }
 
 impl AccColumn {
-    /// Adds the state of one new, empty group.
-    pub(super) fn push_empty(&mut self) {
-        match self {
-            AccColumn::Count(c) => c.push(0),
-            AccColumn::Sum { sum, n } => {
-                sum.push(0);
-                n.push(0);
+    /// Makes group `g` empty: a new group one past the last, or a removed
+    /// group whose id is about to be reused.
+    pub(super) fn empty_group(&mut self, g: u32) {
+        fn put<T>(v: &mut Vec<T>, g: usize, x: T) {
+            if g == v.len() {
+                v.push(x);
+            } else {
+                v[g] = x;
             }
-            AccColumn::FloatSum { sum, n } => {
-                sum.push(0.0);
-                n.push(0);
-            }
-            AccColumn::Bools { t, f } => {
-                t.push(0);
-                f.push(0);
-            }
-            AccColumn::IntExtreme { value, n } => {
-                value.push(0);
-                n.push(0);
-            }
-            AccColumn::FloatExtreme { value, n } => {
-                value.push(0.0);
-                n.push(0);
-            }
-            AccColumn::Values(sets) => sets.push(BTreeMap::new()),
         }
-    }
-
-    /// Empties the state of group `g` (whose id is about to be reused).
-    pub(super) fn reset(&mut self, g: u32) {
         let g = g as usize;
         match self {
-            AccColumn::Count(c) => c[g] = 0,
-            AccColumn::Sum { sum, n } => {
-                sum[g] = 0;
-                n[g] = 0;
+            AccColumn::Count(c) => put(c, g, 0),
+            AccColumn::Sum { sum, n } | AccColumn::IntExtreme { value: sum, n } => {
+                put(sum, g, 0);
+                put(n, g, 0);
             }
-            AccColumn::FloatSum { sum, n } => {
-                sum[g] = 0.0;
-                n[g] = 0;
+            AccColumn::FloatSum { sum, n } | AccColumn::FloatExtreme { value: sum, n } => {
+                put(sum, g, 0.0);
+                put(n, g, 0);
             }
             AccColumn::Bools { t, f } => {
-                t[g] = 0;
-                f[g] = 0;
+                put(t, g, 0);
+                put(f, g, 0);
             }
-            AccColumn::IntExtreme { value, n } => {
-                value[g] = 0;
-                n[g] = 0;
-            }
-            AccColumn::FloatExtreme { value, n } => {
-                value[g] = 0.0;
-                n[g] = 0;
-            }
-            AccColumn::Values(sets) => sets[g] = BTreeMap::new(),
+            AccColumn::Values(sets) => put(sets, g, BTreeMap::new()),
         }
+    }
+}
+
+/// Folds integer values (`i64` or unscaled decimals) into running extremes:
+/// row `r` goes to group `groups[r]` unless `active` leaves it out.
+fn fold_extreme<T: Copy + Into<i128>>(
+    value: &mut [i128],
+    n: &mut [i64],
+    values: &[T],
+    groups: &[u32],
+    weights: &[i64],
+    active: Option<&BooleanBuffer>,
+    max: bool,
+) {
+    let fold = |r: usize| {
+        let g = groups[r] as usize;
+        let x: i128 = values[r].into();
+        if n[g] == 0 || (max && x > value[g]) || (!max && x < value[g]) {
+            value[g] = x;
+        }
+        n[g] += weights[r];
+    };
+    match active {
+        None => (0..groups.len()).for_each(fold),
+        Some(mask) => mask.set_indices().for_each(fold),
     }
 }
 

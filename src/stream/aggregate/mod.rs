@@ -182,10 +182,11 @@ impl AggregateOperator {
     }
 
     fn push_group(&mut self) {
+        let g = self.counts.len() as u32;
         self.counts.push(0);
         self.touched_at.push(0);
         for c in &mut self.columns {
-            c.push_empty();
+            c.empty_group(g);
         }
     }
 
@@ -424,7 +425,7 @@ impl Operator for AggregateOperator {
                     self.groups.remove(g);
                     self.counts[g as usize] = 0;
                     for c in &mut self.columns {
-                        c.reset(g);
+                        c.empty_group(g);
                     }
                 }
             }
