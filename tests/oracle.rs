@@ -50,6 +50,32 @@ const VIEWS: &[(&str, &str)] = &[
          FROM t1 WHERE a IS NOT NULL",
     ),
     (
+        "left_joined",
+        "SELECT t1.a, t1.b, t2.d FROM t1 LEFT JOIN t2 ON t1.a = t2.a",
+    ),
+    (
+        "full_joined",
+        "SELECT t1.b, t1.c, t3.d, t3.w FROM t1 FULL JOIN t3 ON t1.b = t3.d",
+    ),
+    (
+        "right_counted",
+        "SELECT t3.d, count(t2.a) AS n FROM t2 RIGHT JOIN t3 ON t2.d = t3.d GROUP BY t3.d",
+    ),
+    (
+        "timed",
+        "SELECT a, b, to_timestamp_seconds(1767225600 + b * 7) AS ts FROM t1",
+    ),
+    (
+        "windowed",
+        "SELECT window_start, count(*) AS n, sum(b) AS sb \
+         FROM TUMBLE(timed, ts, INTERVAL '20' SECOND) GROUP BY window_start",
+    ),
+    (
+        "hopped",
+        "SELECT window_end, a, max(b) AS mb FROM HOP(timed, ts, INTERVAL '10' SECOND, INTERVAL '30' SECOND) \
+         GROUP BY window_end, a",
+    ),
+    (
         "cross_small",
         "SELECT t3.d, count(*) AS n FROM t3, t2 WHERE t2.d >= t3.d GROUP BY t3.d",
     ),

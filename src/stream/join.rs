@@ -1,4 +1,4 @@
-//! Inner equi-join, maintained incrementally.
+//! Equi-join (inner, left, right or full outer), maintained incrementally.
 //!
 //! Weights: a left row `l` (weight `a`) and a right row `r` (weight `b`) with
 //! equal keys produce the joined row `l ++ r` with weight `a * b`. Join is
@@ -8,13 +8,21 @@
 //! holding its rows in Arrow row format with their weights. Rows whose key
 //! contains NULL never match (SQL `=`), unless the join compares keys with
 //! `IS NOT DISTINCT FROM`. An optional residual predicate filters the
-//! joined rows.
+//! joined rows (inner joins only).
+//!
+//! An outer join adds, for its preserved side `P` and other side `O`, every
+//! row of `P` whose key has no rows in `O`, padded with NULLs, at the row's
+//! own weight. Per epoch, for each key the epoch touched: if `O` had no rows
+//! for it before and has none after, the padded rows change by `dP` of that
+//! key; if `O` gains its first rows, the padded rows of the old `P` are
+//! retracted; if `O` loses its last rows, the rows of the new `P` come back
+//! padded. Rows of `P` with a NULL key are always padded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, Int64Array, UInt32Array};
-use datafusion::arrow::compute::take;
+use datafusion::arrow::array::{new_null_array, Array, ArrayRef, Int64Array, UInt32Array};
+use datafusion::arrow::compute::{concat, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
@@ -32,12 +40,36 @@ struct JoinSide {
     keys: Vec<Arc<dyn PhysicalExpr>>,
     rows: RowConverter,
     index: HashMap<Box<[u8]>, Bucket>,
+    schema: SchemaRef,
 }
 
-/// Incremental inner equi-join; see the module documentation.
+/// Which sides of a join keep their unmatched rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    /// Matched pairs only.
+    Inner,
+    /// Also unmatched left rows, padded with NULLs.
+    Left,
+    /// Also unmatched right rows, padded with NULLs.
+    Right,
+    /// Also unmatched rows of both sides.
+    Full,
+}
+
+/// For one preserved side, what an epoch's padding needs from before it:
+/// each touched key, whether the other side had rows for it, and (when it
+/// had none) the preserved side's rows of that key.
+struct PadBefore {
+    keys: Vec<Box<[u8]>>,
+    other_had: Vec<bool>,
+    old_rows: Vec<Vec<(Box<[u8]>, i64)>>,
+}
+
+/// Incremental equi-join; see the module documentation.
 pub struct JoinOperator {
     left: JoinSide,
     right: JoinSide,
+    kind: JoinKind,
     key_types: Vec<DataType>,
     key_converter: Option<RowConverter>,
     nulls_equal: bool,
@@ -81,12 +113,15 @@ impl JoinOperator {
                 keys: left_keys,
                 rows: row_converter(left_schema)?,
                 index: HashMap::new(),
+                schema: left_schema.clone(),
             },
             right: JoinSide {
                 keys: right_keys,
                 rows: row_converter(right_schema)?,
                 index: HashMap::new(),
+                schema: right_schema.clone(),
             },
+            kind: JoinKind::Inner,
             key_types,
             key_converter,
             nulls_equal,
@@ -94,6 +129,150 @@ impl JoinOperator {
             schema,
             stats: OperatorStats::default(),
         })
+    }
+
+    /// The same join keeping unmatched rows as `kind` says. Outer joins
+    /// take no residual predicate (it would decide which pairs match).
+    pub fn with_kind(mut self, kind: JoinKind) -> Result<Self> {
+        if kind != JoinKind::Inner && self.filter.is_some() {
+            return Err(crate::error::MillraceError::not_supported(
+                "an outer join whose ON condition compares more than equal keys, in a materialized view",
+            ));
+        }
+        self.kind = kind;
+        Ok(self)
+    }
+
+    fn side(&self, left: bool) -> &JoinSide {
+        if left {
+            &self.left
+        } else {
+            &self.right
+        }
+    }
+
+    /// Before an epoch changes the state: what padding for preserved side
+    /// `left` (or right) will need, for every key in `keys` (the keys of both
+    /// deltas).
+    fn pad_before(&self, left: bool, keys: &[&KeyRows]) -> PadBefore {
+        let (preserved, other) = (self.side(left), self.side(!left));
+        let mut seen: HashSet<&[u8]> = HashSet::new();
+        let mut before = PadBefore {
+            keys: Vec::new(),
+            other_had: Vec::new(),
+            old_rows: Vec::new(),
+        };
+        for key in keys.iter().flat_map(|k| k.iter()).flatten() {
+            if !seen.insert(key) {
+                continue;
+            }
+            let had = other.index.contains_key(key);
+            let old = if had {
+                Vec::new()
+            } else {
+                preserved.index.get(key).map_or_else(Vec::new, |bucket| {
+                    bucket.iter().map(|(r, w)| (r.clone(), *w)).collect()
+                })
+            };
+            before.keys.push(key.clone());
+            before.other_had.push(had);
+            before.old_rows.push(old);
+        }
+        before
+    }
+
+    /// After an epoch changed the state: the change of the padded rows of
+    /// preserved side `left` (or right), given its delta `delta` (with keys
+    /// `delta_keys`) and what [`JoinOperator::pad_before`] saw.
+    fn pad_after(
+        &self,
+        left: bool,
+        before: PadBefore,
+        delta: Option<(&ChangeBatch, &KeyRows)>,
+    ) -> Result<Option<ChangeBatch>> {
+        let (preserved, other) = (self.side(left), self.side(!left));
+        // Delta rows by key, and those whose key never matches.
+        let mut delta_rows: HashMap<&[u8], Vec<u32>> = HashMap::new();
+        let mut from_delta: Vec<u32> = Vec::new();
+        if let Some((_, keys)) = delta {
+            for (i, key) in keys.iter().enumerate() {
+                match key {
+                    Some(k) => delta_rows.entry(k).or_default().push(i as u32),
+                    None => from_delta.push(i as u32),
+                }
+            }
+        }
+        let mut from_state: Vec<(&[u8], i64)> = Vec::new();
+        for ((key, had), old) in before
+            .keys
+            .iter()
+            .zip(&before.other_had)
+            .zip(&before.old_rows)
+        {
+            let has = other.index.contains_key(key);
+            match (had, has) {
+                (false, false) => {
+                    if let Some(rows) = delta_rows.get(key.as_ref()) {
+                        from_delta.extend(rows);
+                    }
+                }
+                (false, true) => from_state.extend(old.iter().map(|(r, w)| (r.as_ref(), -w))),
+                (true, false) => {
+                    if let Some(bucket) = preserved.index.get(key) {
+                        from_state.extend(bucket.iter().map(|(r, w)| (r.as_ref(), *w)));
+                    }
+                }
+                (true, true) => {}
+            }
+        }
+        if from_delta.is_empty() && from_state.is_empty() {
+            return Ok(None);
+        }
+        // The preserved side's columns: chosen delta rows, then state rows.
+        let indices = UInt32Array::from(from_delta);
+        let mut weights: Vec<i64> = Vec::with_capacity(indices.len() + from_state.len());
+        let mut parts: Vec<Vec<ArrayRef>> = Vec::new();
+        if let (Some((delta, _)), false) = (delta, indices.is_empty()) {
+            let dw = delta.weights().values();
+            weights.extend(indices.values().iter().map(|&i| dw[i as usize]));
+            parts.push(
+                delta
+                    .data()
+                    .columns()
+                    .iter()
+                    .map(|c| take(c.as_ref(), &indices, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()?,
+            );
+        }
+        if !from_state.is_empty() {
+            let parser = preserved.rows.parser();
+            parts.push(
+                preserved
+                    .rows
+                    .convert_rows(from_state.iter().map(|(r, _)| parser.parse(r)))?,
+            );
+            weights.extend(from_state.iter().map(|(_, w)| *w));
+        }
+        let n = weights.len();
+        let preserved_cols = (0..preserved.schema.fields().len())
+            .map(|c| {
+                let pieces: Vec<&dyn Array> = parts.iter().map(|p| p[c].as_ref()).collect();
+                Ok(concat(&pieces)?)
+            })
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let nulls: Vec<ArrayRef> = other
+            .schema
+            .fields()
+            .iter()
+            .map(|f| new_null_array(f.data_type(), n))
+            .collect();
+        let columns = if left {
+            [preserved_cols, nulls].concat()
+        } else {
+            [nulls, preserved_cols].concat()
+        };
+        let data = batch_from_columns(self.schema.clone(), columns, n)?;
+        Ok(Some(ChangeBatch::try_new(data, Int64Array::from(weights))?))
     }
 
     /// Encodes the key of every row of `delta` read through `keys`.
@@ -209,9 +388,10 @@ impl Operator for JoinOperator {
             .zip(&self.right.keys)
             .map(|(l, r)| format!("{l} = {r}"))
             .collect();
+        let kind = format!("{:?}", self.kind).to_lowercase();
         match &self.filter {
-            Some(f) => format!("Join inner on=[{}] filter={f}", on.join(", ")),
-            None => format!("Join inner on=[{}]", on.join(", ")),
+            Some(f) => format!("Join {kind} on=[{}] filter={f}", on.join(", ")),
+            None => format!("Join {kind} on=[{}]", on.join(", ")),
         }
     }
 
@@ -222,31 +402,56 @@ impl Operator for JoinOperator {
     fn step(&mut self, inputs: &[Option<ChangeBatch>]) -> Result<Option<ChangeBatch>> {
         let dl = inputs.first().cloned().flatten();
         let dr = inputs.get(1).cloned().flatten();
+        let lkeys = match &dl {
+            Some(d) => self.key_rows(&self.left.keys.clone(), d)?,
+            None => Vec::new(),
+        };
+        let rkeys = match &dr {
+            Some(d) => self.key_rows(&self.right.keys.clone(), d)?,
+            None => Vec::new(),
+        };
+        let pad_left = matches!(self.kind, JoinKind::Left | JoinKind::Full)
+            .then(|| self.pad_before(true, &[&lkeys, &rkeys]));
+        let pad_right = matches!(self.kind, JoinKind::Right | JoinKind::Full)
+            .then(|| self.pad_before(false, &[&lkeys, &rkeys]));
         let mut parts = Vec::new();
         if let Some(dl) = &dl {
             self.stats.rows_in += dl.num_rows() as u64;
-            let keys = self.key_rows(&self.left.keys.clone(), dl)?;
-            if let Some(out) = self.probe(dl, &keys, true)? {
+            if let Some(out) = self.probe(dl, &lkeys, true)? {
                 parts.push(out);
             }
-            self.absorb(dl, keys, true)?;
+            self.absorb(dl, lkeys.clone(), true)?;
         }
         if let Some(dr) = &dr {
             self.stats.rows_in += dr.num_rows() as u64;
-            let keys = self.key_rows(&self.right.keys.clone(), dr)?;
-            if let Some(out) = self.probe(dr, &keys, false)? {
+            if let Some(out) = self.probe(dr, &rkeys, false)? {
                 parts.push(out);
             }
-            self.absorb(dr, keys, false)?;
+            self.absorb(dr, rkeys.clone(), false)?;
+        }
+        if let Some(filter) = &self.filter {
+            if !parts.is_empty() {
+                let joined = ChangeBatch::concat(self.schema.clone(), &parts)?;
+                let mask = evaluate_predicate(filter, joined.data())?;
+                parts = vec![joined.filter(&mask)?];
+            }
+        }
+        if let Some(before) = pad_left {
+            let delta = dl.as_ref().map(|d| (d, &lkeys));
+            if let Some(out) = self.pad_after(true, before, delta)? {
+                parts.push(out);
+            }
+        }
+        if let Some(before) = pad_right {
+            let delta = dr.as_ref().map(|d| (d, &rkeys));
+            if let Some(out) = self.pad_after(false, before, delta)? {
+                parts.push(out);
+            }
         }
         if parts.is_empty() {
             return Ok(None);
         }
-        let mut out = ChangeBatch::concat(self.schema.clone(), &parts)?;
-        if let Some(filter) = &self.filter {
-            let mask = evaluate_predicate(filter, out.data())?;
-            out = out.filter(&mask)?;
-        }
+        let out = ChangeBatch::concat(self.schema.clone(), &parts)?;
         self.stats.rows_out += out.num_rows() as u64;
         Ok(Some(out))
     }
@@ -324,5 +529,51 @@ mod tests {
         let mut op = join();
         step(&mut op, Some("I T\n . a +1"), None);
         assert!(step(&mut op, None, Some("I I\n . 5 +1")).is_empty());
+    }
+
+    #[test]
+    fn left_join_pads_unmatched_rows_and_retracts_the_padding_on_a_match() {
+        let mut op = join().with_kind(JoinKind::Left).unwrap();
+        assert_eq!(
+            step(&mut op, Some("I T\n 1 a +1\n . n +1"), None),
+            vec![". n . . | +1", "1 a . . | +1"]
+        );
+        // The first match retracts the padded row; a second adds a pair.
+        assert_eq!(
+            step(&mut op, None, Some("I I\n 1 10 +1")),
+            vec!["1 a . . | -1", "1 a 1 10 | +1"]
+        );
+        assert_eq!(
+            step(&mut op, None, Some("I I\n 1 11 +1")),
+            vec!["1 a 1 11 | +1"]
+        );
+        // A new left row of a matched key is matched; the last right row
+        // leaving brings the padding back for both.
+        assert_eq!(
+            step(
+                &mut op,
+                Some("I T\n 1 b +1"),
+                Some("I I\n 1 10 -1\n 1 11 -1")
+            ),
+            vec![
+                "1 a . . | +1",
+                "1 a 1 10 | -1",
+                "1 a 1 11 | -1",
+                "1 b . . | +1"
+            ]
+        );
+    }
+
+    #[test]
+    fn full_join_pads_both_sides() {
+        let mut op = join().with_kind(JoinKind::Full).unwrap();
+        assert_eq!(
+            step(&mut op, Some("I T\n 1 a +1"), Some("I I\n 2 20 +1")),
+            vec![". . 2 20 | +1", "1 a . . | +1"]
+        );
+        assert_eq!(
+            step(&mut op, Some("I T\n 2 b +1"), None),
+            vec![". . 2 20 | -1", "2 b 2 20 | +1"]
+        );
     }
 }

@@ -24,7 +24,7 @@ use super::change::batch_from_columns;
 use super::constant::ConstantOperator;
 use super::filter::FilterOperator;
 use super::graph::{Dataflow, NodeInput};
-use super::join::JoinOperator;
+use super::join::{JoinKind, JoinOperator};
 use super::operator::Operator;
 use super::partition::PartitionedOperator;
 use super::project::ProjectOperator;
@@ -219,12 +219,17 @@ impl Lowering<'_> {
                 "DISTINCT ON in a materialized view",
             )),
             LogicalPlan::Join(j) => {
-                if j.join_type != JoinType::Inner {
-                    return Err(MillraceError::not_supported(format!(
-                        "{} join in a materialized view (only inner joins are maintained)",
-                        j.join_type
-                    )));
-                }
+                let kind = match j.join_type {
+                    JoinType::Inner => JoinKind::Inner,
+                    JoinType::Left => JoinKind::Left,
+                    JoinType::Right => JoinKind::Right,
+                    JoinType::Full => JoinKind::Full,
+                    other => {
+                        return Err(MillraceError::not_supported(format!(
+                            "{other} join in a materialized view (inner and outer joins are maintained)"
+                        )))
+                    }
+                };
                 let left = self.node(&j.left)?;
                 let right = self.node(&j.right)?;
                 let left_keys =
@@ -242,15 +247,18 @@ impl Lowering<'_> {
                     .transpose()?;
                 let left_schema = arrow_schema(j.left.schema());
                 let make = || -> Result<Box<dyn Operator>> {
-                    Ok(Box::new(JoinOperator::try_new(
-                        &left_schema,
-                        &arrow_schema(j.right.schema()),
-                        left_keys.clone(),
-                        right_keys.clone(),
-                        j.null_equality == NullEquality::NullEqualsNull,
-                        filter.clone(),
-                        arrow_schema(&j.schema),
-                    )?))
+                    Ok(Box::new(
+                        JoinOperator::try_new(
+                            &left_schema,
+                            &arrow_schema(j.right.schema()),
+                            left_keys.clone(),
+                            right_keys.clone(),
+                            j.null_equality == NullEquality::NullEqualsNull,
+                            filter.clone(),
+                            arrow_schema(&j.schema),
+                        )?
+                        .with_kind(kind)?,
+                    ))
                 };
                 let op = self.maybe_partitioned(
                     make,
@@ -454,8 +462,8 @@ fn unsupported_expr(e: &Expr) -> Option<&'static str> {
 
 /// Whether the result of `plan` only ever grows (receives only positive
 /// weights), given which relations only ever grow. Filters, projections,
-/// unions and inner joins of growing inputs grow; aggregates and distinct
-/// can retract what they emitted.
+/// unions and inner joins of growing inputs grow; aggregates, distinct and
+/// outer joins can retract what they emitted.
 pub fn is_append_only(plan: &LogicalPlan, relation_grows: &dyn Fn(&str) -> bool) -> bool {
     match plan {
         LogicalPlan::TableScan(scan) => relation_grows(scan.table_name.table()),
@@ -463,8 +471,12 @@ pub fn is_append_only(plan: &LogicalPlan, relation_grows: &dyn Fn(&str) -> bool)
         | LogicalPlan::Filter(_)
         | LogicalPlan::SubqueryAlias(_)
         | LogicalPlan::Sort(_)
-        | LogicalPlan::Union(_)
-        | LogicalPlan::Join(_) => plan
+        | LogicalPlan::Union(_) => plan
+            .inputs()
+            .iter()
+            .all(|i| is_append_only(i, relation_grows)),
+        // An outer join retracts a NULL-padded row when a match arrives.
+        LogicalPlan::Join(j) if j.join_type == JoinType::Inner => plan
             .inputs()
             .iter()
             .all(|i| is_append_only(i, relation_grows)),
