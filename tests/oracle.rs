@@ -62,6 +62,16 @@ const VIEWS: &[(&str, &str)] = &[
         "SELECT t3.d, count(t2.a) AS n FROM t2 RIGHT JOIN t3 ON t2.d = t3.d GROUP BY t3.d",
     ),
     (
+        "semi",
+        "SELECT a, b FROM t1 WHERE a IN (SELECT a FROM t2 WHERE d > 1)",
+    ),
+    (
+        "anti",
+        "SELECT t3.d, t3.w FROM t3 WHERE NOT EXISTS (SELECT 1 FROM t1 WHERE t1.b = t3.d)",
+    ),
+    ("intersected", "SELECT a FROM t1 INTERSECT SELECT a FROM t2"),
+    ("excepted", "SELECT d FROM t2 EXCEPT SELECT d FROM t3"),
+    (
         "timed",
         "SELECT a, b, to_timestamp_seconds(1767225600 + b * 7) AS ts FROM t1",
     ),

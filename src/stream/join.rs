@@ -17,6 +17,12 @@
 //! key; if `O` gains its first rows, the padded rows of the old `P` are
 //! retracted; if `O` loses its last rows, the rows of the new `P` come back
 //! padded. Rows of `P` with a NULL key are always padded.
+//!
+//! A semi join emits each row of its side `P` (weight as in `P`) while its
+//! key has rows in `O`; an anti join while it has none. Their changes follow
+//! the same per-key comparison as the padding of an outer join (the anti
+//! join's output is exactly the padded rows, without the padding; the semi
+//! join's is the complement within `P`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -54,6 +60,28 @@ pub enum JoinKind {
     Right,
     /// Also unmatched rows of both sides.
     Full,
+    /// Left rows that have a match, once each (`IN`, `EXISTS`).
+    LeftSemi,
+    /// Left rows without a match (`NOT EXISTS`).
+    LeftAnti,
+    /// Right rows that have a match, once each.
+    RightSemi,
+    /// Right rows without a match.
+    RightAnti,
+}
+
+impl JoinKind {
+    /// For semi and anti joins: the side whose rows are emitted (true for
+    /// left) and whether the matched ones (true) or the unmatched ones.
+    fn filtering(self) -> Option<(bool, bool)> {
+        match self {
+            JoinKind::LeftSemi => Some((true, true)),
+            JoinKind::LeftAnti => Some((true, false)),
+            JoinKind::RightSemi => Some((false, true)),
+            JoinKind::RightAnti => Some((false, false)),
+            _ => None,
+        }
+    }
 }
 
 /// For one preserved side, what an epoch's padding needs from before it:
@@ -135,9 +163,14 @@ impl JoinOperator {
     /// take no residual predicate (it would decide which pairs match).
     pub fn with_kind(mut self, kind: JoinKind) -> Result<Self> {
         if kind != JoinKind::Inner && self.filter.is_some() {
-            return Err(crate::error::MillraceError::not_supported(
-                "an outer join whose ON condition compares more than equal keys, in a materialized view",
-            ));
+            let what = if kind.filtering().is_some() {
+                "a subquery (semi or anti join) correlated by more than equal keys"
+            } else {
+                "an outer join whose ON condition compares more than equal keys"
+            };
+            return Err(crate::error::MillraceError::not_supported(format!(
+                "{what}, in a materialized view"
+            )));
         }
         self.kind = kind;
         Ok(self)
@@ -154,7 +187,10 @@ impl JoinOperator {
     /// Before an epoch changes the state: what padding for preserved side
     /// `left` (or right) will need, for every key in `keys` (the keys of both
     /// deltas).
-    fn pad_before(&self, left: bool, keys: &[&KeyRows]) -> PadBefore {
+    ///
+    /// With `matched`, the rows tracked are those whose key has rows on the
+    /// other side (a semi join) instead of those without.
+    fn pad_before(&self, left: bool, keys: &[&KeyRows], matched: bool) -> PadBefore {
         let (preserved, other) = (self.side(left), self.side(!left));
         let mut seen: HashSet<&[u8]> = HashSet::new();
         let mut before = PadBefore {
@@ -166,7 +202,8 @@ impl JoinOperator {
             if !seen.insert(key) {
                 continue;
             }
-            let had = other.index.contains_key(key);
+            // `had`: the key's rows were not tracked before.
+            let had = other.index.contains_key(key) != matched;
             let old = if had {
                 Vec::new()
             } else {
@@ -190,6 +227,36 @@ impl JoinOperator {
         before: PadBefore,
         delta: Option<(&ChangeBatch, &KeyRows)>,
     ) -> Result<Option<ChangeBatch>> {
+        let Some((columns, weights)) = self.tracked_change(left, before, delta, false)? else {
+            return Ok(None);
+        };
+        let n = weights.len();
+        let nulls: Vec<ArrayRef> = self
+            .side(!left)
+            .schema
+            .fields()
+            .iter()
+            .map(|f| new_null_array(f.data_type(), n))
+            .collect();
+        let columns = if left {
+            [columns, nulls].concat()
+        } else {
+            [nulls, columns].concat()
+        };
+        let data = batch_from_columns(self.schema.clone(), columns, n)?;
+        Ok(Some(ChangeBatch::try_new(data, Int64Array::from(weights))?))
+    }
+
+    /// The change, over one epoch, of the rows of side `left` (or right)
+    /// whose key has no rows on the other side (or, with `matched`, has
+    /// some): their columns and weights.
+    fn tracked_change(
+        &self,
+        left: bool,
+        before: PadBefore,
+        delta: Option<(&ChangeBatch, &KeyRows)>,
+        matched: bool,
+    ) -> Result<Option<(Vec<ArrayRef>, Vec<i64>)>> {
         let (preserved, other) = (self.side(left), self.side(!left));
         // Delta rows by key, and those whose key never matches.
         let mut delta_rows: HashMap<&[u8], Vec<u32>> = HashMap::new();
@@ -198,7 +265,9 @@ impl JoinOperator {
             for (i, key) in keys.iter().enumerate() {
                 match key {
                     Some(k) => delta_rows.entry(k).or_default().push(i as u32),
-                    None => from_delta.push(i as u32),
+                    // A NULL key never matches.
+                    None if !matched => from_delta.push(i as u32),
+                    None => {}
                 }
             }
         }
@@ -209,7 +278,7 @@ impl JoinOperator {
             .zip(&before.other_had)
             .zip(&before.old_rows)
         {
-            let has = other.index.contains_key(key);
+            let has = other.index.contains_key(key) != matched;
             match (had, has) {
                 (false, false) => {
                     if let Some(rows) = delta_rows.get(key.as_ref()) {
@@ -253,25 +322,41 @@ impl JoinOperator {
             );
             weights.extend(from_state.iter().map(|(_, w)| *w));
         }
-        let n = weights.len();
         let preserved_cols = (0..preserved.schema.fields().len())
             .map(|c| {
                 let pieces: Vec<&dyn Array> = parts.iter().map(|p| p[c].as_ref()).collect();
                 Ok(concat(&pieces)?)
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
-        let nulls: Vec<ArrayRef> = other
-            .schema
-            .fields()
-            .iter()
-            .map(|f| new_null_array(f.data_type(), n))
-            .collect();
-        let columns = if left {
-            [preserved_cols, nulls].concat()
-        } else {
-            [nulls, preserved_cols].concat()
+        Ok(Some((preserved_cols, weights)))
+    }
+
+    /// One epoch of a semi (`matched`) or anti join emitting side `left`.
+    fn step_filtering(
+        &mut self,
+        left: bool,
+        matched: bool,
+        dl: Option<ChangeBatch>,
+        dr: Option<ChangeBatch>,
+        lkeys: KeyRows,
+        rkeys: KeyRows,
+    ) -> Result<Option<ChangeBatch>> {
+        let before = self.pad_before(left, &[&lkeys, &rkeys], matched);
+        for (delta, keys, is_left) in [(&dl, &lkeys, true), (&dr, &rkeys, false)] {
+            if let Some(d) = delta {
+                self.stats.rows_in += d.num_rows() as u64;
+                self.absorb(d, keys.clone(), is_left)?;
+            }
+        }
+        let (delta, keys) = if left { (&dl, &lkeys) } else { (&dr, &rkeys) };
+        let Some((columns, weights)) =
+            self.tracked_change(left, before, delta.as_ref().map(|d| (d, keys)), matched)?
+        else {
+            return Ok(None);
         };
+        let n = weights.len();
         let data = batch_from_columns(self.schema.clone(), columns, n)?;
+        self.stats.rows_out += n as u64;
         Ok(Some(ChangeBatch::try_new(data, Int64Array::from(weights))?))
     }
 
@@ -410,10 +495,13 @@ impl Operator for JoinOperator {
             Some(d) => self.key_rows(&self.right.keys.clone(), d)?,
             None => Vec::new(),
         };
+        if let Some((left, matched)) = self.kind.filtering() {
+            return self.step_filtering(left, matched, dl, dr, lkeys, rkeys);
+        }
         let pad_left = matches!(self.kind, JoinKind::Left | JoinKind::Full)
-            .then(|| self.pad_before(true, &[&lkeys, &rkeys]));
+            .then(|| self.pad_before(true, &[&lkeys, &rkeys], false));
         let pad_right = matches!(self.kind, JoinKind::Right | JoinKind::Full)
-            .then(|| self.pad_before(false, &[&lkeys, &rkeys]));
+            .then(|| self.pad_before(false, &[&lkeys, &rkeys], false));
         let mut parts = Vec::new();
         if let Some(dl) = &dl {
             self.stats.rows_in += dl.num_rows() as u64;
@@ -475,15 +563,21 @@ mod tests {
     use super::*;
     use crate::stream::pretty::{from_pretty, to_pretty_lines};
 
-    fn join() -> JoinOperator {
+    /// A join of `I T` and `I I` batches on their first columns.
+    fn join_of(kind: JoinKind) -> JoinOperator {
         let left = from_pretty("I T").unwrap().schema();
         let right = from_pretty("I I").unwrap().schema();
-        let fields: Vec<Field> = left
-            .fields()
-            .iter()
-            .chain(right.fields().iter())
-            .map(|f| f.as_ref().clone())
-            .collect();
+        let schema = if kind.filtering().is_some() {
+            left.clone()
+        } else {
+            let fields: Vec<Field> = left
+                .fields()
+                .iter()
+                .chain(right.fields().iter())
+                .map(|f| f.as_ref().clone())
+                .collect();
+            Arc::new(Schema::new(fields))
+        };
         JoinOperator::try_new(
             &left,
             &right,
@@ -491,9 +585,15 @@ mod tests {
             vec![Arc::new(Column::new("c0", 0))],
             false,
             None,
-            Arc::new(Schema::new(fields)),
+            schema,
         )
         .unwrap()
+        .with_kind(kind)
+        .unwrap()
+    }
+
+    fn join() -> JoinOperator {
+        join_of(JoinKind::Inner)
     }
 
     fn step(op: &mut JoinOperator, left: Option<&str>, right: Option<&str>) -> Vec<String> {
@@ -533,7 +633,7 @@ mod tests {
 
     #[test]
     fn left_join_pads_unmatched_rows_and_retracts_the_padding_on_a_match() {
-        let mut op = join().with_kind(JoinKind::Left).unwrap();
+        let mut op = join_of(JoinKind::Left);
         assert_eq!(
             step(&mut op, Some("I T\n 1 a +1\n . n +1"), None),
             vec![". n . . | +1", "1 a . . | +1"]
@@ -566,7 +666,7 @@ mod tests {
 
     #[test]
     fn full_join_pads_both_sides() {
-        let mut op = join().with_kind(JoinKind::Full).unwrap();
+        let mut op = join_of(JoinKind::Full);
         assert_eq!(
             step(&mut op, Some("I T\n 1 a +1"), Some("I I\n 2 20 +1")),
             vec![". . 2 20 | +1", "1 a . . | +1"]
@@ -575,5 +675,40 @@ mod tests {
             step(&mut op, Some("I T\n 2 b +1"), None),
             vec![". . 2 20 | -1", "2 b 2 20 | +1"]
         );
+    }
+
+    #[test]
+    fn semi_and_anti_joins_follow_whether_a_key_has_matches() {
+        let mut semi = join_of(JoinKind::LeftSemi);
+        let mut anti = join_of(JoinKind::LeftAnti);
+        // (left delta, right delta, semi output, anti output)
+        type Epoch<'a> = (Option<&'a str>, Option<&'a str>, Vec<&'a str>, Vec<&'a str>);
+        let epochs: [Epoch; 4] = [
+            (
+                Some("I T\n 1 a +1\n 2 b +2\n . n +1"),
+                None,
+                vec![],
+                vec![". n | +1", "1 a | +1", "2 b | +2"],
+            ),
+            // Two matches for key 1: the semi join emits its row once.
+            (
+                None,
+                Some("I I\n 1 10 +1\n 1 11 +1"),
+                vec!["1 a | +1"],
+                vec!["1 a | -1"],
+            ),
+            // One match leaves: nothing changes; the last leaves: back.
+            (None, Some("I I\n 1 10 -1"), vec![], vec![]),
+            (
+                None,
+                Some("I I\n 1 11 -1"),
+                vec!["1 a | -1"],
+                vec!["1 a | +1"],
+            ),
+        ];
+        for (l, r, want_semi, want_anti) in epochs {
+            assert_eq!(step(&mut semi, l, r), want_semi);
+            assert_eq!(step(&mut anti, l, r), want_anti);
+        }
     }
 }

@@ -224,12 +224,36 @@ impl Lowering<'_> {
                     JoinType::Left => JoinKind::Left,
                     JoinType::Right => JoinKind::Right,
                     JoinType::Full => JoinKind::Full,
+                    JoinType::LeftSemi | JoinType::LeftAnti | JoinType::RightSemi | JoinType::RightAnti
+                        if j.null_aware =>
+                    {
+                        return Err(MillraceError::not_supported(
+                            "NOT IN over a subquery whose values may be NULL, in a materialized view (use NOT EXISTS)",
+                        ))
+                    }
+                    JoinType::LeftSemi => JoinKind::LeftSemi,
+                    JoinType::LeftAnti => JoinKind::LeftAnti,
+                    JoinType::RightSemi => JoinKind::RightSemi,
+                    JoinType::RightAnti => JoinKind::RightAnti,
                     other => {
                         return Err(MillraceError::not_supported(format!(
                             "{other} join in a materialized view (inner and outer joins are maintained)"
                         )))
                     }
                 };
+                if j.filter.is_some()
+                    && matches!(
+                        kind,
+                        JoinKind::LeftSemi
+                            | JoinKind::LeftAnti
+                            | JoinKind::RightSemi
+                            | JoinKind::RightAnti
+                    )
+                {
+                    return Err(MillraceError::not_supported(
+                        "a subquery (semi or anti join) correlated by more than equal keys, in a materialized view",
+                    ));
+                }
                 let left = self.node(&j.left)?;
                 let right = self.node(&j.right)?;
                 let left_keys =
