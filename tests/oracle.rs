@@ -70,6 +70,12 @@ const VIEWS: &[(&str, &str)] = &[
         "SELECT t3.d, t3.w FROM t3 WHERE NOT EXISTS (SELECT 1 FROM t1 WHERE t1.b = t3.d)",
     ),
     ("intersected", "SELECT a FROM t1 INTERSECT SELECT a FROM t2"),
+    (
+        "scalar_sub",
+        "SELECT t3.d, (SELECT count(*) FROM t2 WHERE t2.d = t3.d) AS n, \
+         (SELECT max(t1.b) FROM t1 WHERE t1.a = t3.d) AS mb FROM t3",
+    ),
+    ("union_distinct", "SELECT a FROM t1 UNION SELECT d FROM t2"),
     ("excepted", "SELECT d FROM t2 EXCEPT SELECT d FROM t3"),
     (
         "timed",
