@@ -87,8 +87,8 @@ pub(super) enum AccColumn {
     Values(Vec<BTreeMap<Box<[u8]>, i64>>),
 }
 
-/// Types whose values survive a round trip through `Int64` unchanged.
-fn reads_as_i64(ty: &DataType) -> bool {
+/// Integer types every value of which fits an `i64`.
+fn fits_i64(ty: &DataType) -> bool {
     matches!(
         ty,
         DataType::Int8
@@ -98,27 +98,28 @@ fn reads_as_i64(ty: &DataType) -> bool {
             | DataType::UInt8
             | DataType::UInt16
             | DataType::UInt32
-            | DataType::Date32
-            | DataType::Date64
-            | DataType::Timestamp(_, _)
-            | DataType::Time32(_)
-            | DataType::Time64(_)
-            | DataType::Duration(_)
-    ) && can_cast_types(ty, &DataType::Int64)
+    )
+}
+
+/// Types whose values survive a round trip through `Int64` unchanged.
+fn reads_as_i64(ty: &DataType) -> bool {
+    (fits_i64(ty)
+        || matches!(
+            ty,
+            DataType::Date32
+                | DataType::Date64
+                | DataType::Timestamp(_, _)
+                | DataType::Time32(_)
+                | DataType::Time64(_)
+                | DataType::Duration(_)
+        ))
+        && can_cast_types(ty, &DataType::Int64)
         && can_cast_types(&DataType::Int64, ty)
 }
 
 fn sum_layout(ty: &DataType) -> Result<Layout> {
     match ty {
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64
-        | DataType::Null => Ok(Layout::IntSum),
+        t if fits_i64(t) || matches!(t, DataType::UInt64 | DataType::Null) => Ok(Layout::IntSum),
         DataType::Float16 | DataType::Float32 | DataType::Float64 => Ok(Layout::FloatSum),
         DataType::Decimal128(_, s) => Ok(Layout::DecimalSum { scale: *s }),
         other => Err(MillraceError::not_supported(format!(
