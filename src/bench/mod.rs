@@ -260,20 +260,18 @@ async fn batch_oracle(
         let table = MemTable::try_new(spec.schema.clone(), vec![batches])?;
         ctx.register_table(name.as_str(), Arc::new(table))?;
     }
-    // The same window-function rewrite the engine applies, then
-    // DataFusion's own planning and execution.
-    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
-    let mut statements = datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, query)
-        .map_err(|e| MillraceError::plan(format!("benchmark query does not parse: {e}")))?;
-    let mut statement = statements
-        .pop()
-        .ok_or_else(|| MillraceError::plan("empty benchmark query"))?;
-    crate::sql::windows::rewrite_window_functions(&mut statement)?;
+    // Parsed as the engine parses it (window functions rewritten), then
+    // planned and run by DataFusion alone.
+    let statement = match split_statements(query)?.as_slice() {
+        [one] => match parse_statement(query, one)? {
+            Command::Sql(statement) => statement,
+            _ => return Err(MillraceError::plan("the benchmark view is not a query")),
+        },
+        _ => return Err(MillraceError::plan("the benchmark view is not one query")),
+    };
     let plan = ctx
         .state()
-        .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
-            statement,
-        )))
+        .statement_to_plan(datafusion::sql::parser::Statement::Statement(statement))
         .await?;
     Ok(ctx.execute_logical_plan(plan).await?.collect().await?)
 }

@@ -1784,19 +1784,17 @@ impl Engine {
     }
 }
 
-/// The relations that only ever grow (see [`relation_grows`]).
+/// The relations that only ever grow (see [`relation_grows`]), as a set
+/// that a planning step can hold across an await.
 fn growing_relations(state: &EngineState) -> std::collections::HashSet<String> {
-    let sources = state
+    let names = state
         .sources
-        .iter()
-        .filter(|(_, s)| s.append_only)
-        .map(|(name, _)| name.clone());
-    let views = state
-        .views
-        .iter()
-        .filter(|v| v.append_only)
-        .map(|v| v.name.clone());
-    sources.chain(views).collect()
+        .keys()
+        .chain(state.views.iter().map(|v| &v.name));
+    names
+        .filter(|n| relation_grows(state, n))
+        .cloned()
+        .collect()
 }
 
 /// Whether relation `name` only ever grows: sources do, and views built

@@ -73,7 +73,7 @@ pub enum JoinKind {
 impl JoinKind {
     /// For semi and anti joins: the side whose rows are emitted (true for
     /// left) and whether the matched ones (true) or the unmatched ones.
-    fn filtering(self) -> Option<(bool, bool)> {
+    pub fn filtering(self) -> Option<(bool, bool)> {
         match self {
             JoinKind::LeftSemi => Some((true, true)),
             JoinKind::LeftAnti => Some((true, false)),
@@ -345,7 +345,7 @@ impl JoinOperator {
         for (delta, keys, is_left) in [(&dl, &lkeys, true), (&dr, &rkeys, false)] {
             if let Some(d) = delta {
                 self.stats.rows_in += d.num_rows() as u64;
-                self.absorb(d, keys.clone(), is_left)?;
+                self.absorb(d, keys, is_left)?;
             }
         }
         let (delta, keys) = if left { (&dl, &lkeys) } else { (&dr, &rkeys) };
@@ -427,17 +427,17 @@ impl JoinOperator {
     }
 
     /// Adds `delta` to one side's index.
-    fn absorb(&mut self, delta: &ChangeBatch, keys: KeyRows, left: bool) -> Result<()> {
+    fn absorb(&mut self, delta: &ChangeBatch, keys: &KeyRows, left: bool) -> Result<()> {
         let side = if left {
             &mut self.left
         } else {
             &mut self.right
         };
         let rows = side.rows.convert_columns(delta.data().columns())?;
-        for (i, (key, w)) in keys.into_iter().zip(delta.weights().values()).enumerate() {
+        for (i, (key, w)) in keys.iter().zip(delta.weights().values()).enumerate() {
             let Some(key) = key else { continue };
             let row = rows.row(i).data();
-            match side.index.get_mut(&key) {
+            match side.index.get_mut(key) {
                 Some(bucket) => {
                     match bucket.get_mut(row) {
                         Some(c) => {
@@ -451,11 +451,12 @@ impl JoinOperator {
                         }
                     }
                     if bucket.is_empty() {
-                        side.index.remove(&key);
+                        side.index.remove(key);
                     }
                 }
                 None => {
-                    side.index.insert(key, HashMap::from([(row.into(), *w)]));
+                    side.index
+                        .insert(key.clone(), HashMap::from([(row.into(), *w)]));
                 }
             }
         }
@@ -508,14 +509,14 @@ impl Operator for JoinOperator {
             if let Some(out) = self.probe(dl, &lkeys, true)? {
                 parts.push(out);
             }
-            self.absorb(dl, lkeys.clone(), true)?;
+            self.absorb(dl, &lkeys, true)?;
         }
         if let Some(dr) = &dr {
             self.stats.rows_in += dr.num_rows() as u64;
             if let Some(out) = self.probe(dr, &rkeys, false)? {
                 parts.push(out);
             }
-            self.absorb(dr, rkeys.clone(), false)?;
+            self.absorb(dr, &rkeys, false)?;
         }
         if let Some(filter) = &self.filter {
             if !parts.is_empty() {

@@ -237,19 +237,14 @@ impl Lowering<'_> {
                     JoinType::RightAnti => JoinKind::RightAnti,
                     other => {
                         return Err(MillraceError::not_supported(format!(
-                            "{other} join in a materialized view (inner and outer joins are maintained)"
+                            "{other} join in a materialized view (inner, outer, semi and anti joins are maintained)"
                         )))
                     }
                 };
-                if j.filter.is_some()
-                    && matches!(
-                        kind,
-                        JoinKind::LeftSemi
-                            | JoinKind::LeftAnti
-                            | JoinKind::RightSemi
-                            | JoinKind::RightAnti
-                    )
-                {
+                // Checked here, before the filter is planned against the
+                // join's output schema, which for these joins lacks the
+                // columns of the side the filter correlates with.
+                if j.filter.is_some() && kind.filtering().is_some() {
                     return Err(MillraceError::not_supported(
                         "a subquery (semi or anti join) correlated by more than equal keys, in a materialized view",
                     ));

@@ -30,12 +30,12 @@ const BID_FIXED_BYTES: usize = 32;
 
 /// The values of one bid; strings borrow from the config or a scratch buffer.
 pub(super) struct BidRow<'a> {
-    pub auction: i64,
-    pub bidder: i64,
-    pub price: i64,
+    pub auction: u64,
+    pub bidder: u64,
+    pub price: u64,
     pub channel: &'a str,
     pub url: &'a str,
-    pub date_time_ms: i64,
+    pub date_time_ms: u64,
     pub extra: &'a str,
 }
 
@@ -198,12 +198,12 @@ impl BidMaker {
                 .extend((0..size).map(|_| rng.gen_range(b'a'..=b'z')));
         }
         BidRow {
-            auction: (auction + c.first_auction_id) as i64,
-            bidder: (bidder + c.first_person_id) as i64,
-            price: price as i64,
+            auction: (auction + c.first_auction_id) as u64,
+            bidder: (bidder + c.first_person_id) as u64,
+            price: price as u64,
             channel,
             url,
-            date_time_ms: date_time as i64,
+            date_time_ms: date_time,
             // Only ASCII letters were written.
             extra: std::str::from_utf8(&self.extra).unwrap_or_default(),
         }
@@ -230,15 +230,12 @@ mod tests {
                 panic!("not a bid")
             };
             let got = maker.bid(offset as u64, true);
-            assert_eq!(got.auction, expected.auction as i64, "offset {offset}");
-            assert_eq!(got.bidder, expected.bidder as i64, "offset {offset}");
-            assert_eq!(got.price, expected.price as i64, "offset {offset}");
+            assert_eq!(got.auction, expected.auction as u64, "offset {offset}");
+            assert_eq!(got.bidder, expected.bidder as u64, "offset {offset}");
+            assert_eq!(got.price, expected.price as u64, "offset {offset}");
             assert_eq!(got.channel, expected.channel, "offset {offset}");
             assert_eq!(got.url, expected.url, "offset {offset}");
-            assert_eq!(
-                got.date_time_ms, expected.date_time as i64,
-                "offset {offset}"
-            );
+            assert_eq!(got.date_time_ms, expected.date_time, "offset {offset}");
             assert_eq!(got.extra, expected.extra, "offset {offset}");
         }
         // Offsets count events of all types as the crate does, so an

@@ -248,12 +248,12 @@ impl NexmarkGenerator {
             self.bid_offset += step;
             for (b, &c) in builders.iter_mut().zip(&self.columns) {
                 match c {
-                    0 => b.int(bid.auction as u64),
-                    1 => b.int(bid.bidder as u64),
-                    2 => b.int(bid.price as u64),
+                    0 => b.int(bid.auction),
+                    1 => b.int(bid.bidder),
+                    2 => b.int(bid.price),
                     3 => b.text(bid.channel),
                     4 => b.text(bid.url),
-                    5 => b.time_ms(bid.date_time_ms as u64),
+                    5 => b.time_ms(bid.date_time_ms),
                     _ => b.text(bid.extra),
                 }
             }

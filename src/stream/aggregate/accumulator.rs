@@ -256,42 +256,25 @@ impl AccPlan {
         weights: &[i64],
         active: Option<&BooleanBuffer>,
     ) {
-        // The row loop is expanded per state layout, so the hot path has no
-        // call through a pointer per row.
-        macro_rules! rows {
-            (|$r:ident| $body:expr) => {
-                match active {
-                    None => {
-                        for $r in 0..groups.len() {
-                            $body
-                        }
-                    }
-                    Some(mask) => {
-                        for $r in mask.set_indices() {
-                            $body
-                        }
-                    }
-                }
-            };
-        }
+        let rows = groups.len();
         match (column, arg) {
-            (AccColumn::Count(c), _) => rows!(|r| c[groups[r] as usize] += weights[r]),
-            (AccColumn::Sum { sum, n }, PreparedArg::Ints(v)) => rows!(|r| {
-                let g = groups[r] as usize;
-                sum[g] += v[r] as i128 * weights[r] as i128;
-                n[g] += weights[r];
+            (AccColumn::Count(c), _) => each_row(rows, active, |r| {
+                c[groups[r] as usize] += weights[r];
             }),
-            (AccColumn::Sum { sum, n }, PreparedArg::Wide(v)) => rows!(|r| {
-                let g = groups[r] as usize;
-                sum[g] += v[r] * weights[r] as i128;
-                n[g] += weights[r];
-            }),
-            (AccColumn::FloatSum { sum, n }, PreparedArg::Floats(v)) => rows!(|r| {
-                let g = groups[r] as usize;
-                sum[g] += v[r] * weights[r] as f64;
-                n[g] += weights[r];
-            }),
-            (AccColumn::Bools { t, f }, PreparedArg::Bools(v)) => rows!(|r| {
+            (AccColumn::Sum { sum, n }, PreparedArg::Ints(v)) => {
+                fold_sum(sum, n, v, groups, weights, active)
+            }
+            (AccColumn::Sum { sum, n }, PreparedArg::Wide(v)) => {
+                fold_sum(sum, n, v, groups, weights, active)
+            }
+            (AccColumn::FloatSum { sum, n }, PreparedArg::Floats(v)) => {
+                each_row(rows, active, |r| {
+                    let g = groups[r] as usize;
+                    sum[g] += v[r] * weights[r] as f64;
+                    n[g] += weights[r];
+                })
+            }
+            (AccColumn::Bools { t, f }, PreparedArg::Bools(v)) => each_row(rows, active, |r| {
                 let g = groups[r] as usize;
                 if v.value(r) {
                     t[g] += weights[r];
@@ -307,7 +290,7 @@ impl AccPlan {
             }
             (AccColumn::FloatExtreme { value, n }, PreparedArg::Floats(v)) => {
                 let max = self.is_max();
-                rows!(|r| {
+                each_row(rows, active, |r| {
                     let g = groups[r] as usize;
                     let x = v[r];
                     let better = match x.total_cmp(&value[g]) {
@@ -321,9 +304,9 @@ impl AccPlan {
                     n[g] += weights[r];
                 })
             }
-            (AccColumn::Values(sets), PreparedArg::Rows(rows)) => rows!(|r| {
+            (AccColumn::Values(sets), PreparedArg::Rows(values)) => each_row(rows, active, |r| {
                 let set = &mut sets[groups[r] as usize];
-                let key = rows.row(r).data();
+                let key = values.row(r).data();
                 match set.get_mut(key) {
                     Some(c) => {
                         *c += weights[r];
@@ -553,8 +536,34 @@ impl AccColumn {
     }
 }
 
-/// Folds integer values (`i64` or unscaled decimals) into running extremes:
-/// row `r` goes to group `groups[r]` unless `active` leaves it out.
+/// Calls `f` for each of `rows` rows that `active` (when given) keeps. The
+/// closure is a type parameter, so each state layout gets its own loop with
+/// no call through a pointer per row.
+fn each_row(rows: usize, active: Option<&BooleanBuffer>, f: impl FnMut(usize)) {
+    match active {
+        None => (0..rows).for_each(f),
+        Some(mask) => mask.set_indices().for_each(f),
+    }
+}
+
+/// Folds integer values (`i64` or unscaled decimals) into sums and counts.
+fn fold_sum<T: Copy + Into<i128>>(
+    sum: &mut [i128],
+    n: &mut [i64],
+    values: &[T],
+    groups: &[u32],
+    weights: &[i64],
+    active: Option<&BooleanBuffer>,
+) {
+    each_row(groups.len(), active, |r| {
+        let g = groups[r] as usize;
+        let x: i128 = values[r].into();
+        sum[g] += x * weights[r] as i128;
+        n[g] += weights[r];
+    })
+}
+
+/// Folds integer values (`i64` or unscaled decimals) into running extremes.
 fn fold_extreme<T: Copy + Into<i128>>(
     value: &mut [i128],
     n: &mut [i64],
@@ -564,18 +573,14 @@ fn fold_extreme<T: Copy + Into<i128>>(
     active: Option<&BooleanBuffer>,
     max: bool,
 ) {
-    let fold = |r: usize| {
+    each_row(groups.len(), active, |r| {
         let g = groups[r] as usize;
         let x: i128 = values[r].into();
         if n[g] == 0 || (max && x > value[g]) || (!max && x < value[g]) {
             value[g] = x;
         }
         n[g] += weights[r];
-    };
-    match active {
-        None => (0..groups.len()).for_each(fold),
-        Some(mask) => mask.set_indices().for_each(fold),
-    }
+    })
 }
 
 fn overflow(what: &str) -> MillraceError {

@@ -28,17 +28,6 @@ pub(super) struct GroupTable {
     hash_buffer: Vec<u64>,
 }
 
-/// Where a row's key landed.
-pub(super) enum Interned {
-    /// A group that already existed.
-    Existing(u32),
-    /// A new group with a fresh id (one past the largest id so far).
-    Appended(u32),
-    /// A new group that reuses the id of a removed one (its state was reset
-    /// when it was removed).
-    Reused(u32),
-}
-
 impl GroupTable {
     /// Hashes the key columns of a batch; call before [`GroupTable::intern`].
     pub(super) fn hash_batch(&mut self, key_columns: &[ArrayRef], rows: usize) -> Result<()> {
@@ -53,8 +42,10 @@ impl GroupTable {
     }
 
     /// The id of the group of row `row` of `rows` (hashed by the last
-    /// [`GroupTable::hash_batch`]), creating the group when it is new.
-    pub(super) fn intern(&mut self, rows: &Rows, row: usize) -> Interned {
+    /// [`GroupTable::hash_batch`]), creating the group when it is new. A new
+    /// group takes a removed group's id (whose state was reset when it was
+    /// removed) or, when there is none, one past the largest id so far.
+    pub(super) fn intern(&mut self, rows: &Rows, row: usize) -> u32 {
         let key = rows.row(row).data();
         let hash = self.hash_buffer[row];
         let keys = &self.keys;
@@ -62,25 +53,24 @@ impl GroupTable {
             .table
             .find(hash, |&id| keys[id as usize].as_ref() == key)
         {
-            return Interned::Existing(id);
+            return id;
         }
-        let (id, interned) = match self.free.pop() {
+        let id = match self.free.pop() {
             Some(id) => {
                 self.keys[id as usize] = key.into();
                 self.hashes[id as usize] = hash;
-                (id, Interned::Reused(id))
+                id
             }
             None => {
-                let id = self.keys.len() as u32;
                 self.keys.push(key.into());
                 self.hashes.push(hash);
-                (id, Interned::Appended(id))
+                self.keys.len() as u32 - 1
             }
         };
         let hashes = &self.hashes;
         self.table
             .insert_unique(hash, id, |&id| hashes[id as usize]);
-        interned
+        id
     }
 
     /// The key of group `id` in row format.

@@ -36,7 +36,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
 use self::accumulator::{active_rows, AccColumn, AccPlan};
-use self::groups::{GroupTable, Interned};
+use self::groups::GroupTable;
 use super::change::{batch_from_columns, ChangeBatch};
 use super::filter::evaluate_predicate;
 use super::operator::{Operator, OperatorStats};
@@ -205,13 +205,11 @@ impl AggregateOperator {
         self.groups.hash_batch(&keys, n)?;
         let mut ids = Vec::with_capacity(n);
         for row in 0..n {
-            let id = match self.groups.intern(&rows, row) {
-                Interned::Existing(id) | Interned::Reused(id) => id,
-                Interned::Appended(id) => {
-                    self.push_group();
-                    id
-                }
-            };
+            let id = self.groups.intern(&rows, row);
+            if id as usize == self.counts.len() {
+                // A new id past the last: state for it.
+                self.push_group();
+            }
             ids.push(id);
         }
         Ok(ids)
