@@ -2,6 +2,8 @@
 //! created it and what it depends on. Entries are persisted as JSON in the
 //! state store and replayed in creation order on start.
 
+use std::collections::BTreeMap;
+
 use datafusion::arrow::datatypes::SchemaRef;
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +28,19 @@ pub struct CatalogEntry {
     pub create_sql: String,
     /// Relations this one reads (empty for tables).
     pub depends_on: Vec<String>,
+    /// `COMMENT ON` the relation and its columns.
+    pub comments: Comments,
+}
+
+/// Comments set with `COMMENT ON`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Comments {
+    /// On the relation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relation: Option<String>,
+    /// On columns, by column name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub columns: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -34,6 +49,8 @@ struct StoredEntry {
     name: String,
     kind: String,
     create_sql: String,
+    #[serde(default)]
+    comments: Comments,
 }
 
 impl CatalogEntry {
@@ -44,6 +61,7 @@ impl CatalogEntry {
             name: self.name.clone(),
             kind: self.kind.sql_name().to_string(),
             create_sql: self.create_sql.clone(),
+            comments: self.comments.clone(),
         };
         serde_json::to_vec(&stored).map_err(MillraceError::storage)
     }
@@ -62,6 +80,8 @@ pub struct StoredCatalogEntry {
     pub name: String,
     /// The `CREATE` statement.
     pub create_sql: String,
+    /// Comments to restore after the statement is replayed.
+    pub comments: Comments,
 }
 
 /// Decodes a persisted entry.
@@ -72,6 +92,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<StoredCatalogEntry> {
         id: s.id,
         name: s.name,
         create_sql: s.create_sql,
+        comments: s.comments,
     })
 }
 

@@ -28,12 +28,13 @@ use datafusion::physical_plan::collect;
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
-    AssignmentTarget, ColumnOption, CreateTable, CreateView, Delete, FromTable, Ident, ObjectName,
-    ObjectType, Statement, TableFactor, TableWithJoins, Update,
+    AssignmentTarget, ColumnOption, CommentObject, CreateTable, CreateView, Delete, FromTable,
+    Ident, ObjectName, ObjectType, Statement, TableFactor, TableWithJoins, Update,
 };
 use tracing::{info, warn};
 
-use super::catalog::{decode_entry, rows_namespace, CatalogEntry, CATALOG_NAMESPACE};
+use super::catalog::{decode_entry, rows_namespace, CatalogEntry, Comments, CATALOG_NAMESPACE};
+use super::pg_catalog::{self, PgCatalogInfo, PgRelation, SharedCatalog};
 use super::snapshot::{RelationProvider, Snapshot, SourceProvider};
 use super::statement::{
     parse_statement, split_statements, Command, CreateSink, CreateSource, ObjectKind, StatementText,
@@ -124,6 +125,11 @@ struct EngineState {
     last_publish: Option<std::time::Instant>,
     /// When replaying the catalog at start, nothing is written back.
     replaying: bool,
+    /// The catalog as `pg_catalog` describes it; rebuilt at the next
+    /// publish after a definition changes.
+    pg_info: Option<Arc<PgCatalogInfo>>,
+    /// Names and schemas of the system relations.
+    system_relations: Vec<(String, SchemaRef)>,
 }
 
 /// Options for opening an engine.
@@ -142,6 +148,8 @@ pub struct Engine {
     readers: std::sync::Mutex<Vec<SourceReader>>,
     published: RwLock<Arc<Snapshot>>,
     base_state: SessionState,
+    /// The latest catalog, for catalog functions.
+    pg_shared: SharedCatalog,
     schema: Arc<MemorySchemaProvider>,
     store: Arc<dyn StateStore>,
 }
@@ -206,16 +214,20 @@ impl Engine {
         base_state
             .catalog_list()
             .register_catalog(CATALOG_NAME.to_string(), catalog);
+        let pg_shared = SharedCatalog::default();
+        let base_state = pg_catalog::install(base_state, CATALOG_NAME, pg_shared.clone())?;
         let engine = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             readers: std::sync::Mutex::new(Vec::new()),
             writer: tokio::sync::Mutex::new(EngineState::default()),
             published: RwLock::new(Arc::new(Snapshot::default())),
             base_state,
+            pg_shared,
             schema,
             store,
         });
-        engine.register_system_relations()?;
+        let system = engine.register_system_relations()?;
+        engine.writer.lock().await.system_relations = system;
         engine.replay().await?;
         Ok(engine)
     }
@@ -246,6 +258,9 @@ impl Engine {
                     "cannot restore \"{}\" from its definition: {e}",
                     entry.name
                 )));
+            }
+            if let Some(e) = state.catalog.get_mut(&entry.name) {
+                e.comments = entry.comments.clone();
             }
             if let Some(table) = state.tables.get_mut(&entry.name) {
                 let mut rows = crate::stream::materialize::RowMap::new();
@@ -295,9 +310,22 @@ impl Engine {
         for v in &state.views {
             relations.insert(v.name.clone(), v.contents.snapshot());
         }
+        let catalog = match &state.pg_info {
+            Some(info) => info.clone(),
+            None => {
+                let info = Arc::new(pg_catalog_info(state));
+                match self.pg_shared.write() {
+                    Ok(mut g) => *g = info.clone(),
+                    Err(p) => *p.into_inner() = info.clone(),
+                }
+                state.pg_info = Some(info.clone());
+                info
+            }
+        };
         let snap = Arc::new(Snapshot {
             epoch: state.epoch,
             relations,
+            catalog,
         });
         match self.published.write() {
             Ok(mut g) => *g = snap,
@@ -396,7 +424,12 @@ impl Engine {
             }
         }
         let mut state = self.writer.lock().await;
-        self.execute_command(&mut state, text, cmd, params).await
+        let output = self.execute_command(&mut state, text, cmd, params).await;
+        // A definition changed: make the new catalog visible at once.
+        if state.pg_info.is_none() {
+            self.publish(&mut state);
+        }
+        output
     }
 
     /// Plans a statement for the extended protocol: returns the parameter
@@ -429,6 +462,7 @@ impl Engine {
             }
             _ => return Ok((vec![], empty)),
         };
+        let plan_stmt = super::pg_rewrite::rewrite_query(plan_stmt);
         let state = self.query_state(self.snapshot());
         let plan = state
             .statement_to_plan(DFStatement::Statement(Box::new(plan_stmt)))
@@ -461,6 +495,7 @@ impl Engine {
     }
 
     async fn run_query(&self, stmt: Statement, params: Option<ParamValues>) -> Result<QueryOutput> {
+        let stmt = super::pg_rewrite::rewrite_query(stmt);
         let state = self.query_state(self.snapshot());
         let mut plan = state
             .statement_to_plan(DFStatement::Statement(Box::new(stmt)))
@@ -640,6 +675,12 @@ impl Engine {
                 self.execute_command(state, text, Command::ShowObjects(ObjectKind::Table), None)
                     .await
             }
+            Statement::Comment {
+                object_type,
+                object_name,
+                comment,
+                if_exists,
+            } => self.comment_on(state, object_type, &object_name, comment, if_exists),
             Statement::StartTransaction { .. } => Ok(QueryOutput::command("BEGIN")),
             Statement::Commit { .. } => Ok(QueryOutput::command("COMMIT")),
             Statement::Rollback { .. } => Ok(QueryOutput::command("ROLLBACK")),
@@ -674,6 +715,64 @@ impl Engine {
         }
     }
 
+    /// `COMMENT ON TABLE | VIEW | MATERIALIZED VIEW | FOREIGN TABLE | COLUMN
+    /// name IS 'text' | NULL`: stored with the catalog entry, shown by
+    /// `pg_description`, `obj_description` and `col_description`.
+    fn comment_on(
+        &self,
+        state: &mut EngineState,
+        object_type: CommentObject,
+        object_name: &ObjectName,
+        comment: Option<String>,
+        if_exists: bool,
+    ) -> Result<QueryOutput> {
+        let parts: Vec<String> = object_name
+            .0
+            .iter()
+            .filter_map(|p| p.as_ident().map(ident_name))
+            .collect();
+        let (relation, column) = match (object_type, parts.as_slice()) {
+            (CommentObject::Column, [.., rel, col]) => (rel.clone(), Some(col.clone())),
+            (CommentObject::Column, _) => {
+                return Err(MillraceError::plan(format!(
+                    "COMMENT ON COLUMN needs relation.column, got {object_name}"
+                )))
+            }
+            (
+                CommentObject::Table | CommentObject::View | CommentObject::MaterializedView,
+                [.., rel],
+            ) => (rel.clone(), None),
+            (other, _) => return Err(MillraceError::not_supported(format!("COMMENT ON {other}"))),
+        };
+        let Some(entry) = state.catalog.get(&relation) else {
+            if if_exists {
+                return Ok(QueryOutput::command("COMMENT"));
+            }
+            return Err(MillraceError::UnknownRelation(relation));
+        };
+        let mut entry = entry.clone();
+        match column {
+            Some(col) => {
+                if entry.schema.field_with_name(&col).is_err() {
+                    return Err(MillraceError::Data {
+                        sqlstate: "42703",
+                        message: format!(
+                            "column \"{col}\" of relation \"{relation}\" does not exist"
+                        ),
+                    });
+                }
+                match comment {
+                    Some(c) => entry.comments.columns.insert(col, c),
+                    None => entry.comments.columns.remove(&col),
+                };
+            }
+            None => entry.comments.relation = comment,
+        }
+        self.register(state, entry)?;
+        self.publish(state);
+        Ok(QueryOutput::command("COMMENT"))
+    }
+
     fn ensure_absent(&self, state: &EngineState, name: &str) -> Result<()> {
         if state.catalog.contains_key(name) {
             return Err(MillraceError::DuplicateRelation(name.to_string()));
@@ -689,6 +788,7 @@ impl Engine {
         }
         state.next_id = state.next_id.max(entry.id + 1);
         state.catalog.insert(entry.name.clone(), entry);
+        state.pg_info = None;
         Ok(())
     }
 
@@ -795,6 +895,7 @@ impl Engine {
             schema: schema.clone(),
             create_sql: Statement::CreateTable(ct).to_string(),
             depends_on: vec![],
+            comments: Comments::default(),
         };
         let table = TableState::try_new(name.clone(), id, schema.clone(), primary_key)?;
         self.register(state, entry)?;
@@ -887,6 +988,7 @@ impl Engine {
             schema,
             create_sql: Statement::CreateView(cv).to_string(),
             depends_on,
+            comments: Comments::default(),
         };
         self.register(state, entry.clone())?;
         self.schema.register_table(
@@ -943,6 +1045,7 @@ impl Engine {
             schema: schema.clone(),
             create_sql: Statement::CreateView(cv).to_string(),
             depends_on,
+            comments: Comments::default(),
         };
         self.register(state, entry)?;
         self.schema.register_table(
@@ -1432,7 +1535,7 @@ impl Engine {
     }
 
     /// Registers the `millrace_catalog` relations, which read live state.
-    fn register_system_relations(&self) -> Result<()> {
+    fn register_system_relations(&self) -> Result<Vec<(String, SchemaRef)>> {
         use super::system::{SystemRelation, SYSTEM_SCHEMA};
         let system = Arc::new(MemorySchemaProvider::new());
         let catalog = self
@@ -1457,14 +1560,14 @@ impl Engine {
         system.register_table(
             "source_partitions".into(),
             Arc::new(SystemRelation::new(
-                schema,
+                schema.clone(),
                 Box::new(move || {
                     let readers = me.upgrade().map(|e| e.readers()).unwrap_or_default();
                     source_partition_rows(&rows_schema, &readers)
                 }),
             )),
         )?;
-        Ok(())
+        Ok(vec![("source_partitions".to_string(), schema)])
     }
 
     fn readers(&self) -> Vec<SourceReader> {
@@ -1571,6 +1674,7 @@ impl Engine {
             schema: schema.clone(),
             create_sql: cs.sql.clone(),
             depends_on: vec![],
+            comments: Comments::default(),
         };
         self.register(state, entry)?;
         self.schema.register_table(
@@ -1658,6 +1762,7 @@ impl Engine {
             schema,
             create_sql: cs.sql.clone(),
             depends_on: vec![cs.from.clone()],
+            comments: Comments::default(),
         };
         self.register(state, entry)?;
         state.sinks.insert(cs.name, handle);
@@ -1759,6 +1864,7 @@ impl Engine {
         to_drop.sort_by_key(|n| std::cmp::Reverse(state.catalog.get(n).map(|e| e.id).unwrap_or(0)));
         let mut batch = WriteBatch::default();
         for name in &to_drop {
+            state.pg_info = None;
             let Some(entry) = state.catalog.remove(name) else {
                 continue;
             };
@@ -1786,6 +1892,47 @@ impl Engine {
 
 /// The relations that only ever grow (see [`relation_grows`]), as a set
 /// that a planning step can hold across an await.
+/// Builds the `pg_catalog` description of every relation in the catalog.
+fn pg_catalog_info(state: &EngineState) -> PgCatalogInfo {
+    let mut entries: Vec<&CatalogEntry> = state.catalog.values().collect();
+    entries.sort_by_key(|e| e.id);
+    let mut relations: Vec<PgRelation> = entries
+        .into_iter()
+        .filter_map(|e| {
+            let kind = pg_catalog::relkind(e.kind)?;
+            let definition = match e.kind {
+                ObjectKind::View | ObjectKind::MaterializedView => view_query_text(&e.create_sql),
+                _ => None,
+            };
+            Some(PgRelation {
+                oid: pg_catalog::relation_oid(e.id),
+                name: e.name.clone(),
+                namespace: pg_catalog::PUBLIC_OID,
+                kind,
+                schema: e.schema.clone(),
+                primary_key: state
+                    .tables
+                    .get(&e.name)
+                    .map(|t| t.primary_key.clone())
+                    .unwrap_or_default(),
+                comment: e.comments.relation.clone(),
+                column_comments: e.comments.columns.clone(),
+                definition,
+            })
+        })
+        .collect();
+    relations.extend(pg_catalog::system_relations(&state.system_relations));
+    PgCatalogInfo { relations }
+}
+
+/// The query of a `CREATE [MATERIALIZED] VIEW` statement, as SQL text.
+fn view_query_text(create_sql: &str) -> Option<String> {
+    match parse_one(create_sql).ok()? {
+        Statement::CreateView(cv) => Some(cv.query.to_string()),
+        _ => None,
+    }
+}
+
 fn growing_relations(state: &EngineState) -> std::collections::HashSet<String> {
     let names = state
         .sources

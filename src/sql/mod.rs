@@ -3,6 +3,8 @@
 
 pub mod catalog;
 pub mod engine;
+pub mod pg_catalog;
+pub mod pg_rewrite;
 pub mod snapshot;
 pub mod statement;
 pub mod system;

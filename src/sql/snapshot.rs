@@ -15,6 +15,7 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::pg_catalog::PgCatalogInfo;
 use crate::stream::materialize::RelationData;
 
 /// All relations' contents at one epoch.
@@ -24,6 +25,8 @@ pub struct Snapshot {
     pub epoch: u64,
     /// Contents by relation name.
     pub relations: HashMap<String, Arc<RelationData>>,
+    /// The catalog as `pg_catalog` describes it.
+    pub catalog: Arc<PgCatalogInfo>,
 }
 
 /// A table or materialized view as DataFusion sees it. It holds no data: at

@@ -1,0 +1,98 @@
+//! Real PostgreSQL clients against a running server: psql's describe
+//! commands, which read `pg_catalog` with the SQL psql itself sends.
+
+mod common;
+
+use std::process::Command;
+
+use common::TestServer;
+
+/// Runs one psql meta-command and returns what it printed, failing on any
+/// error message.
+fn psql(server: &TestServer, command: &str) -> anyhow::Result<String> {
+    let out = Command::new("psql")
+        .arg(server.conn_str())
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-c", command])
+        .output()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "psql is not installed ({e}); scripts/test.sh installs postgresql-client"
+            )
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    anyhow::ensure!(
+        out.status.success() && !stderr.contains("ERROR") && !stdout.contains("ERROR"),
+        "psql {command} failed:\n{stdout}\n{stderr}"
+    );
+    Ok(stdout)
+}
+
+#[tokio::test]
+async fn psql_describe_commands() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let client = server.connect().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, customer varchar, amount numeric(10,2));
+             CREATE VIEW big_orders AS SELECT id, amount FROM orders WHERE amount > 100;
+             CREATE MATERIALIZED VIEW totals AS
+               SELECT customer, sum(amount) AS total FROM orders GROUP BY customer;
+             COMMENT ON VIEW big_orders IS 'Orders over 100';",
+        )
+        .await?;
+
+    let all = psql(&server, "\\d")?;
+    for line in [
+        "public | big_orders | view              |",
+        "public | orders     | table             |",
+        "public | totals     | materialized view |",
+    ] {
+        anyhow::ensure!(all.contains(line), "\\d lacks {line:?}:\n{all}");
+    }
+    let tables = psql(&server, "\\dt")?;
+    anyhow::ensure!(
+        tables.contains("orders") && !tables.contains("totals"),
+        "{tables}"
+    );
+    let views = psql(&server, "\\dv")?;
+    anyhow::ensure!(
+        views.contains("big_orders") && !views.contains("| orders "),
+        "{views}"
+    );
+    let matviews = psql(&server, "\\dm")?;
+    anyhow::ensure!(
+        matviews.contains("totals") && matviews.contains("(1 row)"),
+        "{matviews}"
+    );
+    let indexes = psql(&server, "\\di")?;
+    anyhow::ensure!(indexes.contains("orders_pkey"), "{indexes}");
+
+    let view = psql(&server, "\\d+ big_orders")?;
+    for needle in [
+        "View \"public.big_orders\"",
+        "id     | bigint",
+        "amount | numeric(10,2)",
+        "View definition:",
+        "SELECT id, amount FROM orders WHERE amount > 100;",
+    ] {
+        anyhow::ensure!(
+            view.contains(needle),
+            "\\d+ big_orders lacks {needle:?}:\n{view}"
+        );
+    }
+    let described = psql(&server, "\\d big_orders")?;
+    anyhow::ensure!(
+        described.contains("View \"public.big_orders\""),
+        "{described}"
+    );
+
+    let databases = psql(&server, "\\l")?;
+    anyhow::ensure!(databases.contains("millrace"), "{databases}");
+    let schemas = psql(&server, "\\dn")?;
+    anyhow::ensure!(
+        schemas.contains("public") && schemas.contains("millrace_catalog"),
+        "{schemas}"
+    );
+    Ok(())
+}
