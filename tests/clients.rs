@@ -96,3 +96,57 @@ async fn psql_describe_commands() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// OID, relkind, table comment and second column's comment of a row.
+type RelationFacts = (i64, String, Option<String>, Option<String>);
+
+fn relation_facts(r: &tokio_postgres::Row) -> RelationFacts {
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+/// OIDs and comments are part of the catalog: a restart keeps them, so a
+/// client that cached an OID (psql re-sends them as literals) still finds
+/// the same relation.
+#[tokio::test]
+async fn catalog_oids_and_comments_survive_a_restart() -> anyhow::Result<()> {
+    let mut server = TestServer::start()?;
+    let temp = server.take_temp();
+    let dir = server.data_dir().to_path_buf();
+    let query = "SELECT c.oid::bigint, c.relkind, obj_description(c.oid, 'pg_class'),
+                        col_description(c.oid, 2)
+                 FROM pg_catalog.pg_class c WHERE c.relname = $1";
+    let before = {
+        let client = server.connect().await?;
+        client
+            .batch_execute(
+                "CREATE TABLE first (id bigint);
+                 CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric(10,2));
+                 CREATE MATERIALIZED VIEW n AS SELECT count(*) AS c FROM orders;
+                 COMMENT ON TABLE orders IS 'Every order';
+                 COMMENT ON COLUMN orders.amount IS 'In euros';
+                 DROP TABLE first;",
+            )
+            .await?;
+        let mut rows = Vec::new();
+        for name in ["orders", "n"] {
+            rows.push(client.query_one(query, &[&name]).await?);
+        }
+        rows.iter().map(relation_facts).collect::<Vec<_>>()
+    };
+    assert_eq!(before[0].1, "r");
+    assert_eq!(before[0].2.as_deref(), Some("Every order"));
+    assert_eq!(before[0].3.as_deref(), Some("In euros"));
+    assert_eq!(before[1].1, "m");
+    assert_ne!(before[0].0, before[1].0);
+    let status = server.stop()?;
+    assert!(status.success(), "clean shutdown on SIGTERM: {status}");
+
+    let server = TestServer::start_on(&dir, &[])?;
+    let client = server.connect().await?;
+    for (name, expected) in ["orders", "n"].into_iter().zip(&before) {
+        let after = relation_facts(&client.query_one(query, &[&name]).await?);
+        assert_eq!(&after, expected, "{name} after a restart");
+    }
+    drop(temp);
+    Ok(())
+}

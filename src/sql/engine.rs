@@ -1561,7 +1561,7 @@ impl Engine {
             "source_partitions".into(),
             Arc::new(SystemRelation::new(
                 schema.clone(),
-                Box::new(move || {
+                Box::new(move |_| {
                     let readers = me.upgrade().map(|e| e.readers()).unwrap_or_default();
                     source_partition_rows(&rows_schema, &readers)
                 }),

@@ -23,20 +23,18 @@ use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema
 use datafusion::catalog::SchemaProvider;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::TableType;
 use datafusion::error::Result as DFResult;
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
     Volatility,
 };
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 
 use super::snapshot::Snapshot;
 use super::statement::ObjectKind;
+use super::system::SystemRelation;
 use super::types::SQL_TYPE_KEY;
 use crate::error::{MillraceError, Result};
 
@@ -180,10 +178,21 @@ impl PgCatalogSchema {
         let own = OWN_RELATIONS
             .iter()
             .map(|(name, columns, rows)| {
-                let provider: Arc<dyn TableProvider> = Arc::new(CatalogRelation {
-                    schema: schema_of(columns),
-                    rows: *rows,
-                });
+                let schema = schema_of(columns);
+                let rows = *rows;
+                let batch_schema = schema.clone();
+                // Computed from the catalog of the snapshot the query reads.
+                let provider: Arc<dyn TableProvider> = Arc::new(SystemRelation::new(
+                    schema,
+                    Box::new(move |session: &dyn Session| {
+                        let info = session
+                            .config()
+                            .get_extension::<Snapshot>()
+                            .map(|s| s.catalog.clone())
+                            .unwrap_or_default();
+                        Ok(rows_to_batch(&batch_schema, rows(&info))?)
+                    }),
+                ));
                 (*name, provider)
             })
             .collect();
@@ -216,44 +225,6 @@ impl SchemaProvider for PgCatalogSchema {
 }
 
 type RowsFn = fn(&PgCatalogInfo) -> Vec<Vec<ScalarValue>>;
-
-/// A catalog relation computed from the query's snapshot.
-#[derive(Debug)]
-struct CatalogRelation {
-    schema: SchemaRef,
-    rows: RowsFn,
-}
-
-#[async_trait]
-impl TableProvider for CatalogRelation {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let info = state
-            .config()
-            .get_extension::<Snapshot>()
-            .map(|s| s.catalog.clone())
-            .unwrap_or_default();
-        let batch = rows_to_batch(&self.schema, (self.rows)(&info))?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            self.schema.clone(),
-            projection.cloned(),
-        )?)
-    }
-}
 
 /// Column types of the catalog relations, in PostgreSQL's storage terms.
 #[derive(Clone, Copy)]
@@ -1116,7 +1087,8 @@ fn table_is_visible(info: &PgCatalogInfo, args: &[Option<i64>]) -> ScalarValue {
         .or_else(|| pk_relation_by(info, Some(oid), PgRelation::index_oid));
     let visible = match owner {
         Some(r) => r.namespace == PUBLIC_OID,
-        None => SYSTEM_CLASSES.iter().any(|(_, o)| i64::from(*o) == oid) || oid < FIRST_USER_OID,
+        // Built-in objects have OIDs below the first user OID.
+        None => oid < FIRST_USER_OID,
     };
     ScalarValue::Boolean(Some(visible))
 }

@@ -1,9 +1,11 @@
 //! System relations: live engine state (source progress, sinks) exposed as
-//! read-only relations in the `millrace_catalog` schema, so that it can be
-//! queried, filtered and joined with plain SQL.
+//! read-only relations in the `millrace_catalog` schema, and PostgreSQL's
+//! catalogs in `pg_catalog`, so that they can be queried, filtered and
+//! joined with plain SQL.
 //!
-//! A system relation holds no rows: each scan asks the engine for its
-//! current state. It is not part of the epoch snapshot.
+//! A system relation holds no rows: each scan computes them, from the
+//! engine's live state (source progress, not part of the epoch snapshot) or
+//! from the scanning session's snapshot (`pg_catalog`).
 
 use std::sync::Arc;
 
@@ -22,8 +24,9 @@ use crate::error::Result;
 /// The schema that holds the system relations.
 pub const SYSTEM_SCHEMA: &str = "millrace_catalog";
 
-/// Produces a system relation's current rows.
-pub type RowsFn = Box<dyn Fn() -> Result<RecordBatch> + Send + Sync>;
+/// Produces a system relation's current rows, for the session that scans
+/// it (whose snapshot some relations read).
+pub type RowsFn = Box<dyn Fn(&dyn Session) -> Result<RecordBatch> + Send + Sync>;
 
 /// One system relation.
 pub struct SystemRelation {
@@ -58,12 +61,12 @@ impl TableProvider for SystemRelation {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let batch = (self.rows)().map_err(|e| DataFusionError::Execution(e.to_string()))?;
+        let batch = (self.rows)(state).map_err(|e| DataFusionError::Execution(e.to_string()))?;
         Ok(MemorySourceConfig::try_new_exec(
             &[vec![batch]],
             self.schema.clone(),
