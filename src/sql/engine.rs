@@ -137,6 +137,9 @@ struct EngineState {
 pub struct EngineOptions {
     /// Treat `CREATE` of an existing object as a no-op (used for `--init-sql`).
     pub skip_existing: bool,
+    /// The schema unqualified names resolve in (from the session's
+    /// `search_path`); `public` when `None`.
+    pub default_schema: Option<String>,
 }
 
 /// The Millrace engine. Cheap to share behind an `Arc`.
@@ -334,10 +337,21 @@ impl Engine {
     }
 
     /// A session state for one query, reading `snapshot`.
-    fn query_state(&self, snapshot: Arc<Snapshot>) -> SessionState {
+    fn query_state(&self, snapshot: Arc<Snapshot>, default_schema: Option<&str>) -> SessionState {
         let mut state = self.base_state.clone();
         state.config_mut().set_extension(snapshot);
+        if let Some(schema) = default_schema {
+            state.config_mut().options_mut().catalog.default_schema = schema.to_string();
+        }
         state
+    }
+
+    /// Whether schema `name` exists (for resolving `search_path`).
+    pub fn schema_exists(&self, name: &str) -> bool {
+        self.base_state
+            .catalog_list()
+            .catalog(CATALOG_NAME)
+            .is_some_and(|c| c.schema(name).is_some())
     }
 
     /// Work counters of a materialized view's operators, in graph order.
@@ -406,11 +420,15 @@ impl Engine {
         // Reads never take the writer lock.
         if let Command::Sql(stmt) = &cmd {
             if let Statement::Query(_) = stmt.as_ref() {
-                return self.run_query((**stmt).clone(), params).await;
+                return self
+                    .run_query((**stmt).clone(), params, options.default_schema.as_deref())
+                    .await;
             }
             if let Statement::Explain { statement, .. } = stmt.as_ref() {
                 if !matches!(statement.as_ref(), Statement::CreateView(_)) {
-                    return self.run_query((**stmt).clone(), params).await;
+                    return self
+                        .run_query((**stmt).clone(), params, options.default_schema.as_deref())
+                        .await;
                 }
             }
             if options.skip_existing {
@@ -434,7 +452,11 @@ impl Engine {
 
     /// Plans a statement for the extended protocol: returns the parameter
     /// types and the result schema (empty for commands).
-    pub async fn describe(&self, cmd: &Command) -> Result<(Vec<Option<DataType>>, SchemaRef)> {
+    pub async fn describe(
+        &self,
+        cmd: &Command,
+        default_schema: Option<&str>,
+    ) -> Result<(Vec<Option<DataType>>, SchemaRef)> {
         let empty: SchemaRef = Arc::new(Schema::empty());
         let Command::Sql(stmt) = cmd else {
             return Ok((vec![], describe_own_command(cmd)));
@@ -463,7 +485,7 @@ impl Engine {
             _ => return Ok((vec![], empty)),
         };
         let plan_stmt = super::pg_rewrite::rewrite_query(plan_stmt);
-        let state = self.query_state(self.snapshot());
+        let state = self.query_state(self.snapshot(), default_schema);
         let plan = state
             .statement_to_plan(DFStatement::Statement(Box::new(plan_stmt)))
             .await?;
@@ -494,9 +516,14 @@ impl Engine {
         Ok((params, schema))
     }
 
-    async fn run_query(&self, stmt: Statement, params: Option<ParamValues>) -> Result<QueryOutput> {
+    async fn run_query(
+        &self,
+        stmt: Statement,
+        params: Option<ParamValues>,
+        default_schema: Option<&str>,
+    ) -> Result<QueryOutput> {
         let stmt = super::pg_rewrite::rewrite_query(stmt);
-        let state = self.query_state(self.snapshot());
+        let state = self.query_state(self.snapshot(), default_schema);
         let mut plan = state
             .statement_to_plan(DFStatement::Statement(Box::new(stmt)))
             .await?;
@@ -640,7 +667,7 @@ impl Engine {
         params: Option<ParamValues>,
     ) -> Result<QueryOutput> {
         match stmt {
-            Statement::Query(_) => self.run_query(stmt, params).await,
+            Statement::Query(_) => self.run_query(stmt, params, None).await,
             Statement::CreateTable(ct) => self.create_table(state, ct),
             Statement::CreateView(cv) => {
                 if cv.materialized {
@@ -651,7 +678,7 @@ impl Engine {
             }
             Statement::Explain { statement, .. } => match *statement {
                 Statement::CreateView(cv) if cv.materialized => self.explain_view(state, cv).await,
-                other => self.run_query(other, params).await,
+                other => self.run_query(other, params, None).await,
             },
             Statement::Insert(_) => self.insert(state, stmt, params).await,
             Statement::Update(u) => self.update(state, u, params).await,
@@ -681,32 +708,11 @@ impl Engine {
                 comment,
                 if_exists,
             } => self.comment_on(state, object_type, &object_name, comment, if_exists),
-            Statement::StartTransaction { .. } => Ok(QueryOutput::command("BEGIN")),
-            Statement::Commit { .. } => Ok(QueryOutput::command("COMMIT")),
-            Statement::Rollback { .. } => Ok(QueryOutput::command("ROLLBACK")),
-            Statement::Set(_) => Ok(QueryOutput::command("SET")),
-            Statement::ShowVariable { variable } => {
-                let name = variable
-                    .iter()
-                    .map(|i| i.value.to_ascii_lowercase())
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let value = match name.as_str() {
-                    "server_version" => crate::pgwire::SERVER_VERSION.to_string(),
-                    "timezone" | "time zone" => "UTC".to_string(),
-                    "transaction isolation level" => "serializable".to_string(),
-                    "standard_conforming_strings" => "on".to_string(),
-                    "client_encoding" | "server_encoding" => "UTF8".to_string(),
-                    "datestyle" => "ISO, MDY".to_string(),
-                    "search_path" => "public".to_string(),
-                    _ => {
-                        return Err(MillraceError::Data {
-                            sqlstate: "42704",
-                            message: format!("unrecognized configuration parameter \"{name}\""),
-                        })
-                    }
-                };
-                text_batch(&[name.as_str()], vec![vec![value]])
+            other if crate::pgwire::session::is_session_statement(&other) => {
+                Err(MillraceError::not_supported(format!(
+                    "{}: session statements run only in a client session",
+                    first_words(&other.to_string())
+                )))
             }
             other => Err(MillraceError::not_supported(format!(
                 "statement: {}",
@@ -915,7 +921,7 @@ impl Engine {
         cv: &CreateView,
         name: &str,
     ) -> Result<(LogicalPlan, Vec<String>, SchemaRef)> {
-        let state = self.query_state(self.snapshot());
+        let state = self.query_state(self.snapshot(), None);
         let raw = state
             .statement_to_plan(DFStatement::Statement(Box::new(Statement::Query(
                 cv.query.clone(),
@@ -1300,7 +1306,7 @@ impl Engine {
                 return Err(MillraceError::not_supported("INSERT ... ON CONFLICT"));
             }
         }
-        let qstate = self.query_state(self.snapshot());
+        let qstate = self.query_state(self.snapshot(), None);
         let mut plan = qstate
             .statement_to_plan(DFStatement::Statement(Box::new(stmt)))
             .await?;
@@ -1452,7 +1458,7 @@ impl Engine {
         let table = self.table_name_of(state, &u.table.relation, "update")?;
         let schema = state.tables[&table].contents.schema().clone();
         let n = schema.fields().len();
-        let qstate = self.query_state(self.snapshot());
+        let qstate = self.query_state(self.snapshot(), None);
         let mut plan = qstate
             .statement_to_plan(DFStatement::Statement(Box::new(query)))
             .await?;
@@ -1522,7 +1528,7 @@ impl Engine {
     ) -> Result<QueryOutput> {
         let (query, table) = self.delete_query(state, &d)?;
         let schema = state.tables[&table].contents.schema().clone();
-        let qstate = self.query_state(self.snapshot());
+        let qstate = self.query_state(self.snapshot(), None);
         let mut plan = qstate
             .statement_to_plan(DFStatement::Statement(Box::new(query)))
             .await?;

@@ -1,0 +1,106 @@
+"""psycopg 3 against a running Millrace: the extended protocol with
+client-typed parameters (int2, numeric, timestamp, bool, text), prepared
+statements, binary results, server cursors, the empty query, transactions.
+
+Usage: python psycopg3_client.py PORT. Exits non-zero on the first failed
+check, printing what differed."""
+import datetime
+import decimal
+import sys
+
+import psycopg
+import psycopg.errors
+
+PORT = int(sys.argv[1])
+DSN = f"host=127.0.0.1 port={PORT} user=millrace dbname=dev"
+
+
+def check(got, want, what):
+    if got != want:
+        raise AssertionError(f"{what}: got {got!r}, want {want!r}")
+
+
+conn = psycopg.connect(DSN, autocommit=True)
+check(conn.info.server_version, 160006, "server_version")
+conn.execute(
+    "CREATE TABLE p3_orders (id BIGINT PRIMARY KEY, customer TEXT, amount NUMERIC(10,2), "
+    "placed TIMESTAMP, paid BOOLEAN, ratio DOUBLE PRECISION, day DATE)"
+)
+rows = [
+    (1, "ann", decimal.Decimal("10.50"), datetime.datetime(2026, 1, 2, 3, 4, 5), True, 0.25, datetime.date(2026, 1, 2)),
+    (2, "bob", decimal.Decimal("3.25"), datetime.datetime(2026, 1, 3, 0, 0, 0), False, 1.5, datetime.date(2026, 1, 3)),
+    (3, "ann", decimal.Decimal("7.00"), datetime.datetime(2026, 1, 4, 12, 0, 0), None, None, None),
+]
+with conn.cursor() as cur:
+    # Small integers travel as int2 and datetimes as binary timestamp
+    # parameters: the server coerces them to the columns' types.
+    cur.executemany("INSERT INTO p3_orders VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+    conn.execute(
+        "CREATE MATERIALIZED VIEW p3_totals AS SELECT customer, count(*) AS n, sum(amount) AS total "
+        "FROM p3_orders GROUP BY customer"
+    )
+    cur.execute("SELECT * FROM p3_orders ORDER BY id")
+    check(cur.fetchall(), rows, "text results")
+    # The same statement run repeatedly becomes a named prepared statement.
+    for i in range(8):
+        cur.execute("SELECT customer FROM p3_orders WHERE id = %s AND paid = %s", (1, True))
+        check(cur.fetchone(), ("ann",), f"prepared run {i}")
+    cur.execute("SELECT id FROM p3_orders WHERE amount > %s AND placed < %s ORDER BY id",
+                (decimal.Decimal("5"), datetime.datetime(2026, 1, 10)))
+    check(cur.fetchall(), [(1,), (3,)], "numeric and timestamp parameters")
+
+with conn.cursor(binary=True) as cur:
+    cur.execute("SELECT * FROM p3_orders ORDER BY id")
+    check(cur.fetchall(), rows, "binary results")
+    cur.execute("SELECT customer, n, total FROM p3_totals ORDER BY customer")
+    check(cur.fetchall(), [("ann", 2, decimal.Decimal("17.50")), ("bob", 1, decimal.Decimal("3.25"))], "binary view rows")
+
+# Updates and deletes through parameters flow into the view.
+conn.execute("UPDATE p3_orders SET amount = %s WHERE id = %s", (decimal.Decimal("1.50"), 2))
+conn.execute("DELETE FROM p3_orders WHERE id = %s", (3,))
+check(conn.execute("SELECT customer, n, total FROM p3_totals ORDER BY customer").fetchall(),
+      [("ann", 1, decimal.Decimal("10.50")), ("bob", 1, decimal.Decimal("1.50"))], "view after changes")
+
+# The empty query (SQLAlchemy's ping with psycopg).
+conn.execute(";")
+
+conn.close()
+
+# Transactions: the connection opens a block; errors abort it.
+conn = psycopg.connect(DSN)
+with conn.cursor() as cur:
+    cur.execute("SELECT count(*) FROM p3_orders")
+    check(cur.fetchone(), (2,), "count in a block")
+    check(conn.info.transaction_status, psycopg.pq.TransactionStatus.INTRANS, "in block")
+    try:
+        cur.execute("SELECT * FROM missing_table")
+        raise AssertionError("no error for a missing table")
+    except psycopg.errors.UndefinedTable:
+        pass
+    check(conn.info.transaction_status, psycopg.pq.TransactionStatus.INERROR, "aborted block")
+conn.rollback()
+# Nested transaction() uses savepoints.
+with conn.transaction():
+    try:
+        with conn.transaction():
+            conn.execute("SELECT 1/0")
+    except psycopg.errors.DivisionByZero:
+        pass
+    check(conn.execute("SELECT 3").fetchone(), (3,), "after a rolled-back savepoint")
+
+# Server cursors: DECLARE with a parameter, Describe of the cursor's
+# portal, then FETCH FORWARD n.
+with conn.transaction():
+    with conn.cursor(name="p3_cursor") as cur:
+        cur.itersize = 1
+        cur.execute("SELECT id, customer FROM p3_orders WHERE id >= %s ORDER BY id", (1,))
+        check([d.name for d in cur.description], ["id", "customer"], "server cursor description")
+        check(cur.fetchone(), (1, "ann"), "first row")
+        check(cur.fetchall(), [(2, "bob")], "remaining rows")
+conn.close()
+
+conn = psycopg.connect(DSN, autocommit=True)
+conn.execute("DROP MATERIALIZED VIEW p3_totals")
+conn.execute("DROP TABLE p3_orders")
+conn.close()
+print("psycopg3 ok")
