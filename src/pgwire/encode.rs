@@ -26,10 +26,11 @@ use pgwire::types::format::FormatOptions as PgFormatOptions;
 use pgwire::types::ToSqlText;
 use postgres_types::{to_sql_checked, IsNull, ToSql};
 
-use crate::sql::types::SQL_TYPE_KEY;
+use crate::sql::types::{varchar_length, SQL_TYPE_KEY};
 
 /// The wire description of result columns: `arrow-pg`'s mapping, with
-/// columns declared `jsonb` (stored as text) reported as `jsonb`.
+/// columns declared `jsonb` or `varchar(n)` (stored as text) reported as
+/// such.
 pub fn pg_fields(
     schema: &datafusion::arrow::datatypes::Schema,
     format: &Format,
@@ -39,16 +40,16 @@ pub fn pg_fields(
         .into_iter()
         .zip(schema.fields())
         .map(|(info, f)| {
-            if is_jsonb(f) {
-                FieldInfo::new(
-                    info.name().to_string(),
-                    None,
-                    None,
-                    Type::JSONB,
-                    info.format(),
-                )
+            let declared = if is_jsonb(f) {
+                Some(Type::JSONB)
+            } else if varchar_length(f).is_some() {
+                Some(Type::VARCHAR)
             } else {
-                info
+                None
+            };
+            match declared {
+                Some(ty) => FieldInfo::new(info.name().to_string(), None, None, ty, info.format()),
+                None => info,
             }
         })
         .collect())

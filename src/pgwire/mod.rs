@@ -103,9 +103,15 @@ fn lock(session: &SharedSession) -> std::sync::MutexGuard<'_, Session> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The schema `search_path` selects for the session, if it names one.
-fn default_schema(engine: &Engine, session: &SharedSession) -> Option<String> {
-    lock(session).default_schema(|s| engine.schema_exists(s))
+/// The engine options a session's statements run with: the schema its
+/// `search_path` selects and its settings.
+fn engine_options(engine: &Engine, session: &SharedSession) -> EngineOptions {
+    let session = lock(session);
+    EngineOptions {
+        default_schema: session.default_schema(|s| engine.schema_exists(s)),
+        settings: session.settings(),
+        ..Default::default()
+    }
 }
 
 /// Parses and plans statements for the extended protocol.
@@ -137,7 +143,7 @@ impl QueryParser for MillraceQueryParser {
             return Ok(None);
         };
         let command = parse_statement(sql, &text).map_err(user_error)?;
-        let schema_name = default_schema(&self.engine, &session_of(client));
+        let options = engine_options(&self.engine, &session_of(client));
         let (param_types, schema) = match &command {
             Command::Sql(stmt) if is_session_statement(stmt) => {
                 let columns = match stmt.as_ref() {
@@ -152,7 +158,7 @@ impl QueryParser for MillraceQueryParser {
                     Ok((_, _, query)) => {
                         let (params, _) = self
                             .engine
-                            .describe(&query, schema_name.as_deref())
+                            .describe(&query, &options)
                             .await
                             .map_err(user_error)?;
                         (params, Arc::new(Schema::empty()))
@@ -161,13 +167,13 @@ impl QueryParser for MillraceQueryParser {
                 },
                 _ => self
                     .engine
-                    .describe(&command, schema_name.as_deref())
+                    .describe(&command, &options)
                     .await
                     .map_err(user_error)?,
             },
             _ => self
                 .engine
-                .describe(&command, schema_name.as_deref())
+                .describe(&command, &options)
                 .await
                 .map_err(user_error)?,
         };
@@ -396,10 +402,7 @@ impl MillraceHandler {
         if let Err(e) = checked {
             return Ok(Err(e));
         }
-        let options = EngineOptions {
-            default_schema: default_schema(&self.engine, session),
-            ..Default::default()
-        };
+        let options = engine_options(&self.engine, session);
         let output = self
             .engine
             .execute_parsed(text, cmd, params, &options)
@@ -473,10 +476,7 @@ impl MillraceHandler {
         if let Err(e) = lock(session).check_declare(&name, hold) {
             return Ok(Err(e));
         }
-        let options = EngineOptions {
-            default_schema: default_schema(&self.engine, session),
-            ..Default::default()
-        };
+        let options = engine_options(&self.engine, session);
         let output = self
             .engine
             .execute_parsed(text, query.clone(), params, &options)

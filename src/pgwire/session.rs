@@ -185,6 +185,24 @@ impl Session {
         }
     }
 
+    /// Every setting with its current value, lower-cased name to value
+    /// (custom settings included).
+    pub fn settings(&self) -> BTreeMap<String, String> {
+        let mut all: BTreeMap<String, String> = SETTINGS
+            .iter()
+            .map(|s| {
+                (
+                    s.name.to_ascii_lowercase(),
+                    self.get(s.name).unwrap_or_default(),
+                )
+            })
+            .collect();
+        for (key, (_, value)) in self.overrides.session.iter().chain(&self.overrides.local) {
+            all.insert(key.clone(), value.clone());
+        }
+        all
+    }
+
     /// Every reported setting with its current value, for the startup
     /// `ParameterStatus` messages.
     pub fn reported(&self) -> Vec<(String, String)> {

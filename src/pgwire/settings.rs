@@ -69,6 +69,7 @@ pub const SETTINGS: &[Setting] = &[
     setting("client_encoding", "UTF8", true, OneOf(&["UTF8", "UNICODE", "UTF-8", "SQL_ASCII"]), "Sets the client's character set encoding; Millrace sends UTF-8."),
     setting("client_min_messages", "notice", false, OneOf(&["debug5", "debug4", "debug3", "debug2", "debug1", "log", "notice", "warning", "error"]), "Sets the message levels that are sent to the client."),
     setting("DateStyle", "ISO, MDY", true, OneOf(&["ISO, MDY", "ISO", "ISO, DMY", "ISO, YMD", "MDY", "DMY", "YMD"]), "Sets the display format for date and time values; Millrace writes ISO 8601."),
+    setting("default_table_access_method", "heap", false, OneOf(&["heap"]), "Sets the access method of new tables (reported for compatibility)."),
     setting("default_transaction_isolation", "read committed", false, OneOf(&["read committed", "read uncommitted", "repeatable read", "serializable"]), "Sets the isolation level of new transactions; every Millrace statement reads one committed snapshot."),
     setting("default_transaction_read_only", "off", true, Bool, "Refuses writes in new transactions when on."),
     setting("extra_float_digits", "1", false, Quantity, "Sets the number of digits displayed for floating-point values; Millrace always writes the shortest exact form."),

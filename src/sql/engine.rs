@@ -140,6 +140,9 @@ pub struct EngineOptions {
     /// The schema unqualified names resolve in (from the session's
     /// `search_path`); `public` when `None`.
     pub default_schema: Option<String>,
+    /// The client session's settings, lower-cased name to value, for
+    /// `current_setting`.
+    pub settings: BTreeMap<String, String>,
 }
 
 /// The Millrace engine. Cheap to share behind an `Arc`.
@@ -210,9 +213,14 @@ impl Engine {
         let schema = Arc::new(MemorySchemaProvider::new());
         let catalog = Arc::new(MemoryCatalogProvider::new());
         catalog.register_schema(SCHEMA_NAME, schema.clone())?;
+        // PostgreSQL's typing of quoted literals against booleans runs
+        // before DataFusion's own type coercion.
+        let mut analyzer_rules = datafusion::optimizer::Analyzer::new().rules;
+        analyzer_rules.insert(0, Arc::new(super::pg_functions::BooleanTextLiteral));
         let base_state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
+            .with_analyzer_rules(analyzer_rules)
             .build();
         base_state
             .catalog_list()
@@ -337,12 +345,27 @@ impl Engine {
     }
 
     /// A session state for one query, reading `snapshot`.
-    fn query_state(&self, snapshot: Arc<Snapshot>, default_schema: Option<&str>) -> SessionState {
+    fn query_state(
+        &self,
+        snapshot: Arc<Snapshot>,
+        options: Option<&EngineOptions>,
+    ) -> SessionState {
         let mut state = self.base_state.clone();
         state.config_mut().set_extension(snapshot);
-        if let Some(schema) = default_schema {
-            state.config_mut().options_mut().catalog.default_schema = schema.to_string();
+        if let Some(options) = options {
+            let config = state.config_mut().options_mut();
+            if let Some(schema) = &options.default_schema {
+                config.catalog.default_schema = schema.clone();
+            }
+            config
+                .extensions
+                .insert(super::pg_functions::SessionSettings(
+                    options.settings.clone(),
+                ));
         }
+        // Physical expressions take their configuration from here, which
+        // carries the session's settings to `current_setting`.
+        state.mark_start_execution();
         state
     }
 
@@ -421,13 +444,13 @@ impl Engine {
         if let Command::Sql(stmt) = &cmd {
             if let Statement::Query(_) = stmt.as_ref() {
                 return self
-                    .run_query((**stmt).clone(), params, options.default_schema.as_deref())
+                    .run_query((**stmt).clone(), params, Some(options))
                     .await;
             }
             if let Statement::Explain { statement, .. } = stmt.as_ref() {
                 if !matches!(statement.as_ref(), Statement::CreateView(_)) {
                     return self
-                        .run_query((**stmt).clone(), params, options.default_schema.as_deref())
+                        .run_query((**stmt).clone(), params, Some(options))
                         .await;
                 }
             }
@@ -455,7 +478,7 @@ impl Engine {
     pub async fn describe(
         &self,
         cmd: &Command,
-        default_schema: Option<&str>,
+        options: &EngineOptions,
     ) -> Result<(Vec<Option<DataType>>, SchemaRef)> {
         let empty: SchemaRef = Arc::new(Schema::empty());
         let Command::Sql(stmt) = cmd else {
@@ -485,7 +508,7 @@ impl Engine {
             _ => return Ok((vec![], empty)),
         };
         let plan_stmt = super::pg_rewrite::rewrite_query(plan_stmt);
-        let state = self.query_state(self.snapshot(), default_schema);
+        let state = self.query_state(self.snapshot(), Some(options));
         let plan = state
             .statement_to_plan(DFStatement::Statement(Box::new(plan_stmt)))
             .await?;
@@ -520,10 +543,10 @@ impl Engine {
         &self,
         stmt: Statement,
         params: Option<ParamValues>,
-        default_schema: Option<&str>,
+        options: Option<&EngineOptions>,
     ) -> Result<QueryOutput> {
         let stmt = super::pg_rewrite::rewrite_query(stmt);
-        let state = self.query_state(self.snapshot(), default_schema);
+        let state = self.query_state(self.snapshot(), options);
         let mut plan = state
             .statement_to_plan(DFStatement::Statement(Box::new(stmt)))
             .await?;
@@ -842,8 +865,7 @@ impl Engine {
             }
             let mut field = Field::new(col_name, ty, nullable);
             if let Some(t) = sql_type {
-                field =
-                    field.with_metadata(HashMap::from([(SQL_TYPE_KEY.to_string(), t.to_string())]));
+                field = field.with_metadata(HashMap::from([(SQL_TYPE_KEY.to_string(), t)]));
             }
             fields.push(field);
         }

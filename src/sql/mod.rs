@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod engine;
 pub mod pg_catalog;
+pub mod pg_functions;
 pub mod pg_rewrite;
 pub mod snapshot;
 pub mod statement;

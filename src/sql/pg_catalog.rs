@@ -35,7 +35,7 @@ use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use super::snapshot::Snapshot;
 use super::statement::ObjectKind;
 use super::system::SystemRelation;
-use super::types::SQL_TYPE_KEY;
+use super::types::{varchar_length, SQL_TYPE_KEY};
 use crate::error::{MillraceError, Result};
 
 /// OID of the `pg_catalog` namespace.
@@ -150,6 +150,9 @@ pub fn install(state: SessionState, catalog: &str, shared: SharedCatalog) -> Res
         .ok_or_else(|| MillraceError::execution("pg_catalog was not installed"))?;
     cat.register_schema("pg_catalog", Arc::new(PgCatalogSchema::new(inner)))?;
     ctx.register_udf(version_udf());
+    for udf in super::pg_functions::udfs() {
+        ctx.register_udf(udf);
+    }
     for udf in catalog_udfs(&shared) {
         ctx.register_udf(udf);
     }
@@ -332,13 +335,20 @@ pub fn type_oid(field: &Field) -> i32 {
     {
         return 3802;
     }
+    if varchar_length(field).is_some() {
+        return 1043;
+    }
     arrow_pg::datatypes::into_pg_type(field.data_type())
         .map(|t| t.oid() as i32)
         .unwrap_or(25)
 }
 
-/// `atttypmod`: precision and scale of numerics, -1 otherwise.
+/// `atttypmod`: precision and scale of numerics, the length of
+/// `varchar(n)` (plus 4, as PostgreSQL stores it), -1 otherwise.
 fn type_modifier(field: &Field) -> i32 {
+    if let Some(n) = varchar_length(field) {
+        return i32::try_from(n).map_or(-1, |n| n + 4);
+    }
     match field.data_type() {
         DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => {
             ((i32::from(*p) << 16) | i32::from(*s as u8)) + 4

@@ -41,6 +41,8 @@ pub fn rewrite_query(stmt: Statement) -> Statement {
             Box::new(RewriteRegCastToSubquery::new()),
             Box::new(NameDuplicateOutputs),
             Box::new(ArrayLiteralComparison),
+            Box::new(LikeEscapeToBackslash),
+            Box::new(GenerateSubscriptsToUnnest),
             Box::new(ArraySubqueryToAggregate),
             Box::new(ScalarSubqueryToLeftJoin),
             Box::new(AggregateScalarSubquery),
@@ -342,7 +344,19 @@ impl ScalarSubqueryToLeftJoin {
             );
             on.push(c);
         }
-        let mut columns = vec![format!("{} AS __value", shape.value)];
+        // The value is computed after the join, from exported inner
+        // columns, so that it may read outer columns too; `__matched`
+        // tells a missing inner row (NULL, as the subquery gives) apart.
+        let mut value = shape.value.clone();
+        let _ = VisitMut::visit(
+            &mut value,
+            &mut ReplaceInner {
+                inner: &shape.inner,
+                alias: &alias,
+                exported: &mut exported,
+            },
+        );
+        let mut columns = vec!["1 AS __matched".to_string()];
         columns.extend(
             exported
                 .iter()
@@ -353,7 +367,21 @@ impl ScalarSubqueryToLeftJoin {
             derived.push_str(&format!(" WHERE {}", and_all(&shape.local)));
         }
         let join = parse_left_join(&derived, &alias, &and_all(&on))?;
-        let replacement = Expr::CompoundIdentifier(vec![Ident::new(alias), Ident::new("__value")]);
+        let replacement = Expr::Case {
+            case_token:
+                datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken::empty(),
+            end_token:
+                datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken::empty(),
+            operand: None,
+            conditions: vec![datafusion::sql::sqlparser::ast::CaseWhen {
+                condition: Expr::IsNotNull(Box::new(Expr::CompoundIdentifier(vec![
+                    Ident::new(alias),
+                    Ident::new("__matched"),
+                ]))),
+                result: value,
+            }],
+            else_result: None,
+        };
         Some((join, replacement, shape.name))
     }
 }
@@ -434,19 +462,19 @@ impl<'a> SubqueryShape<'a> {
         let (correlated, local): (Vec<Expr>, Vec<Expr>) = parts
             .into_iter()
             .partition(|c| qualified_columns(c).iter().any(|p| !is_inner(p)));
+        // Equalities of two columns are DataFusion's to decorrelate.
+        let column = |e: &Expr| matches!(e, Expr::CompoundIdentifier(_) | Expr::Identifier(_));
         let all_equalities = correlated.iter().all(|c| {
             matches!(
                 c,
                 Expr::BinaryOp {
+                    left,
                     op: BinaryOperator::Eq,
-                    ..
-                }
+                    right,
+                } if column(left) && column(right)
             )
-        });
-        if correlated.is_empty()
-            || all_equalities
-            || qualified_columns(value).iter().any(|p| !is_inner(p))
-        {
+        }) && qualified_columns(value).iter().all(is_inner);
+        if correlated.is_empty() || all_equalities {
             return None;
         }
         Some(Self {
@@ -504,7 +532,11 @@ fn parse_left_join(derived: &str, alias: &str, on: &str) -> Option<Join> {
 /// joined back. `count` over no rows is 0, as in the subquery.
 fn aggregate_join_for(sub: &Query, n: usize, outer: &TableFactor) -> Option<(Join, Expr)> {
     let shape = SubqueryShape::of(sub)?;
-    if !is_aggregate(shape.value) {
+    if !is_aggregate(shape.value)
+        || qualified_columns(shape.value)
+            .iter()
+            .any(|p| !shape.inner.contains(&p[p.len() - 2].value))
+    {
         return None;
     }
     let TableFactor::Table {
@@ -693,6 +725,30 @@ impl VisitorMut for LeftJoinVisitor {
                 };
             }
         }
+        // Subqueries inside a select item's expression (`CASE WHEN c THEN
+        // (SELECT ...) END`, as SQLAlchemy 2.1 writes).
+        for item in &mut select.projection {
+            let (SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }) = item
+            else {
+                continue;
+            };
+            let name = output_name(e);
+            let mut nested = NestedScalarSubqueries {
+                next: &mut self.next,
+                depth: 0,
+                joins: vec![],
+            };
+            let _ = VisitMut::visit(e, &mut nested);
+            if !nested.joins.is_empty() {
+                joins.extend(nested.joins);
+                if let SelectItem::UnnamedExpr(e) = item {
+                    *item = SelectItem::ExprWithAlias {
+                        expr: e.clone(),
+                        alias: Ident::with_quote('"', name),
+                    };
+                }
+            }
+        }
         let outer = select.from[0].relation.clone();
         for item in &mut select.projection {
             let (SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }) = item
@@ -717,6 +773,43 @@ impl VisitorMut for LeftJoinVisitor {
             }
         }
         select.from[0].joins.extend(joins);
+        ControlFlow::Continue(())
+    }
+}
+
+/// Replaces scalar subqueries nested in an expression (not those of
+/// deeper queries, which correlate with their own outer query) by the
+/// value of a left join, collecting the joins.
+struct NestedScalarSubqueries<'a> {
+    next: &'a mut usize,
+    depth: usize,
+    joins: Vec<Join>,
+}
+
+impl VisitorMut for NestedScalarSubqueries<'_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, _query: &mut Query) -> ControlFlow<()> {
+        self.depth += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, _query: &mut Query) -> ControlFlow<()> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        if self.depth > 0 {
+            return ControlFlow::Continue(());
+        }
+        if let Expr::Subquery(sub) = e {
+            if let Some((join, value, _)) = ScalarSubqueryToLeftJoin::join_for(sub, *self.next) {
+                *self.next += 1;
+                self.joins.push(join);
+                *e = value;
+            }
+        }
         ControlFlow::Continue(())
     }
 }
@@ -869,6 +962,139 @@ impl VisitorMut for ArrayLiteralVisitor {
 impl SqlStatementRewriteRule for ArrayLiteralComparison {
     fn rewrite(&self, s: Statement) -> Statement {
         visit_all(s, ArrayLiteralVisitor)
+    }
+}
+
+/// `x LIKE pattern ESCAPE 'c'` → `x LIKE <pattern with backslash escapes>`,
+/// the only escape DataFusion's `LIKE` takes. The pattern may be any
+/// expression (SQLAlchemy sends `$1::VARCHAR || '%'`), so the translation
+/// is itself SQL, read left to right as PostgreSQL reads escapes:
+/// backslashes become `\\`, a doubled escape character a plain one, and
+/// the escape character a backslash. (A private-use character holds the
+/// doubled escape while the single ones are replaced.)
+#[derive(Debug)]
+pub struct LikeEscapeToBackslash;
+
+struct LikeEscapeVisitor;
+
+/// Stands in for a doubled escape character during the translation.
+const DOUBLED_ESCAPE: &str = "\u{E000}";
+
+fn string(s: &str) -> Expr {
+    Expr::value(Value::SingleQuotedString(s.to_string()))
+}
+
+fn replace_call(e: Expr, from: &str, to: &str) -> Expr {
+    call("replace", vec![e, string(from), string(to)], vec![])
+}
+
+/// `pattern` rewritten to backslash escapes, as SQL.
+fn backslash_pattern(pattern: Expr, escape: char) -> Expr {
+    let escape = escape.to_string();
+    let doubled = format!("{escape}{escape}");
+    let e = replace_call(pattern, "\\", "\\\\");
+    let e = replace_call(e, &doubled, DOUBLED_ESCAPE);
+    let e = replace_call(e, &escape, "\\");
+    replace_call(e, DOUBLED_ESCAPE, &escape)
+}
+
+impl VisitorMut for LikeEscapeVisitor {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Expr::Like {
+            pattern,
+            escape_char,
+            ..
+        }
+        | Expr::ILike {
+            pattern,
+            escape_char,
+            ..
+        } = expr
+        {
+            let escape = escape_char.as_ref().and_then(|v| match &v.value {
+                Value::SingleQuotedString(s) => {
+                    let mut cs = s.chars();
+                    match (cs.next(), cs.next()) {
+                        (Some(c), None) if c != '\\' => Some(c),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            });
+            if let Some(escape) = escape {
+                **pattern = backslash_pattern((**pattern).clone(), escape);
+                *escape_char = None;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+impl SqlStatementRewriteRule for LikeEscapeToBackslash {
+    fn rewrite(&self, s: Statement) -> Statement {
+        visit_all(s, LikeEscapeVisitor)
+    }
+}
+
+/// `generate_subscripts(a, 1)` in a select list →
+/// `unnest(generate_series(1, array_length(a, 1)))`: the subscripts of a
+/// one-dimensional array, as a set-returning select item that pairs up
+/// with `unnest(a)` beside it row by row, as in PostgreSQL.
+#[derive(Debug)]
+pub struct GenerateSubscriptsToUnnest;
+
+struct GenerateSubscriptsVisitor;
+
+impl VisitorMut for GenerateSubscriptsVisitor {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        let Expr::Function(f) = expr else {
+            return ControlFlow::Continue(());
+        };
+        let is_subscripts = f
+            .name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("generate_subscripts"));
+        if !is_subscripts {
+            return ControlFlow::Continue(());
+        }
+        let FunctionArguments::List(list) = &f.args else {
+            return ControlFlow::Continue(());
+        };
+        let args: Vec<Expr> = list
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+                _ => None,
+            })
+            .collect();
+        let [array, dimension] = args.as_slice() else {
+            return ControlFlow::Continue(());
+        };
+        let one = Expr::value(Value::Number("1".into(), false));
+        let length = call(
+            "array_length",
+            vec![array.clone(), dimension.clone()],
+            vec![],
+        );
+        *expr = call(
+            "unnest",
+            vec![call("generate_series", vec![one, length], vec![])],
+            vec![],
+        );
+        ControlFlow::Continue(())
+    }
+}
+
+impl SqlStatementRewriteRule for GenerateSubscriptsToUnnest {
+    fn rewrite(&self, s: Statement) -> Statement {
+        visit_all(s, GenerateSubscriptsVisitor)
     }
 }
 
@@ -1026,10 +1252,50 @@ mod tests {
                 "SELECT a.n, (SELECT c.name FROM c, t WHERE c.oid = a.coll AND t.oid = a.typ \
                  AND a.coll <> t.coll AND c.ok) AS coll FROM a"
             ),
-            "SELECT a.n, __millrace_sq0.__value AS \"coll\" FROM a LEFT JOIN \
-             (SELECT c.name AS __value, c.oid AS __c0, t.oid AS __c1, t.coll AS __c2 FROM c, t \
-             WHERE (c.ok)) AS __millrace_sq0 ON (__millrace_sq0.__c0 = a.coll) \
-             AND (__millrace_sq0.__c1 = a.typ) AND (a.coll <> __millrace_sq0.__c2)"
+            "SELECT a.n, CASE WHEN __millrace_sq0.__matched IS NOT NULL THEN __millrace_sq0.__c3 END \
+             AS \"coll\" FROM a LEFT JOIN (SELECT 1 AS __matched, c.oid AS __c0, t.oid AS __c1, \
+             t.coll AS __c2, c.name AS __c3 FROM c, t WHERE (c.ok)) AS __millrace_sq0 \
+             ON (__millrace_sq0.__c0 = a.coll) AND (__millrace_sq0.__c1 = a.typ) \
+             AND (a.coll <> __millrace_sq0.__c2)"
+        );
+    }
+
+    #[test]
+    fn nested_subqueries_reading_outer_columns_become_left_joins() {
+        assert_eq!(
+            rewritten(
+                "SELECT CASE WHEN a.id <> '' THEN (SELECT json_build_object('x', a.id = 'a', 's', s.v) \
+                 FROM s WHERE a.id <> '' AND s.k = lower(a.name)) END AS o FROM a"
+            ),
+            "SELECT CASE WHEN a.id <> '' THEN CASE WHEN __millrace_sq0.__matched IS NOT NULL \
+             THEN json_build_object('x', a.id = 'a', 's', __millrace_sq0.__c1) END END AS o \
+             FROM a LEFT JOIN (SELECT 1 AS __matched, s.k AS __c0, s.v AS __c1 FROM s) \
+             AS __millrace_sq0 ON (a.id <> '') AND (__millrace_sq0.__c0 = lower(a.name))"
+        );
+    }
+
+    #[test]
+    fn like_escape_becomes_backslash_escapes() {
+        assert_eq!(
+            rewritten("SELECT n FROM t WHERE n NOT LIKE 'pg/_' || '%' ESCAPE '/'"),
+            "SELECT n FROM t WHERE n NOT LIKE replace(replace(replace(replace('pg/_' || '%', \
+             '\\', '\\\\'), '//', '\u{E000}'), '/', '\\'), '\u{E000}', '/')"
+        );
+        // A backslash escape is DataFusion's own: left alone.
+        assert_eq!(
+            rewritten("SELECT n FROM t WHERE n LIKE 'a\\_%' ESCAPE '\\'"),
+            "SELECT n FROM t WHERE n LIKE 'a\\_%' ESCAPE '\\'"
+        );
+    }
+
+    #[test]
+    fn generate_subscripts_pairs_with_unnest() {
+        assert_eq!(
+            rewritten(
+                "SELECT unnest(ix.indkey) AS k, generate_subscripts(ix.indkey, 1) AS o FROM ix"
+            ),
+            "SELECT unnest(ix.indkey) AS k, \
+             unnest(generate_series(1, array_length(ix.indkey, 1))) AS o FROM ix"
         );
     }
 

@@ -9,6 +9,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use crate::error::{MillraceError, Result};
+use crate::sql::types::varchar_length;
 use crate::stream::materialize::Contents;
 use crate::stream::ChangeBatch;
 
@@ -86,6 +87,11 @@ impl TableState {
                 }
             }
         }
+        for (i, field) in schema.fields().iter().enumerate() {
+            if let Some(max) = varchar_length(field) {
+                check_length(delta, i, max)?;
+            }
+        }
         let Some(conv) = &self.key_converter else {
             return Ok(self.key_index.clone());
         };
@@ -137,4 +143,28 @@ impl TableState {
         }
         Ok(index)
     }
+}
+
+/// PostgreSQL's check of a `varchar(n)` column: an inserted value longer
+/// than `n` characters is refused. (PostgreSQL silently cuts excess
+/// characters that are all spaces; Millrace refuses those too.)
+fn check_length(delta: &ChangeBatch, column: usize, max: usize) -> Result<()> {
+    use datafusion::arrow::array::AsArray;
+    let Some(values) = delta.data().column(column).as_string_opt::<i32>() else {
+        return Ok(());
+    };
+    let weights = delta.weights().values();
+    for (r, v) in values.iter().enumerate() {
+        if let Some(v) = v {
+            // Byte length bounds the character count: only long values
+            // need counting.
+            if v.len() > max && weights[r] > 0 && v.chars().count() > max {
+                return Err(MillraceError::Data {
+                    sqlstate: "22001",
+                    message: format!("value too long for type character varying({max})"),
+                });
+            }
+        }
+    }
+    Ok(())
 }

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, IntervalUnit, TimeUnit};
-use datafusion::sql::sqlparser::ast::{DataType as SqlType, ExactNumberInfo, TimezoneInfo};
+use datafusion::sql::sqlparser::ast::{
+    CharacterLength, DataType as SqlType, ExactNumberInfo, TimezoneInfo,
+};
 
 use crate::error::{MillraceError, Result};
 
@@ -15,12 +17,23 @@ pub const DEFAULT_NUMERIC: (u8, i8) = (38, 10);
 /// when Arrow cannot tell it apart (`jsonb` is stored as text).
 pub const SQL_TYPE_KEY: &str = "millrace.sql_type";
 
+/// The declared maximum length of a `varchar(n)` column.
+pub fn varchar_length(field: &Field) -> Option<usize> {
+    field
+        .metadata()
+        .get(SQL_TYPE_KEY)?
+        .strip_prefix("varchar(")?
+        .strip_suffix(')')?
+        .parse()
+        .ok()
+}
+
 /// The timezone of `timestamptz` values: stored as UTC instants.
 pub const UTC: &str = "+00:00";
 
 /// Maps a declared SQL column type to its Arrow storage type, and an optional
-/// SQL type name to remember in field metadata.
-pub fn sql_to_arrow(ty: &SqlType) -> Result<(DataType, Option<&'static str>)> {
+/// SQL type name to remember in field metadata (`jsonb`, `varchar(50)`).
+pub fn sql_to_arrow(ty: &SqlType) -> Result<(DataType, Option<String>)> {
     let arrow = match ty {
         SqlType::Boolean | SqlType::Bool => DataType::Boolean,
         SqlType::SmallInt(_) | SqlType::Int2(_) => DataType::Int16,
@@ -54,6 +67,16 @@ pub fn sql_to_arrow(ty: &SqlType) -> Result<(DataType, Option<&'static str>)> {
                 }
             };
             DataType::Decimal128(p, s)
+        }
+        SqlType::Varchar(Some(CharacterLength::IntegerLength { length, .. }))
+        | SqlType::CharVarying(Some(CharacterLength::IntegerLength { length, .. }))
+        | SqlType::CharacterVarying(Some(CharacterLength::IntegerLength { length, .. })) => {
+            if *length == 0 || *length > 10_485_760 {
+                return Err(MillraceError::plan(format!(
+                    "length for type varchar must be between 1 and 10485760, got {length}"
+                )));
+            }
+            return Ok((DataType::Utf8, Some(format!("varchar({length})"))));
         }
         SqlType::Varchar(_)
         | SqlType::CharVarying(_)
@@ -94,7 +117,7 @@ pub fn sql_to_arrow(ty: &SqlType) -> Result<(DataType, Option<&'static str>)> {
             }
             DataType::Struct(arrow_fields.into())
         }
-        SqlType::JSONB | SqlType::JSON => return Ok((DataType::Utf8, Some("jsonb"))),
+        SqlType::JSONB | SqlType::JSON => return Ok((DataType::Utf8, Some("jsonb".into()))),
         SqlType::Custom(name, _) => {
             let n = name.to_string().to_ascii_lowercase();
             match n.as_str() {
@@ -104,7 +127,7 @@ pub fn sql_to_arrow(ty: &SqlType) -> Result<(DataType, Option<&'static str>)> {
                 "float4" => DataType::Float32,
                 "float8" => DataType::Float64,
                 "bpchar" => DataType::Utf8,
-                "jsonb" | "json" => return Ok((DataType::Utf8, Some("jsonb"))),
+                "jsonb" | "json" => return Ok((DataType::Utf8, Some("jsonb".into()))),
                 _ => return Err(unsupported(ty)),
             }
         }

@@ -14,7 +14,7 @@ PORT = int(sys.argv[1])
 DRIVER = sys.argv[2]
 engine = create_engine(f"postgresql+{DRIVER}://millrace@127.0.0.1:{PORT}/dev")
 SA2 = sqlalchemy.__version__.startswith("2")
-SUFFIX = f"{DRIVER}_{sqlalchemy.__version__.split('.')[0]}".replace("psycopg", "pg")
+SUFFIX = f"{DRIVER}_{''.join(sqlalchemy.__version__.split('.')[:2])}".replace("psycopg", "pg")
 
 
 def check(got, want, what):

@@ -1,0 +1,413 @@
+//! PostgreSQL functions and typing rules that client tools rely on and
+//! DataFusion lacks, outside the catalog proper: `json_build_object`,
+//! `to_regtype`, `current_setting`, and PostgreSQL's reading of a quoted
+//! literal compared with a boolean (`indisprimary = 'f'`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::config::{ConfigEntry, ConfigExtension, ConfigOptions, ExtensionOptions};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{DFSchema, Result as DFResult, ScalarValue};
+use datafusion::logical_expr::expr::InList;
+use datafusion::logical_expr::utils::merge_schema;
+use datafusion::logical_expr::{
+    BinaryExpr, ColumnarValue, Expr, ExprSchemable, LogicalPlan, Operator, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
+};
+use datafusion::optimizer::analyzer::AnalyzerRule;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use super::types::sql_to_arrow;
+
+/// The functions of this module, for registering in a session.
+pub fn udfs() -> Vec<ScalarUDF> {
+    vec![
+        ScalarUDF::new_from_impl(JsonBuildObject::new()),
+        ScalarUDF::new_from_impl(ToRegtype::new()),
+        ScalarUDF::new_from_impl(CurrentSetting::new()),
+    ]
+}
+
+/// The client session's settings (lower-cased name to value), carried in
+/// the query's configuration for `current_setting`.
+#[derive(Debug, Clone, Default)]
+pub struct SessionSettings(pub BTreeMap<String, String>);
+
+impl ExtensionOptions for SessionSettings {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> DFResult<()> {
+        self.0.insert(key.to_ascii_lowercase(), value.to_string());
+        Ok(())
+    }
+
+    fn entries(&self) -> Vec<ConfigEntry> {
+        self.0
+            .iter()
+            .map(|(k, v)| ConfigEntry {
+                key: format!("{}.{k}", Self::PREFIX),
+                value: Some(v.clone()),
+                description: "a client session setting",
+            })
+            .collect()
+    }
+}
+
+impl ConfigExtension for SessionSettings {
+    const PREFIX: &'static str = "millrace_session";
+}
+
+/// `current_setting(name [, missing_ok])`: the session's value of a
+/// setting. Volatile, so that it is never folded at plan time without the
+/// session's settings.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CurrentSetting {
+    signature: Signature,
+}
+
+impl CurrentSetting {
+    fn new() -> Self {
+        Self {
+            signature: Signature::one_of(
+                vec![
+                    TypeSignature::String(1),
+                    TypeSignature::Exact(vec![DataType::Utf8, DataType::Boolean]),
+                ],
+                Volatility::Volatile,
+            ),
+        }
+    }
+}
+
+impl ScalarUDFImpl for CurrentSetting {
+    fn name(&self) -> &str {
+        "current_setting"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let session = args.config_options.extensions.get::<SessionSettings>();
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let names = datafusion::arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
+        let missing_ok = arrays.get(1).map(|a| a.as_boolean().clone());
+        let mut out = StringBuilder::with_capacity(args.number_rows, 16);
+        for (row, name) in names.as_string::<i32>().iter().enumerate() {
+            let Some(name) = name else {
+                out.append_null();
+                continue;
+            };
+            let value = session
+                .and_then(|s| s.0.get(&name.to_ascii_lowercase()).cloned())
+                .or_else(|| crate::pgwire::settings::find(name).map(|s| s.default.to_string()));
+            match value {
+                Some(v) => out.append_value(v),
+                None if missing_ok.as_ref().is_some_and(|m| m.value(row)) => out.append_null(),
+                None => {
+                    return datafusion::common::exec_err!(
+                        "unrecognized configuration parameter \"{name}\""
+                    )
+                }
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// `json_build_object(key1, value1, ...)`: a JSON object as text, with
+/// booleans, numbers and NULLs as JSON values and anything else as strings.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: Signature,
+}
+
+impl JsonBuildObject {
+    fn new() -> Self {
+        Self {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+fn json_value(array: &ArrayRef, row: usize) -> DFResult<serde_json::Value> {
+    // Logical nulls: an untyped NULL literal has no validity buffer.
+    if array.logical_nulls().is_some_and(|n| n.is_null(row)) {
+        return Ok(serde_json::Value::Null);
+    }
+    Ok(match ScalarValue::try_from_array(array, row)? {
+        ScalarValue::Boolean(Some(b)) => serde_json::Value::Bool(b),
+        v @ (ScalarValue::Int8(_)
+        | ScalarValue::Int16(_)
+        | ScalarValue::Int32(_)
+        | ScalarValue::Int64(_)
+        | ScalarValue::UInt8(_)
+        | ScalarValue::UInt16(_)
+        | ScalarValue::UInt32(_)
+        | ScalarValue::UInt64(_)
+        | ScalarValue::Float32(_)
+        | ScalarValue::Float64(_)
+        | ScalarValue::Decimal128(..)) => serde_json::from_str(&v.to_string())
+            .unwrap_or_else(|_| serde_json::Value::String(v.to_string())),
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => serde_json::Value::String(s),
+        other => serde_json::Value::String(other.to_string()),
+    })
+}
+
+impl ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        if !args.args.len().is_multiple_of(2) {
+            return datafusion::common::plan_err!(
+                "argument list must have even number of elements"
+            );
+        }
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let mut out = StringBuilder::with_capacity(rows, rows * 32);
+        for row in 0..rows {
+            let mut object = serde_json::Map::new();
+            for pair in arrays.chunks(2) {
+                let key = match json_value(&pair[0], row)? {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Null => {
+                        return datafusion::common::exec_err!(
+                            "null value not allowed for object key"
+                        )
+                    }
+                    other => other.to_string(),
+                };
+                object.insert(key, json_value(&pair[1], row)?);
+            }
+            out.append_value(serde_json::Value::Object(object).to_string());
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// `to_regtype(text)`: the OID of the named type, or NULL when there is
+/// no such type (`to_regtype('hstore')`, which SQLAlchemy asks at connect).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ToRegtype {
+    signature: Signature,
+}
+
+impl ToRegtype {
+    fn new() -> Self {
+        Self {
+            signature: Signature::string(1, Volatility::Stable),
+        }
+    }
+}
+
+/// The wire OID of SQL type `name`, if Millrace has that type.
+fn type_oid(name: &str) -> Option<i32> {
+    let name = name.trim();
+    let name = name.strip_prefix("pg_catalog.").unwrap_or(name);
+    let ty = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(name)
+        .ok()?
+        .parse_data_type()
+        .ok()?;
+    use datafusion::sql::sqlparser::ast::DataType as SqlType;
+    if matches!(
+        ty,
+        SqlType::Varchar(_) | SqlType::CharVarying(_) | SqlType::CharacterVarying(_)
+    ) {
+        return Some(pgwire::api::Type::VARCHAR.oid() as i32);
+    }
+    let (arrow, declared) = sql_to_arrow(&ty).ok()?;
+    if declared.as_deref() == Some("jsonb") {
+        return Some(pgwire::api::Type::JSONB.oid() as i32);
+    }
+    arrow_pg::datatypes::into_pg_type(&arrow)
+        .ok()
+        .map(|t| t.oid() as i32)
+}
+
+impl ScalarUDFImpl for ToRegtype {
+    fn name(&self) -> &str {
+        "to_regtype"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Int32)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let names = datafusion::arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
+        let oids: datafusion::arrow::array::Int32Array = names
+            .as_string::<i32>()
+            .iter()
+            .map(|n| n.and_then(type_oid))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(oids)))
+    }
+}
+
+/// A quoted literal compared with a boolean is read as a boolean, as
+/// PostgreSQL types an unknown literal from the other side:
+/// `indisprimary = 'f'`, `paid IN ('t', 'false')`. DataFusion would
+/// refuse to compare `Boolean` with `Utf8`. Runs before type coercion.
+#[derive(Debug, Default)]
+pub struct BooleanTextLiteral;
+
+fn boolean_literal(e: &Expr) -> Option<Expr> {
+    let Expr::Literal(ScalarValue::Utf8(Some(s)), _) = e else {
+        return None;
+    };
+    let value = match s.trim().to_ascii_lowercase().as_str() {
+        "t" | "true" | "y" | "yes" | "on" | "1" => true,
+        "f" | "false" | "n" | "no" | "off" | "0" => false,
+        _ => return None,
+    };
+    Some(Expr::Literal(ScalarValue::Boolean(Some(value)), None))
+}
+
+fn is_comparison(op: &Operator) -> bool {
+    matches!(
+        op,
+        Operator::Eq
+            | Operator::NotEq
+            | Operator::Lt
+            | Operator::LtEq
+            | Operator::Gt
+            | Operator::GtEq
+            | Operator::IsDistinctFrom
+            | Operator::IsNotDistinctFrom
+    )
+}
+
+fn rewrite_expr(expr: Expr, schema: &DFSchema) -> DFResult<Transformed<Expr>> {
+    let is_bool = |e: &Expr| matches!(e.get_type(schema), Ok(DataType::Boolean));
+    match expr {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) if is_comparison(&op) => {
+            if is_bool(&left) {
+                if let Some(lit) = boolean_literal(&right) {
+                    return Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr::new(
+                        left,
+                        op,
+                        Box::new(lit),
+                    ))));
+                }
+            }
+            if is_bool(&right) {
+                if let Some(lit) = boolean_literal(&left) {
+                    return Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr::new(
+                        Box::new(lit),
+                        op,
+                        right,
+                    ))));
+                }
+            }
+            Ok(Transformed::no(Expr::BinaryExpr(BinaryExpr {
+                left,
+                op,
+                right,
+            })))
+        }
+        Expr::InList(InList {
+            expr,
+            list,
+            negated,
+        }) if is_bool(&expr) && list.iter().all(|e| boolean_literal(e).is_some()) => {
+            let list = list.iter().filter_map(boolean_literal).collect();
+            Ok(Transformed::yes(Expr::InList(InList {
+                expr,
+                list,
+                negated,
+            })))
+        }
+        other => Ok(Transformed::no(other)),
+    }
+}
+
+impl AnalyzerRule for BooleanTextLiteral {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DFResult<LogicalPlan> {
+        plan.transform_up_with_subqueries(|plan| {
+            let mut schema = merge_schema(&plan.inputs());
+            if let LogicalPlan::TableScan(scan) = &plan {
+                schema.merge(&DFSchema::try_from_qualified_schema(
+                    scan.table_name.clone(),
+                    &scan.source.schema(),
+                )?);
+            }
+            let transformed =
+                plan.map_expressions(|e| e.transform_up(|e| rewrite_expr(e, &schema)))?;
+            if transformed.transformed {
+                transformed.map_data(|p| p.recompute_schema())
+            } else {
+                Ok(transformed)
+            }
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "boolean_text_literal"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_resolve_to_wire_oids() {
+        assert_eq!(type_oid("integer"), Some(23));
+        assert_eq!(type_oid("pg_catalog.int8"), Some(20));
+        assert_eq!(type_oid("character varying"), Some(1043));
+        assert_eq!(type_oid("jsonb"), Some(3802));
+        assert_eq!(type_oid("hstore"), None);
+        assert_eq!(type_oid("not a type at all"), None);
+    }
+
+    #[test]
+    fn boolean_spellings() {
+        let lit = |s: &str| Expr::Literal(ScalarValue::Utf8(Some(s.into())), None);
+        let as_bool = |e: Option<Expr>| match e {
+            Some(Expr::Literal(ScalarValue::Boolean(Some(b)), _)) => Some(b),
+            _ => None,
+        };
+        assert_eq!(as_bool(boolean_literal(&lit("f"))), Some(false));
+        assert_eq!(as_bool(boolean_literal(&lit("TRUE"))), Some(true));
+        assert_eq!(as_bool(boolean_literal(&lit("r"))), None);
+    }
+}
