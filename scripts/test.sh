@@ -4,11 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# psql is used by the quickstart check; tests talk to the server through
-# tokio-postgres and need nothing else installed.
-if ! command -v psql >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-  echo "installing postgresql-client" >&2
-  apt-get update -qq >/dev/null && apt-get install -y -qq postgresql-client >/dev/null
+# Real clients the tests drive: psql (the quickstart check and \d
+# commands), and pgjdbc from Debian's package on Debian's JDK.
+packages=()
+command -v psql >/dev/null 2>&1 || packages+=(postgresql-client)
+command -v java >/dev/null 2>&1 || packages+=(default-jdk-headless)
+[ -e "${MILLRACE_JDBC_JAR:-/usr/share/java/postgresql.jar}" ] || packages+=(libpostgresql-jdbc-java)
+if [ "${#packages[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing ${packages[*]}" >&2
+  apt-get update -qq >/dev/null && apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
 # The Kafka tests need a real Kafka-protocol broker: the tansu broker that

@@ -95,6 +95,36 @@ fn sqlalchemy_2_0_and_2_1_inspectors_with_psycopg2_and_psycopg3() -> anyhow::Res
     run_client(&server, "sa21", "sqlalchemy_client.py", &["psycopg"])
 }
 
+/// pgjdbc from Debian's `libpostgresql-jdbc-java`, run on Debian's JDK
+/// (`scripts/test.sh` installs both); `MILLRACE_JDBC_JAR` names another jar.
+#[test]
+fn pgjdbc_prepared_statements_metadata_and_fetch_size() -> anyhow::Result<()> {
+    let jar = std::env::var("MILLRACE_JDBC_JAR")
+        .unwrap_or_else(|_| "/usr/share/java/postgresql.jar".to_string());
+    anyhow::ensure!(
+        std::path::Path::new(&jar).exists(),
+        "{jar} is missing: scripts/test.sh installs libpostgresql-jdbc-java"
+    );
+    let server = TestServer::start()?;
+    let source =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/JdbcClient.java");
+    let out = Command::new("java")
+        .args(["-cp", &jar])
+        .arg(source)
+        .arg(server.port.to_string())
+        .output()
+        .map_err(|e| {
+            anyhow::anyhow!("java is not installed ({e}); scripts/test.sh installs a JDK")
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(
+        out.status.success() && stdout.contains("jdbc ok"),
+        "JdbcClient failed:\n{stdout}\n{stderr}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn psql_describe_commands() -> anyhow::Result<()> {
     let server = TestServer::start()?;

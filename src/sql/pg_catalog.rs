@@ -454,6 +454,16 @@ const SYSTEM_CLASSES: &[(&str, i32)] = &[
     ("pg_namespace", 2615),
 ];
 
+/// The OID of the `pg_catalog` relation named `name` (`pg_class`,
+/// optionally `pg_catalog.`-qualified), if it is one Millrace lists.
+pub fn system_class_oid(name: &str) -> Option<i32> {
+    let name = name.strip_prefix("pg_catalog.").unwrap_or(name);
+    SYSTEM_CLASSES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, oid)| *oid)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn class_row(
     oid_: i32,
@@ -890,6 +900,54 @@ const PG_STATISTIC_EXT: &[(&str, Col)] = &[
     ("stxexprs", Col::Text),
 ];
 
+/// Run-time settings with their defaults (`max_index_keys`, which pgjdbc
+/// reads, among them). A session's own values are shown by `SHOW` and
+/// `current_setting`.
+const PG_SETTINGS: &[(&str, Col)] = &[
+    ("name", Col::Text),
+    ("setting", Col::Text),
+    ("unit", Col::Text),
+    ("category", Col::Text),
+    ("short_desc", Col::Text),
+    ("context", Col::Text),
+    ("vartype", Col::Text),
+    ("source", Col::Text),
+    ("reset_val", Col::Text),
+    ("pending_restart", Col::Bool),
+];
+
+fn pg_settings_rows(_: &PgCatalogInfo) -> Vec<Vec<ScalarValue>> {
+    use crate::pgwire::settings::{Accepts, SETTINGS};
+    SETTINGS
+        .iter()
+        .map(|s| {
+            let vartype = match s.accepts {
+                Accepts::Bool => "bool",
+                Accepts::Quantity => "integer",
+                Accepts::OneOf(_) => "enum",
+                Accepts::Any | Accepts::ReadOnly => "string",
+            };
+            let context = if s.accepts == Accepts::ReadOnly {
+                "internal"
+            } else {
+                "user"
+            };
+            vec![
+                text(s.name),
+                text(s.default),
+                null_text(),
+                text("Millrace"),
+                text(s.description),
+                text(context),
+                text(vartype),
+                text("default"),
+                text(s.default),
+                boolean(false),
+            ]
+        })
+        .collect()
+}
+
 fn no_rows(_: &PgCatalogInfo) -> Vec<Vec<ScalarValue>> {
     vec![]
 }
@@ -908,6 +966,7 @@ const OWN_RELATIONS: &[OwnRelation] = &[
     ("pg_matviews", PG_MATVIEWS, pg_matviews_rows),
     ("pg_policy", PG_POLICY, no_rows),
     ("pg_statistic_ext", PG_STATISTIC_EXT, no_rows),
+    ("pg_settings", PG_SETTINGS, pg_settings_rows),
 ];
 
 /// A catalog function over OID arguments that looks relations up in the

@@ -38,11 +38,13 @@ pub fn rewrite_query(stmt: Statement) -> Statement {
             Box::new(CurrentUserVariableToSessionUserFunctionCall),
             Box::new(StripCollate),
             Box::new(RewritePgCatalogOperator),
+            Box::new(SystemClassRegclass),
             Box::new(RewriteRegCastToSubquery::new()),
             Box::new(NameDuplicateOutputs),
             Box::new(ArrayLiteralComparison),
             Box::new(LikeEscapeToBackslash),
             Box::new(GenerateSubscriptsToUnnest),
+            Box::new(ExpandArrayAndFieldAccess),
             Box::new(ArraySubqueryToAggregate),
             Box::new(ScalarSubqueryToLeftJoin),
             Box::new(AggregateScalarSubquery),
@@ -965,6 +967,129 @@ impl SqlStatementRewriteRule for ArrayLiteralComparison {
     }
 }
 
+/// `information_schema._pg_expandarray(a)` → `named_struct('x',
+/// unnest(a), 'n', unnest(generate_series(1, array_length(a, 1))))`: each
+/// element with its 1-based position, as a set-returning select item
+/// (pgjdbc reads primary keys this way), and `(composite).field` →
+/// `get_field(composite, 'field')`, the field access DataFusion plans.
+#[derive(Debug)]
+pub struct ExpandArrayAndFieldAccess;
+
+struct ExpandArrayVisitor;
+
+/// The arguments of a call to function `name` (any qualifier), if `e` is one.
+fn call_args<'a>(e: &'a Expr, name: &str) -> Option<Vec<&'a Expr>> {
+    let Expr::Function(f) = e else { return None };
+    let last = f.name.0.last()?.as_ident()?;
+    if !last.value.eq_ignore_ascii_case(name) {
+        return None;
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    list.args
+        .iter()
+        .map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+impl VisitorMut for ExpandArrayVisitor {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Some([array]) = call_args(expr, "_pg_expandarray").as_deref() {
+            let array = (*array).clone();
+            let one = Expr::value(Value::Number("1".into(), false));
+            let length = call("array_length", vec![array.clone(), one.clone()], vec![]);
+            let positions = call(
+                "unnest",
+                vec![call("generate_series", vec![one, length], vec![])],
+                vec![],
+            );
+            *expr = call(
+                "named_struct",
+                vec![
+                    string("x"),
+                    call("unnest", vec![array], vec![]),
+                    string("n"),
+                    positions,
+                ],
+                vec![],
+            );
+            return ControlFlow::Continue(());
+        }
+        if let Expr::CompoundFieldAccess { root, access_chain } = expr {
+            let fields: Option<Vec<String>> = access_chain
+                .iter()
+                .map(|a| match a {
+                    datafusion::sql::sqlparser::ast::AccessExpr::Dot(Expr::Identifier(i)) => {
+                        Some(i.value.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            if let (Some(fields), Expr::Nested(_)) = (fields, root.as_ref()) {
+                let mut value = (**root).clone();
+                for field in fields {
+                    value = call("get_field", vec![value, string(&field)], vec![]);
+                }
+                *expr = value;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+impl SqlStatementRewriteRule for ExpandArrayAndFieldAccess {
+    fn rewrite(&self, s: Statement) -> Statement {
+        visit_all(s, ExpandArrayVisitor)
+    }
+}
+
+/// `'pg_class'::regclass` → `1259`: a literal naming a `pg_catalog`
+/// relation resolves there first, as `pg_catalog` heads every PostgreSQL
+/// search path (pgjdbc joins `pg_description` on `'pg_class'::regclass`).
+/// Other names are left to the general `::regclass` rule.
+#[derive(Debug)]
+pub struct SystemClassRegclass;
+
+struct SystemClassVisitor;
+
+impl VisitorMut for SystemClassVisitor {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Expr::Cast {
+            expr: operand,
+            data_type,
+            ..
+        } = expr
+        {
+            let is_regclass = data_type
+                .to_string()
+                .to_ascii_lowercase()
+                .ends_with("regclass");
+            if let (true, Expr::Value(v)) = (is_regclass, operand.as_ref()) {
+                if let Value::SingleQuotedString(name) = &v.value {
+                    if let Some(oid) = super::pg_catalog::system_class_oid(name) {
+                        *expr = Expr::value(Value::Number(oid.to_string(), false));
+                    }
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+impl SqlStatementRewriteRule for SystemClassRegclass {
+    fn rewrite(&self, s: Statement) -> Statement {
+        visit_all(s, SystemClassVisitor)
+    }
+}
+
 /// `x LIKE pattern ESCAPE 'c'` → `x LIKE <pattern with backslash escapes>`,
 /// the only escape DataFusion's `LIKE` takes. The pattern may be any
 /// expression (SQLAlchemy sends `$1::VARCHAR || '%'`), so the translation
@@ -1285,6 +1410,36 @@ mod tests {
         assert_eq!(
             rewritten("SELECT n FROM t WHERE n LIKE 'a\\_%' ESCAPE '\\'"),
             "SELECT n FROM t WHERE n LIKE 'a\\_%' ESCAPE '\\'"
+        );
+    }
+
+    #[test]
+    fn system_class_names_resolve_to_their_oids() {
+        assert_eq!(
+            rewritten("SELECT 1 FROM d WHERE d.classoid = 'pg_class'::regclass"),
+            "SELECT 1 FROM d WHERE d.classoid = 1259"
+        );
+        assert_eq!(
+            rewritten("SELECT 1 FROM d WHERE d.classoid = 'pg_catalog.pg_class'::regclass"),
+            "SELECT 1 FROM d WHERE d.classoid = 1259"
+        );
+    }
+
+    #[test]
+    fn expandarray_becomes_unnest_and_field_access_get_field() {
+        assert_eq!(
+            rewritten(
+                "SELECT (information_schema._pg_expandarray(i.indkey)).n AS seq, \
+                 information_schema._pg_expandarray(i.indkey) AS keys FROM i"
+            ),
+            "SELECT get_field((named_struct('x', unnest(i.indkey), 'n', \
+             unnest(generate_series(1, array_length(i.indkey, 1))))), 'n') AS seq, \
+             named_struct('x', unnest(i.indkey), 'n', \
+             unnest(generate_series(1, array_length(i.indkey, 1)))) AS keys FROM i"
+        );
+        assert_eq!(
+            rewritten("SELECT r.a FROM r WHERE r.a = (r.keys).x"),
+            "SELECT r.a FROM r WHERE r.a = get_field((r.keys), 'x')"
         );
     }
 
