@@ -164,6 +164,23 @@ async fn psql_describe_commands() -> anyhow::Result<()> {
     );
     let indexes = psql(&server, "\\di")?;
     anyhow::ensure!(indexes.contains("orders_pkey"), "{indexes}");
+    // The verbose listings: sizes are not tracked and print empty.
+    let tables_verbose = psql(&server, "\\dt+")?;
+    anyhow::ensure!(
+        tables_verbose.contains("public | orders | table") && tables_verbose.contains("heap"),
+        "{tables_verbose}"
+    );
+    let matviews_verbose = psql(&server, "\\dm+")?;
+    anyhow::ensure!(matviews_verbose.contains("totals"), "{matviews_verbose}");
+    let indexes_verbose = psql(&server, "\\di+")?;
+    anyhow::ensure!(
+        indexes_verbose.contains("orders_pkey | index"),
+        "{indexes_verbose}"
+    );
+    let databases_verbose = psql(&server, "\\l+")?;
+    anyhow::ensure!(databases_verbose.contains("UTF-8"), "{databases_verbose}");
+    let functions = psql(&server, "\\df")?;
+    anyhow::ensure!(functions.contains("(0 rows)"), "{functions}");
 
     let view = psql(&server, "\\d+ big_orders")?;
     for needle in [

@@ -29,7 +29,127 @@ pub fn udfs() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(JsonBuildObject::new()),
         ScalarUDF::new_from_impl(ToRegtype::new()),
         ScalarUDF::new_from_impl(CurrentSetting::new()),
+        ScalarUDF::new_from_impl(SizePretty::new()),
     ]
+    .into_iter()
+    .chain(UNKNOWN_VALUED.iter().map(|(name, ty)| {
+        ScalarUDF::new_from_impl(Unknown {
+            name,
+            return_type: ty.clone(),
+            signature: Signature::variadic_any(Volatility::Stable),
+        })
+    }))
+    .collect()
+}
+
+/// Functions whose answer Millrace does not track, answered NULL
+/// (PostgreSQL's "unknown"): on-disk sizes, which psql's `\dt+` and
+/// `\l+` show; the signatures of user-defined functions, of which
+/// Millrace has none (`\df` lists nothing); comments on shared objects
+/// (databases), which cannot be set.
+const UNKNOWN_VALUED: &[(&str, DataType)] = &[
+    ("pg_table_size", DataType::Int64),
+    ("pg_relation_size", DataType::Int64),
+    ("pg_indexes_size", DataType::Int64),
+    ("pg_database_size", DataType::Int64),
+    ("pg_get_function_result", DataType::Utf8),
+    ("pg_get_function_arguments", DataType::Utf8),
+    ("pg_get_function_identity_arguments", DataType::Utf8),
+    ("shobj_description", DataType::Utf8),
+];
+
+/// A function answered NULL for every row (see [`UNKNOWN_VALUED`]).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Unknown {
+    name: &'static str,
+    return_type: DataType,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Unknown {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DFResult<DataType> {
+        Ok(self.return_type.clone())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        Ok(ColumnarValue::Array(
+            datafusion::arrow::array::new_null_array(&self.return_type, args.number_rows),
+        ))
+    }
+}
+
+/// `pg_size_pretty(bigint)`: a byte count in bytes, kB, MB, GB, TB or PB,
+/// switching units and rounding exactly as PostgreSQL does.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SizePretty {
+    signature: Signature,
+}
+
+impl SizePretty {
+    fn new() -> Self {
+        Self {
+            signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
+        }
+    }
+}
+
+/// PostgreSQL's `pg_size_pretty` for `bigint`.
+fn size_pretty(bytes: i64) -> String {
+    // (name, limit, rounded, bits) as in PostgreSQL's size_pretty_units.
+    const UNITS: &[(&str, i64, bool, u32)] = &[
+        ("bytes", 10 * 1024, false, 0),
+        ("kB", 20 * 1024 - 1, true, 10),
+        ("MB", 20 * 1024 - 1, true, 20),
+        ("GB", 20 * 1024 - 1, true, 30),
+        ("TB", 20 * 1024 - 1, true, 40),
+        ("PB", 20 * 1024 - 1, true, 50),
+    ];
+    let half_rounded = |x: i64| (x + if x < 0 { -1 } else { 1 }) / 2;
+    let mut size = bytes;
+    for (i, &(name, limit, round, bits)) in UNITS.iter().enumerate() {
+        let next = UNITS.get(i + 1);
+        if next.is_none() || size.unsigned_abs() < limit as u64 {
+            if round {
+                size = half_rounded(size);
+            }
+            return format!("{size} {name}");
+        }
+        if let Some(&(_, _, next_round, next_bits)) = next {
+            let shift = next_bits - bits - u32::from(next_round) + u32::from(round);
+            size /= 1i64 << shift;
+        }
+    }
+    format!("{size} bytes")
+}
+
+impl ScalarUDFImpl for SizePretty {
+    fn name(&self) -> &str {
+        "pg_size_pretty"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let sizes = arrays[0].as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let out: datafusion::arrow::array::StringArray =
+            sizes.iter().map(|v| v.map(size_pretty)).collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
 }
 
 /// The client session's settings (lower-cased name to value), carried in
@@ -397,6 +517,18 @@ mod tests {
         assert_eq!(type_oid("jsonb"), Some(3802));
         assert_eq!(type_oid("hstore"), None);
         assert_eq!(type_oid("not a type at all"), None);
+    }
+
+    #[test]
+    fn sizes_print_as_postgresql_prints_them() {
+        assert_eq!(size_pretty(0), "0 bytes");
+        assert_eq!(size_pretty(10239), "10239 bytes");
+        assert_eq!(size_pretty(10240), "10 kB");
+        assert_eq!(size_pretty(1_000_000), "977 kB");
+        assert_eq!(size_pretty(20_970_000), "20 MB");
+        assert_eq!(size_pretty(-10240), "-10 kB");
+        assert_eq!(size_pretty(1 << 50), "1024 TB");
+        assert_eq!(size_pretty(i64::MAX), "8192 PB");
     }
 
     #[test]
