@@ -25,12 +25,15 @@ use pgwire::api::auth::{
     finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
     ServerParameterProvider, StartupHandler,
 };
+use pgwire::api::copy::{send_copy_in_response, send_copy_out_response, CopyHandler};
 use pgwire::api::portal::{Format, Portal, PortalExecutionState};
 use pgwire::api::query::{
     send_execution_response, send_query_response, send_ready_for_query, ExtendedQueryHandler,
     SimpleQueryHandler,
 };
-use pgwire::api::results::{DescribeResponse, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{
+    CopyResponse, DescribeResponse, FieldInfo, QueryResponse, Response, Tag,
+};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::{Entry, MemPortalStore, PortalStore};
 use pgwire::api::{
@@ -38,6 +41,7 @@ use pgwire::api::{
     PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type, DEFAULT_NAME,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::{NoData, ParameterDescription};
 use pgwire::messages::extendedquery::{Describe, Execute, TARGET_TYPE_BYTE_STATEMENT};
 use pgwire::messages::response::{EmptyQueryResponse, NoticeResponse};
@@ -48,6 +52,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+pub mod copy;
 mod encode;
 pub mod session;
 pub mod settings;
@@ -333,6 +338,7 @@ impl MillraceHandler {
         let write = is_write(&cmd);
         let result = match cmd {
             Command::Sql(stmt) => match *stmt {
+                stmt @ Statement::Copy { .. } => self.copy(text, &session, &stmt).await,
                 Statement::Declare { stmts } => {
                     self.declare(client, text, &session, &stmts, params).await
                 }
@@ -516,6 +522,89 @@ impl MillraceHandler {
         Ok(Ok(Response::Execution(Tag::new("DECLARE CURSOR"))))
     }
 
+    /// `COPY ... TO STDOUT` runs the query and answers the rows as COPY
+    /// data; `COPY ... FROM STDIN` checks the table and columns and opens
+    /// the session's copy-in, which [`CopyHandler`] fills and commits.
+    async fn copy(
+        &self,
+        text: &StatementText,
+        session: &SharedSession,
+        stmt: &Statement,
+    ) -> PgWireResult<Result<Response, MillraceError>> {
+        let plan = match copy::plan(stmt) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        match plan {
+            copy::CopyPlan::Out { query, options } => {
+                let checked = lock(session).check_statement(false, "COPY");
+                if let Err(e) = checked {
+                    return Ok(Err(e));
+                }
+                let engine_options = engine_options(&self.engine, session);
+                let output = self
+                    .engine
+                    .execute_parsed(text, query, None, &engine_options)
+                    .await;
+                let (schema, batches) = match output {
+                    Ok(QueryOutput::Rows { schema, batches }) => (schema, batches),
+                    Ok(_) => {
+                        return Ok(Err(MillraceError::plan(
+                            "COPY needs a query that returns rows",
+                        )))
+                    }
+                    Err(e) => return Ok(Err(e)),
+                };
+                let chunks = copy::encode_out(&schema, &batches, &options)?;
+                let data = stream::iter(chunks.into_iter().map(|c| Ok(CopyData::new(c))));
+                Ok(Ok(Response::CopyOut(CopyResponse::new(
+                    options.wire_format(),
+                    schema.fields().len(),
+                    data,
+                ))))
+            }
+            copy::CopyPlan::In {
+                table,
+                columns,
+                options,
+            } => {
+                let checked = lock(session).check_statement(true, "COPY");
+                if let Err(e) = checked {
+                    return Ok(Err(e));
+                }
+                let schema = match self.engine.table_schema(&table).await {
+                    Ok(s) => s,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let columns = if columns.is_empty() {
+                    schema.fields().iter().map(|f| f.name().clone()).collect()
+                } else {
+                    columns
+                };
+                if let Some(missing) = columns.iter().find(|c| schema.field_with_name(c).is_err()) {
+                    return Ok(Err(MillraceError::Data {
+                        sqlstate: "42703",
+                        message: format!(
+                            "column \"{missing}\" of relation \"{table}\" does not exist"
+                        ),
+                    }));
+                }
+                let count = columns.len();
+                lock(session).copy_in = Some(copy::CopyIn {
+                    table,
+                    columns,
+                    options,
+                    data: bytes::BytesMut::new(),
+                });
+                Ok(Ok(Response::CopyIn(CopyResponse::new(
+                    0,
+                    count,
+                    stream::empty(),
+                ))))
+            }
+        }
+    }
+
     /// `FETCH [FORWARD] n | ALL | NEXT FROM name`.
     async fn fetch<C>(
         &self,
@@ -685,6 +774,11 @@ impl SimpleQueryHandler for MillraceHandler {
                             break;
                         }
                     }
+                    // COPY FROM STDIN takes over the connection until its
+                    // data is done; ReadyForQuery follows that.
+                    if matches!(client.state(), PgWireConnectionState::CopyInProgress(_)) {
+                        return Ok(());
+                    }
                 }
                 outcome
             }
@@ -750,8 +844,13 @@ where
                 .feed(PgWireBackendMessage::ErrorResponse((*e).into()))
                 .await?;
         }
-        Response::CopyIn(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {
-            return Err(user_error(MillraceError::not_supported("COPY")));
+        Response::CopyOut(copy) => send_copy_out_response(client, copy).await?,
+        Response::CopyIn(copy) => {
+            send_copy_in_response(client, copy).await?;
+            client.set_state(PgWireConnectionState::CopyInProgress(false));
+        }
+        Response::CopyBoth(_) => {
+            return Err(user_error(MillraceError::not_supported("COPY BOTH")));
         }
     }
     Ok(())
@@ -854,6 +953,95 @@ impl ExtendedQueryHandler for MillraceHandler {
     }
 }
 
+#[async_trait]
+impl CopyHandler for MillraceHandler {
+    async fn on_copy_data<C>(&self, client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client);
+        let mut session = lock(&session);
+        let Some(copy_in) = session.copy_in.as_mut() else {
+            return Err(user_error(MillraceError::Data {
+                sqlstate: "08P01",
+                message: "COPY data without a COPY in progress".into(),
+            }));
+        };
+        if copy_in.data.len() + copy_data.data.len() > copy::MAX_COPY_IN_BYTES {
+            session.copy_in = None;
+            return Err(user_error(MillraceError::Data {
+                sqlstate: "54000",
+                message: format!(
+                    "COPY data exceeds {} bytes; split it into several COPY statements",
+                    copy::MAX_COPY_IN_BYTES
+                ),
+            }));
+        }
+        copy_in.data.extend_from_slice(&copy_data.data);
+        Ok(())
+    }
+
+    /// Parses all the data and commits every row, or none; answers `COPY n`.
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client);
+        let copy_in = lock(&session).copy_in.take();
+        let Some(copy_in) = copy_in else {
+            return Err(user_error(MillraceError::Data {
+                sqlstate: "08P01",
+                message: "COPY done without a COPY in progress".into(),
+            }));
+        };
+        let result = match copy::parse_in(
+            &copy_in.data,
+            copy_in.columns.len(),
+            &copy_in.table,
+            &copy_in.options,
+        ) {
+            Ok((rows, first_line)) => {
+                self.engine
+                    .copy_in(&copy_in.table, &copy_in.columns, &rows, first_line)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        lock(&session).statement_done(true, result.is_ok());
+        client.set_transaction_status(lock(&session).status());
+        match result {
+            Ok(rows) => {
+                client
+                    .send(PgWireBackendMessage::CommandComplete(
+                        Tag::new("COPY").with_rows(rows).into(),
+                    ))
+                    .await?;
+                Ok(())
+            }
+            Err(e) => Err(user_error(e)),
+        }
+    }
+
+    async fn on_copy_fail<C>(&self, client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client);
+        lock(&session).copy_in = None;
+        lock(&session).statement_done(true, false);
+        user_error(MillraceError::Data {
+            sqlstate: "57014",
+            message: format!("COPY from stdin failed: {}", fail.message),
+        })
+    }
+}
+
 /// The startup `ParameterStatus` values: the session's reported settings.
 struct SessionParameters(Vec<(String, String)>);
 
@@ -940,6 +1128,10 @@ impl PgWireServerHandlers for HandlerFactory {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.handler.clone()
+    }
+
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
         self.handler.clone()
     }
 }

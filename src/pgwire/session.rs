@@ -79,6 +79,8 @@ pub struct Session {
     cursors: BTreeMap<String, bool>,
     /// The session user, shown by `session_authorization`.
     user: String,
+    /// A `COPY ... FROM STDIN` receiving data.
+    pub copy_in: Option<super::copy::CopyIn>,
 }
 
 fn state_error(sqlstate: &'static str, message: impl Into<String>) -> MillraceError {

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, Weak};
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::compute::{cast_with_options, CastOptions};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::CatalogProvider;
@@ -1361,6 +1361,54 @@ impl Engine {
         })
     }
 
+    /// The columns of table `name` (for `COPY ... FROM STDIN`), or an
+    /// error naming why rows cannot be copied into it.
+    pub async fn table_schema(&self, name: &str) -> Result<SchemaRef> {
+        let state = self.writer.lock().await;
+        match state.tables.get(name) {
+            Some(t) => Ok(t.contents.schema().clone()),
+            None if state.catalog.contains_key(name) => Err(MillraceError::Data {
+                sqlstate: "42809",
+                message: format!("cannot copy to \"{name}\": it is not a table"),
+            }),
+            None => Err(MillraceError::UnknownRelation(name.to_string())),
+        }
+    }
+
+    /// `COPY table [(columns)] FROM STDIN`: rows of text fields (`None` for
+    /// NULL) for `columns`, in order; other columns are NULL. Each field is
+    /// read as its column's type the way a quoted literal would be; the
+    /// first that cannot be is reported with its line (`first_line` is the
+    /// line number of `rows[0]`). All rows are committed as one change, or
+    /// none.
+    pub async fn copy_in(
+        &self,
+        table: &str,
+        columns: &[String],
+        rows: &[Vec<Option<String>>],
+        first_line: usize,
+    ) -> Result<usize> {
+        let mut state = self.writer.lock().await;
+        let schema = state
+            .tables
+            .get(table)
+            .map(|t| t.contents.schema().clone())
+            .ok_or_else(|| MillraceError::UnknownRelation(table.to_string()))?;
+        let mut arrays = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            let position = columns.iter().position(|c| c == field.name());
+            let text: StringArray = match position {
+                Some(p) => rows.iter().map(|r| r[p].as_deref()).collect(),
+                None => rows.iter().map(|_| None::<&str>).collect(),
+            };
+            arrays.push(copy_cast(&text, field, table, first_line)?);
+        }
+        let batch = RecordBatch::try_new(relaxed(&schema), arrays)?;
+        let rows = self.conform_and_commit(&mut state, table, &schema, vec![batch], 1)?;
+        self.publish(&mut state);
+        Ok(rows)
+    }
+
     /// Casts batches to the table's schema and commits them with `weight`.
     fn conform_and_commit(
         &self,
@@ -2130,6 +2178,42 @@ fn rename_outputs(plan: LogicalPlan, schema: &SchemaRef) -> Result<LogicalPlan> 
 async fn execute_plan(state: &SessionState, plan: &LogicalPlan) -> Result<Vec<RecordBatch>> {
     let physical = state.create_physical_plan(plan).await?;
     Ok(collect(physical, state.task_ctx()).await?)
+}
+
+/// Reads a column of `COPY` text fields as `field`'s type. On failure,
+/// finds the first field that does not read, to name its line and value.
+fn copy_cast(
+    text: &StringArray,
+    field: &Field,
+    table: &str,
+    first_line: usize,
+) -> Result<ArrayRef> {
+    let options = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let whole = cast_with_options(text, field.data_type(), &options);
+    match whole {
+        Ok(array) => Ok(array),
+        Err(e) => {
+            for row in 0..text.len() {
+                let one = text.slice(row, 1);
+                if cast_with_options(&one, field.data_type(), &options).is_err() {
+                    return Err(MillraceError::Data {
+                        sqlstate: "22P02",
+                        message: format!(
+                            "invalid input syntax for type {}: \"{}\" (COPY {table}, line {}, column {})",
+                            column_type_name(field),
+                            text.value(row),
+                            first_line + row,
+                            field.name()
+                        ),
+                    });
+                }
+            }
+            Err(e.into())
+        }
+    }
 }
 
 /// Casts `columns` to the types of `schema` (erroring on values that do

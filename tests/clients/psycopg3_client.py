@@ -64,6 +64,22 @@ check(conn.execute("SELECT customer, n, total FROM p3_totals ORDER BY customer")
 # The empty query (SQLAlchemy's ping with psycopg).
 conn.execute(";")
 
+# COPY in and out through psycopg's copy API.
+with conn.cursor() as cur:
+    with cur.copy("COPY p3_orders (id, customer, amount) FROM STDIN") as copy:
+        copy.write_row((10, "cora", decimal.Decimal("4.00")))
+        copy.write_row((11, "tab\there", None))
+    with cur.copy("COPY (SELECT id, customer, amount FROM p3_orders WHERE id >= 10 ORDER BY id) TO STDOUT") as copy:
+        check(list(copy.rows()), [("10", "cora", "4.00"), ("11", "tab\there", None)], "copy out rows")
+    try:
+        with cur.copy("COPY p3_orders (id, amount) FROM STDIN") as copy:
+            copy.write("12\t1.00\n13\tnot-a-number\n")
+        raise AssertionError("bad COPY data accepted")
+    except psycopg.errors.InvalidTextRepresentation as e:
+        check("line 2" in str(e), True, f"line named in {e}")
+    check(conn.execute("SELECT count(*) FROM p3_orders WHERE id >= 12").fetchone(), (0,), "failed copy committed nothing")
+    conn.execute("DELETE FROM p3_orders WHERE id >= 10")
+
 conn.close()
 
 # Transactions: the connection opens a block; errors abort it.
