@@ -45,8 +45,9 @@ pub fn udfs() -> Vec<ScalarUDF> {
 /// Functions whose answer Millrace does not track, answered NULL
 /// (PostgreSQL's "unknown"): on-disk sizes, which psql's `\dt+` and
 /// `\l+` show; the signatures of user-defined functions, of which
-/// Millrace has none (`\df` lists nothing); comments on shared objects
-/// (databases), which cannot be set.
+/// Millrace has none (`\df` lists nothing), and of triggers, of which it
+/// has none either; comments on shared objects (databases), which cannot
+/// be set.
 const UNKNOWN_VALUED: &[(&str, DataType)] = &[
     ("pg_table_size", DataType::Int64),
     ("pg_relation_size", DataType::Int64),
@@ -56,6 +57,7 @@ const UNKNOWN_VALUED: &[(&str, DataType)] = &[
     ("pg_get_function_arguments", DataType::Utf8),
     ("pg_get_function_identity_arguments", DataType::Utf8),
     ("shobj_description", DataType::Utf8),
+    ("pg_get_triggerdef", DataType::Utf8),
 ];
 
 /// A function answered NULL for every row (see [`UNKNOWN_VALUED`]).
