@@ -42,6 +42,9 @@ make_env() {
 make_env sa14 SQLAlchemy==1.4.54 psycopg2-binary==2.9.10
 make_env sa2 SQLAlchemy==2.0.58 psycopg2-binary==2.9.10 'psycopg[binary]==3.3.9'
 make_env sa21 SQLAlchemy==2.1.9 psycopg2-binary==2.9.10 'psycopg[binary]==3.3.9'
+# Apache Superset itself: it needs rich, psycopg2, cachetools and a
+# Flask-Caching before 2.4 besides what it declares.
+make_env superset apache-superset==6.1.0 rich psycopg2-binary==2.9.10 cachetools 'flask-caching<2.4'
 
 cargo build --locked --all-targets
 cargo test --locked --all-targets -- --test-threads=2

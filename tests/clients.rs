@@ -32,7 +32,8 @@ fn psql(server: &TestServer, command: &str) -> anyhow::Result<String> {
 
 /// The Python interpreter of virtual environment `env` (see
 /// `scripts/test.sh`: `sa14` holds SQLAlchemy 1.4 with psycopg2, `sa2` and
-/// `sa21` SQLAlchemy 2.0 and 2.1 with psycopg2 and psycopg 3).
+/// `sa21` SQLAlchemy 2.0 and 2.1 with psycopg2 and psycopg 3, `superset`
+/// Apache Superset 6.1).
 fn python(env: &str) -> anyhow::Result<std::path::PathBuf> {
     let root = match std::env::var_os("MILLRACE_PYTHON_ENVS") {
         Some(dir) => std::path::PathBuf::from(dir),
@@ -93,6 +94,27 @@ fn sqlalchemy_2_0_and_2_1_inspectors_with_psycopg2_and_psycopg3() -> anyhow::Res
     run_client(&server, "sa2", "sqlalchemy_client.py", &["psycopg"])?;
     run_client(&server, "sa21", "sqlalchemy_client.py", &["psycopg2"])?;
     run_client(&server, "sa21", "sqlalchemy_client.py", &["psycopg"])
+}
+
+/// Apache Superset from PyPI, in its own environment (`scripts/test.sh`):
+/// Millrace registered as a database, a dataset on a materialized view,
+/// and a chart query through Superset's REST API.
+#[tokio::test]
+async fn superset_dataset_and_chart_on_a_materialized_view() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let client = server.connect().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE superset_orders (id bigint PRIMARY KEY, customer varchar(20),
+                                           amount numeric(10,2), placed timestamp);
+             INSERT INTO superset_orders VALUES (1, 'ann', 10.50, '2026-01-01 10:00:00'),
+               (2, 'bob', 3.25, '2026-01-02 10:00:00'), (3, 'ann', 7.00, '2026-01-03 10:00:00');
+             CREATE MATERIALIZED VIEW superset_totals AS
+               SELECT customer, count(*) AS n, sum(amount) AS total
+               FROM superset_orders GROUP BY customer;",
+        )
+        .await?;
+    run_client(&server, "superset", "superset_client.py", &[])
 }
 
 /// pgjdbc from Debian's `libpostgresql-jdbc-java`, run on Debian's JDK
