@@ -56,9 +56,10 @@ pub mod copy;
 mod encode;
 pub mod session;
 pub mod settings;
+pub mod subscribe;
 
 use crate::error::MillraceError;
-use crate::sql::statement::{parse_statement, split_statements, Command, StatementText};
+use crate::sql::statement::{parse_statement, split_statements, Command, StatementText, Subscribe};
 use crate::sql::{Engine, EngineOptions, QueryOutput};
 use session::{is_session_statement, Session, SessionReply};
 pub use settings::SERVER_VERSION;
@@ -279,9 +280,11 @@ fn fetch_count(direction: &FetchDirection) -> Result<usize, MillraceError> {
 /// transactions, counted in transaction blocks).
 fn is_write(cmd: &Command) -> bool {
     match cmd {
-        Command::Flush | Command::ShowObjects(_) | Command::ShowCreate(..) | Command::Empty => {
-            false
-        }
+        Command::Flush
+        | Command::ShowObjects(_)
+        | Command::ShowCreate(..)
+        | Command::Empty
+        | Command::Subscribe(_) => false,
         Command::CreateSource(_) | Command::CreateSink(_) | Command::DropSource { .. } => true,
         Command::Sql(stmt) => {
             !is_session_statement(stmt)
@@ -380,6 +383,9 @@ impl MillraceHandler {
                     .await
                 }
             },
+            Command::Subscribe(subscribe) => {
+                self.subscribe(client, text, &session, subscribe).await
+            }
             cmd => {
                 self.run_on_engine(text, cmd, params, format, &session, write)
                     .await
@@ -605,6 +611,59 @@ impl MillraceHandler {
         }
     }
 
+    /// `DECLARE c CURSOR [WITH HOLD] FOR SUBSCRIBE TO relation`: opens the
+    /// subscription (see [`subscribe`]) under the cursor's name. A portal
+    /// of that name describes its rows for clients that ask (psycopg 3).
+    async fn subscribe<C>(
+        &self,
+        client: &mut C,
+        text: &StatementText,
+        session: &SharedSession,
+        subscribe: Subscribe,
+    ) -> PgWireResult<Result<Response, MillraceError>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+    {
+        let Some((name, hold)) = subscribe.cursor else {
+            return Ok(Err(MillraceError::not_supported(
+                "SUBSCRIBE outside a cursor: DECLARE c CURSOR FOR SUBSCRIBE TO relation, then FETCH ALL FROM c",
+            )));
+        };
+        if let Err(e) = lock(session).check_declare(&name, hold) {
+            return Ok(Err(e));
+        }
+        let (schema, changes) = match self
+            .engine
+            .subscribe(&subscribe.relation, subscribe.snapshot)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e)),
+        };
+        let subscription = subscribe::Subscription::new(&schema, changes);
+        if let Some(store) = portal_store(client) {
+            let statement = PreparedStatement {
+                text: text.clone(),
+                command: Command::Empty,
+                param_types: vec![],
+                schema: subscription.schema().clone(),
+            };
+            store.put_portal(Arc::new(Portal::new_cursor(
+                name.clone(),
+                Arc::new(StoredStatement::new(name.clone(), statement, vec![])),
+            )));
+        }
+        let mut session = lock(session);
+        if let Err(e) = session.declare_cursor(&name, hold) {
+            return Ok(Err(e));
+        }
+        session
+            .subscriptions
+            .insert(name, Arc::new(tokio::sync::Mutex::new(subscription)));
+        Ok(Ok(Response::Execution(Tag::new("DECLARE CURSOR"))))
+    }
+
     /// `FETCH [FORWARD] n | ALL | NEXT FROM name`.
     async fn fetch<C>(
         &self,
@@ -623,6 +682,18 @@ impl MillraceHandler {
         };
         if let Err(e) = lock(session).cursor_exists(name) {
             return Ok(Err(e));
+        }
+        let subscription = lock(session).subscriptions.get(name).cloned();
+        if let Some(subscription) = subscription {
+            let mut subscription = subscription.lock().await;
+            let batches = match subscription.fetch(count).await {
+                Ok(b) => b,
+                Err(e) => return Ok(Err(e)),
+            };
+            let mut response =
+                rows_response(subscription.schema().clone(), batches, &Format::UnifiedText)?;
+            response.set_command_tag("FETCH");
+            return Ok(Ok(Response::Query(response)));
         }
         let portal = match portal_store(client).and_then(|s| s.get_portal(name)) {
             Some(Entry::Value(p)) => p,

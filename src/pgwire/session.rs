@@ -81,7 +81,12 @@ pub struct Session {
     user: String,
     /// A `COPY ... FROM STDIN` receiving data.
     pub copy_in: Option<super::copy::CopyIn>,
+    /// Cursors declared `FOR SUBSCRIBE`, by name (also in `cursors`).
+    pub subscriptions: BTreeMap<String, SharedSubscription>,
 }
+
+/// A subscription cursor, read by `FETCH` outside the session lock.
+pub type SharedSubscription = std::sync::Arc<tokio::sync::Mutex<super::subscribe::Subscription>>;
 
 fn state_error(sqlstate: &'static str, message: impl Into<String>) -> MillraceError {
     MillraceError::Data {
@@ -318,10 +323,14 @@ impl Session {
     /// Forgets cursor `name` (or every cursor), returning the names closed.
     pub fn close_cursor(&mut self, name: Option<&str>) -> Result<Vec<String>> {
         match name {
-            None => Ok(std::mem::take(&mut self.cursors).into_keys().collect()),
+            None => {
+                self.subscriptions.clear();
+                Ok(std::mem::take(&mut self.cursors).into_keys().collect())
+            }
             Some(n) => {
                 self.cursor_exists(n)?;
                 self.cursors.remove(n);
+                self.subscriptions.remove(n);
                 Ok(vec![n.to_string()])
             }
         }
@@ -459,6 +468,7 @@ impl Session {
             .collect();
         for name in &closing {
             self.cursors.remove(name);
+            self.subscriptions.remove(name);
         }
         reply.closed_cursors = closing;
         reply

@@ -118,6 +118,8 @@ struct EngineState {
     sources: HashMap<String, SourceSpec>,
     /// Running sinks by name.
     sinks: HashMap<String, SinkHandle>,
+    /// Open `SUBSCRIBE`s.
+    subscribers: Vec<Subscriber>,
     next_id: u64,
     epoch: u64,
     /// When the current contents were last made visible to readers, if
@@ -130,6 +132,20 @@ struct EngineState {
     pg_info: Option<Arc<PgCatalogInfo>>,
     /// Names and schemas of the system relations.
     system_relations: Vec<(String, SchemaRef)>,
+}
+
+/// How many epochs a `SUBSCRIBE` may fall behind before it is ended, so
+/// that a client that stops reading cannot grow the server's memory.
+pub const SUBSCRIBE_BACKLOG: usize = 4096;
+
+/// One epoch's change to a subscribed relation: the epoch and the change.
+pub type SubscribedChange = (u64, ChangeBatch);
+
+/// An open `SUBSCRIBE`, fed after each commit.
+struct Subscriber {
+    relation: String,
+    schema: SchemaRef,
+    tx: tokio::sync::mpsc::Sender<SubscribedChange>,
 }
 
 /// Options for opening an engine.
@@ -677,6 +693,9 @@ impl Engine {
                         vec![vec![entry.name.clone(), entry.create_sql.clone()]],
                     )
                 }
+                Command::Subscribe(_) => Err(MillraceError::not_supported(
+                    "SUBSCRIBE outside a client session",
+                )),
                 Command::Sql(stmt) => self.execute_sql(state, text, *stmt, params).await,
             }
         })
@@ -1304,6 +1323,21 @@ impl Engine {
                 sink.send(change);
             }
         }
+        let epoch = state.epoch;
+        // A subscriber whose client is gone, or which fell too far behind,
+        // is dropped; its stream then ends.
+        state
+            .subscribers
+            .retain(|sub| match deltas.get(&sub.relation) {
+                None => !sub.tx.is_closed(),
+                Some(change) => match change.with_schema(sub.schema.clone()) {
+                    Ok(change) => sub.tx.try_send((epoch, change)).is_ok(),
+                    Err(e) => {
+                        warn!(relation = %sub.relation, error = %e, "subscription ended");
+                        false
+                    }
+                },
+            });
         state.epoch += 1;
         let due = state
             .last_publish
@@ -1359,6 +1393,54 @@ impl Engine {
             tag: "INSERT 0".to_string(),
             rows: Some(rows),
         })
+    }
+
+    /// `SUBSCRIBE`: a stream of `relation`'s changes, each with the epoch
+    /// that committed it; with `snapshot`, first its current rows (at the
+    /// last committed epoch) as one change of inserts. The stream ends
+    /// when the relation is dropped, or when the reader falls more than
+    /// [`SUBSCRIBE_BACKLOG`] epochs behind.
+    pub async fn subscribe(
+        &self,
+        relation: &str,
+        snapshot: bool,
+    ) -> Result<(SchemaRef, tokio::sync::mpsc::Receiver<SubscribedChange>)> {
+        let mut state = self.writer.lock().await;
+        let (schema, contents) = if let Some(t) = state.tables.get(relation) {
+            (t.contents.schema().clone(), &t.contents)
+        } else if let Some(v) = state.views.iter().find(|v| v.name == relation) {
+            let schema = state
+                .catalog
+                .get(relation)
+                .map(|e| e.schema.clone())
+                .unwrap_or_else(|| v.contents.schema().clone());
+            (schema, &v.contents)
+        } else if state.catalog.contains_key(relation) {
+            return Err(MillraceError::Data {
+                sqlstate: "42809",
+                message: format!(
+                    "cannot subscribe to \"{relation}\": only tables and materialized views have changes"
+                ),
+            });
+        } else {
+            return Err(MillraceError::UnknownRelation(relation.to_string()));
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBE_BACKLOG);
+        if snapshot {
+            let parts = contents.as_change_batches()?;
+            let all = ChangeBatch::concat(schema.clone(), &parts)?;
+            if !all.is_empty() {
+                let last_committed = state.epoch.saturating_sub(1);
+                // The channel is new and empty: this cannot be full.
+                let _ = tx.try_send((last_committed, all));
+            }
+        }
+        state.subscribers.push(Subscriber {
+            relation: relation.to_string(),
+            schema: schema.clone(),
+            tx,
+        });
+        Ok((schema, rx))
     }
 
     /// The columns of table `name` (for `COPY ... FROM STDIN`), or an
@@ -1952,6 +2034,7 @@ impl Engine {
             state.views.retain(|v| &v.name != name);
             state.sources.remove(name);
             state.sinks.remove(name);
+            state.subscribers.retain(|s| &s.relation != name);
             self.readers_mut().retain(|r| {
                 let gone = &r.source == name || &r.view == name;
                 if gone {

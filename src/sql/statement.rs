@@ -101,10 +101,99 @@ pub enum Command {
         /// Drop dependents too.
         cascade: bool,
     },
+    /// `SUBSCRIBE [TO] relation [WITH (snapshot = bool)]`, or
+    /// `DECLARE c CURSOR [WITH HOLD] FOR SUBSCRIBE ...`.
+    Subscribe(Subscribe),
     /// Anything sqlparser parses.
     Sql(Box<Statement>),
     /// An empty statement (only whitespace or comments).
     Empty,
+}
+
+/// A parsed `SUBSCRIBE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    /// The table or view whose changes are streamed.
+    pub relation: String,
+    /// Send the current rows first (the default).
+    pub snapshot: bool,
+    /// When declared as a cursor: its name and whether it is `WITH HOLD`.
+    pub cursor: Option<(String, bool)>,
+}
+
+/// Parses `SUBSCRIBE` and `DECLARE ... FOR SUBSCRIBE`; `None` for any
+/// other statement.
+fn parse_subscribe(tokens: &[Token]) -> Option<Result<Subscribe>> {
+    let syntax = |message: &str| {
+        Some(Err(MillraceError::Parse {
+            message: message.to_string(),
+            position: None,
+        }))
+    };
+    let (cursor, rest) = if keyword(tokens.first()?) == Some(Keyword::DECLARE) {
+        let for_at = tokens
+            .iter()
+            .position(|t| keyword(t) == Some(Keyword::FOR))?;
+        if !tokens
+            .get(for_at + 1)
+            .is_some_and(|t| is_word(t, "SUBSCRIBE"))
+        {
+            return None;
+        }
+        let name = object_name(tokens.get(1..2)?)?;
+        let modifiers: Vec<String> = tokens[2..for_at]
+            .iter()
+            .map(|t| t.to_string().to_ascii_uppercase())
+            .collect();
+        let hold =
+            match modifiers.join(" ").as_str() {
+                "CURSOR"
+                | "NO SCROLL CURSOR"
+                | "CURSOR WITHOUT HOLD"
+                | "NO SCROLL CURSOR WITHOUT HOLD" => false,
+                "CURSOR WITH HOLD" | "NO SCROLL CURSOR WITH HOLD" => true,
+                _ => return syntax(
+                    "DECLARE ... FOR SUBSCRIBE takes [NO SCROLL] CURSOR [WITH HOLD | WITHOUT HOLD]",
+                ),
+            };
+        (Some((name, hold)), &tokens[for_at + 2..])
+    } else if is_word(tokens.first()?, "SUBSCRIBE") {
+        (None, &tokens[1..])
+    } else {
+        return None;
+    };
+    let rest = match rest.first() {
+        Some(t) if keyword(t) == Some(Keyword::TO) => &rest[1..],
+        _ => rest,
+    };
+    let with_at = rest
+        .iter()
+        .position(|t| keyword(t) == Some(Keyword::WITH))
+        .unwrap_or(rest.len());
+    let Some(relation) = object_name(&rest[..with_at]) else {
+        return syntax("SUBSCRIBE needs the name of a table or view: SUBSCRIBE TO name [WITH (snapshot = false)]");
+    };
+    let mut snapshot = true;
+    match &rest[with_at..] {
+        [] => {}
+        [_with, Token::LParen, name, Token::Eq, value, Token::RParen]
+            if is_word(name, "SNAPSHOT") =>
+        {
+            snapshot = match value {
+                Token::Word(w) if w.value.eq_ignore_ascii_case("true") => true,
+                Token::Word(w) if w.value.eq_ignore_ascii_case("false") => false,
+                Token::SingleQuotedString(v) if v.eq_ignore_ascii_case("true") => true,
+                Token::SingleQuotedString(v) if v.eq_ignore_ascii_case("false") => false,
+                _ => return syntax("SUBSCRIBE option snapshot takes true or false"),
+            };
+        }
+        _ => return syntax("SUBSCRIBE takes one option: WITH (snapshot = true | false)"),
+    }
+    Some(Ok(Subscribe {
+        relation,
+        snapshot,
+        cursor,
+    }))
 }
 
 /// A parsed `CREATE SOURCE`.
@@ -267,6 +356,9 @@ pub fn parse_statement(whole: &str, stmt: &StatementText) -> Result<Command> {
             && is_word(&tokens[1], "SINK")
         {
             return parse_create_sink(&stmt.text).map_err(relocate);
+        }
+        if let Some(subscribe) = parse_subscribe(&tokens) {
+            return subscribe.map(Command::Subscribe).map_err(relocate);
         }
         if let Some(cmd) = own_command(&tokens) {
             return Ok(cmd);
@@ -611,6 +703,42 @@ fn own_command(tokens: &[Token]) -> Option<Command> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subscribe_statements() {
+        let t = |sql: &str| {
+            parse_statement(
+                sql,
+                &StatementText {
+                    offset: 0,
+                    text: sql.to_string(),
+                },
+            )
+        };
+        let Ok(Command::Subscribe(s)) = t("SUBSCRIBE TO Totals") else {
+            panic!("not parsed")
+        };
+        assert_eq!(
+            (s.relation.as_str(), s.snapshot, s.cursor),
+            ("totals", true, None)
+        );
+        let Ok(Command::Subscribe(s)) = t("SUBSCRIBE totals WITH (snapshot = false)") else {
+            panic!("not parsed")
+        };
+        assert!(!s.snapshot);
+        let Ok(Command::Subscribe(s)) =
+            t("DECLARE c CURSOR WITH HOLD FOR SUBSCRIBE TO totals WITH (snapshot = 'true')")
+        else {
+            panic!("not parsed")
+        };
+        assert_eq!(s.cursor, Some(("c".to_string(), true)));
+        assert!(t("SUBSCRIBE TO").is_err());
+        assert!(t("SUBSCRIBE TO t WITH (snapshot = maybe)").is_err());
+        assert!(matches!(
+            t("DECLARE c CURSOR FOR SELECT 1"),
+            Ok(Command::Sql(_))
+        ));
+    }
 
     #[test]
     fn splits_on_top_level_semicolons_only() {

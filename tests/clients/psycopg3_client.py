@@ -113,6 +113,17 @@ with conn.transaction():
         check([d.name for d in cur.description], ["id", "customer"], "server cursor description")
         check(cur.fetchone(), (1, "ann"), "first row")
         check(cur.fetchall(), [(2, "bob")], "remaining rows")
+# SUBSCRIBE through a server cursor: the snapshot, then a change.
+with conn.transaction():
+    with conn.cursor(name="p3_changes") as cur:
+        cur.execute("SUBSCRIBE TO p3_totals")
+        check([d.name for d in cur.description], ["epoch", "weight", "customer", "n", "total"], "subscribe columns")
+        snapshot = sorted((w, c, n, t) for _, w, c, n, t in cur.fetchmany(10))
+        check(snapshot, [(1, "ann", 1, decimal.Decimal("10.50")), (1, "bob", 1, decimal.Decimal("1.50"))], "snapshot rows")
+        with psycopg.connect(DSN, autocommit=True) as writer:
+            writer.execute("INSERT INTO p3_orders (id, customer, amount) VALUES (20, 'bob', 2)")
+        changes = sorted((w, c, n, t) for _, w, c, n, t in cur.fetchmany(10))
+        check(changes, [(-1, "bob", 1, decimal.Decimal("1.50")), (1, "bob", 2, decimal.Decimal("3.50"))], "change rows")
 conn.close()
 
 conn = psycopg.connect(DSN, autocommit=True)
