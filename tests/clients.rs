@@ -55,16 +55,21 @@ fn run_client(server: &TestServer, env: &str, script: &str, args: &[&str]) -> an
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/clients")
         .join(script);
-    let out = Command::new(python(env)?)
-        .arg(path)
-        .arg(server.port.to_string())
-        .args(args)
-        .output()?;
+    let mut command = Command::new(python(env)?);
+    command.arg(path).arg(server.port.to_string()).args(args);
+    run_checked(command, &format!("{script} {args:?}"))
+}
+
+/// Runs a client program, which prints "... ok" when all its checks hold.
+fn run_checked(mut command: Command, what: &str) -> anyhow::Result<()> {
+    let out = command.output().map_err(|e| {
+        anyhow::anyhow!("{what} could not start ({e}); scripts/test.sh installs the clients")
+    })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     anyhow::ensure!(
         out.status.success() && stdout.contains(" ok"),
-        "{script} {args:?} failed:\n{stdout}\n{stderr}"
+        "{what} failed:\n{stdout}\n{stderr}"
     );
     Ok(())
 }
@@ -130,21 +135,11 @@ fn pgjdbc_prepared_statements_metadata_and_fetch_size() -> anyhow::Result<()> {
     let server = TestServer::start()?;
     let source =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/JdbcClient.java");
-    let out = Command::new("java")
-        .args(["-cp", &jar])
+    let mut java = Command::new("java");
+    java.args(["-cp", &jar])
         .arg(source)
-        .arg(server.port.to_string())
-        .output()
-        .map_err(|e| {
-            anyhow::anyhow!("java is not installed ({e}); scripts/test.sh installs a JDK")
-        })?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    anyhow::ensure!(
-        out.status.success() && stdout.contains("jdbc ok"),
-        "JdbcClient failed:\n{stdout}\n{stderr}"
-    );
-    Ok(())
+        .arg(server.port.to_string());
+    run_checked(java, "JdbcClient (java)")
 }
 
 #[tokio::test]

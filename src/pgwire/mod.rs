@@ -489,18 +489,11 @@ impl MillraceHandler {
         if let Err(e) = lock(session).check_declare(&name, hold) {
             return Ok(Err(e));
         }
-        let options = engine_options(&self.engine, session);
-        let output = self
-            .engine
-            .execute_parsed(text, query.clone(), params, &options)
-            .await;
-        let (schema, batches) = match output {
-            Ok(QueryOutput::Rows { schema, batches }) => (schema, batches),
-            Ok(_) => {
-                return Ok(Err(MillraceError::plan(
-                    "DECLARE CURSOR needs a query that returns rows",
-                )))
-            }
+        let (schema, batches) = match self
+            .query_rows(text, query.clone(), params, session, "DECLARE CURSOR")
+            .await
+        {
+            Ok(rows) => rows,
             Err(e) => return Ok(Err(e)),
         };
         let Some(store) = portal_store(client) else {
@@ -528,6 +521,29 @@ impl MillraceHandler {
         Ok(Ok(Response::Execution(Tag::new("DECLARE CURSOR"))))
     }
 
+    /// Runs a query for `what` (a cursor, a copy) with the session's
+    /// options, requiring rows back.
+    async fn query_rows(
+        &self,
+        text: &StatementText,
+        query: Command,
+        params: Option<ParamValues>,
+        session: &SharedSession,
+        what: &str,
+    ) -> Result<(SchemaRef, Vec<datafusion::arrow::array::RecordBatch>), MillraceError> {
+        let options = engine_options(&self.engine, session);
+        match self
+            .engine
+            .execute_parsed(text, query, params, &options)
+            .await?
+        {
+            QueryOutput::Rows { schema, batches } => Ok((schema, batches)),
+            _ => Err(MillraceError::plan(format!(
+                "{what} needs a query that returns rows"
+            ))),
+        }
+    }
+
     /// `COPY ... TO STDOUT` runs the query and answers the rows as COPY
     /// data; `COPY ... FROM STDIN` checks the table and columns and opens
     /// the session's copy-in, which [`CopyHandler`] fills and commits.
@@ -547,20 +563,11 @@ impl MillraceHandler {
                 if let Err(e) = checked {
                     return Ok(Err(e));
                 }
-                let engine_options = engine_options(&self.engine, session);
-                let output = self
-                    .engine
-                    .execute_parsed(text, query, None, &engine_options)
-                    .await;
-                let (schema, batches) = match output {
-                    Ok(QueryOutput::Rows { schema, batches }) => (schema, batches),
-                    Ok(_) => {
-                        return Ok(Err(MillraceError::plan(
-                            "COPY needs a query that returns rows",
-                        )))
-                    }
-                    Err(e) => return Ok(Err(e)),
-                };
+                let (schema, batches) =
+                    match self.query_rows(text, query, None, session, "COPY").await {
+                        Ok(rows) => rows,
+                        Err(e) => return Ok(Err(e)),
+                    };
                 let chunks = copy::encode_out(&schema, &batches, &options)?;
                 let data = stream::iter(chunks.into_iter().map(|c| Ok(CopyData::new(c))));
                 Ok(Ok(Response::CopyOut(CopyResponse::new(

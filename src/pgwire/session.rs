@@ -416,11 +416,18 @@ impl Session {
             failed: false,
             writes_applied: 0,
         });
-        self.apply_modes(modes, &mut reply)?;
+        self.apply_modes(modes, "", &mut reply)?;
         Ok(reply)
     }
 
-    fn apply_modes(&mut self, modes: &[TransactionMode], reply: &mut SessionReply) -> Result<()> {
+    /// Applies transaction modes (`READ ONLY`, `ISOLATION LEVEL ...`) to
+    /// the current block, or with `prefix` "default_" to the session.
+    fn apply_modes(
+        &mut self,
+        modes: &[TransactionMode],
+        prefix: &str,
+        reply: &mut SessionReply,
+    ) -> Result<()> {
         for mode in modes {
             let (name, value) = match mode {
                 TransactionMode::AccessMode(TransactionAccessMode::ReadOnly) => {
@@ -433,7 +440,8 @@ impl Session {
                     ("transaction_isolation", isolation_name(level))
                 }
             };
-            self.assign(name, Some(value), true, reply)?;
+            let block_local = prefix.is_empty();
+            self.assign(&format!("{prefix}{name}"), Some(value), block_local, reply)?;
         }
         Ok(())
     }
@@ -577,26 +585,13 @@ impl Session {
             Set::SetNamesDefault {} => self.assign("client_encoding", None, false, &mut reply)?,
             Set::SetTransaction { modes, session, .. } => {
                 if *session {
-                    for mode in modes {
-                        let (name, value) = match mode {
-                            TransactionMode::AccessMode(TransactionAccessMode::ReadOnly) => {
-                                ("default_transaction_read_only", "on")
-                            }
-                            TransactionMode::AccessMode(TransactionAccessMode::ReadWrite) => {
-                                ("default_transaction_read_only", "off")
-                            }
-                            TransactionMode::IsolationLevel(level) => {
-                                ("default_transaction_isolation", isolation_name(level))
-                            }
-                        };
-                        self.assign(name, Some(value), false, &mut reply)?;
-                    }
+                    self.apply_modes(modes, "default_", &mut reply)?;
                 } else if self.block.is_none() {
                     reply
                         .warnings
                         .push("SET TRANSACTION can only be used in transaction blocks".into());
                 } else {
-                    self.apply_modes(modes, &mut reply)?;
+                    self.apply_modes(modes, "", &mut reply)?;
                 }
             }
             other => {
