@@ -250,6 +250,7 @@ fn output_name(e: &Expr) -> String {
             .map(|i| i.value.clone())
             .unwrap_or_else(|| "?column?".into()),
         Expr::Named { name, .. } => name.value.clone(),
+        Expr::Case { .. } => "case".into(),
         Expr::Nested(e) | Expr::Cast { expr: e, .. } => output_name(e),
         Expr::Subquery(q) => match q.body.as_ref() {
             SetExpr::Select(s) => match s.projection.as_slice() {
@@ -853,46 +854,29 @@ fn name_duplicates(body: &mut SetExpr) {
     };
     let mut seen: Vec<String> = Vec::new();
     for item in &mut select.projection {
-        // A function call's column is named after the function, as in
-        // PostgreSQL (`count`, not `count(*)`), a subquery's after its
-        // output.
-        if let SelectItem::UnnamedExpr(
-            e @ (Expr::Function(_) | Expr::Cast { .. } | Expr::Subquery(_) | Expr::Nested(_)),
-        ) = item
-        {
-            let base = output_name(e);
-            let name = std::iter::once(base.clone())
-                .chain((2..).map(|k| format!("{base}_{k}")))
-                .find(|a| !seen.contains(a))
-                .unwrap_or(base);
-            seen.push(name.clone());
-            *item = SelectItem::ExprWithAlias {
-                expr: e.clone(),
-                alias: Ident::with_quote('"', name),
-            };
-            continue;
-        }
-        let key = match item {
-            SelectItem::UnnamedExpr(e) => e.to_string(),
-            SelectItem::ExprWithAlias { alias, .. } => alias.value.clone(),
-            _ => continue,
-        };
-        if seen.contains(&key) {
-            if let SelectItem::UnnamedExpr(e) = item {
+        match item {
+            // A column keeps its name; a function call is named after the
+            // function, as in PostgreSQL (`count`, not `count(*)`), a
+            // subquery after its output, a `CASE` `case`, and any other
+            // expression `?column?` (`SELECT 1 + 1`). Repeats get `_2`...
+            SelectItem::UnnamedExpr(e) => {
+                let is_column = matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_));
                 let base = output_name(e);
-                let alias = (2..)
-                    .map(|k| format!("{base}_{k}"))
+                let name = std::iter::once(base.clone())
+                    .chain((2..).map(|k| format!("{base}_{k}")))
                     .find(|a| !seen.contains(a))
-                    .unwrap_or(base);
-                seen.push(alias.clone());
-                *item = SelectItem::ExprWithAlias {
-                    expr: e.clone(),
-                    alias: Ident::with_quote('"', alias),
-                };
-                continue;
+                    .unwrap_or_else(|| base.clone());
+                seen.push(name.clone());
+                if !is_column || name != base {
+                    *item = SelectItem::ExprWithAlias {
+                        expr: e.clone(),
+                        alias: Ident::with_quote('"', name),
+                    };
+                }
             }
+            SelectItem::ExprWithAlias { alias, .. } => seen.push(alias.value.clone()),
+            _ => {}
         }
-        seen.push(key);
     }
 }
 
@@ -1417,11 +1401,11 @@ mod tests {
     fn system_class_names_resolve_to_their_oids() {
         assert_eq!(
             rewritten("SELECT 1 FROM d WHERE d.classoid = 'pg_class'::regclass"),
-            "SELECT 1 FROM d WHERE d.classoid = 1259"
+            "SELECT 1 AS \"?column?\" FROM d WHERE d.classoid = 1259"
         );
         assert_eq!(
             rewritten("SELECT 1 FROM d WHERE d.classoid = 'pg_catalog.pg_class'::regclass"),
-            "SELECT 1 FROM d WHERE d.classoid = 1259"
+            "SELECT 1 AS \"?column?\" FROM d WHERE d.classoid = 1259"
         );
     }
 
@@ -1487,8 +1471,8 @@ mod tests {
     #[test]
     fn array_strings_compared_become_arrays() {
         assert_eq!(
-            rewritten("SELECT 1 FROM p WHERE p.roles = '{0}' OR p.n = '{a}' OR p.t = 'x'"),
-            "SELECT 1 FROM p WHERE p.roles = ARRAY[0] OR p.n = ARRAY['a'] OR p.t = 'x'"
+            rewritten("SELECT 1 AS \"?column?\" FROM p WHERE p.roles = '{0}' OR p.n = '{a}' OR p.t = 'x'"),
+            "SELECT 1 AS \"?column?\" FROM p WHERE p.roles = ARRAY[0] OR p.n = ARRAY['a'] OR p.t = 'x'"
         );
     }
 
@@ -1499,7 +1483,7 @@ mod tests {
                 "SELECT a, NULL, NULL, a, (SELECT sum(x) FROM u)::bigint, \
                  (SELECT sum(y) FROM u)::bigint FROM t"
             ),
-            "SELECT a, NULL, NULL AS \"?column?_2\", a AS \"a_2\", (SELECT sum(x) AS \"sum\" FROM u)::BIGINT AS \"sum\", \
+            "SELECT a, NULL AS \"?column?\", NULL AS \"?column?_2\", a AS \"a_2\", (SELECT sum(x) AS \"sum\" FROM u)::BIGINT AS \"sum\", \
              (SELECT sum(y) AS \"sum\" FROM u)::BIGINT AS \"sum_2\" FROM t"
         );
     }
@@ -1508,7 +1492,7 @@ mod tests {
     fn psql_operator_and_collate() {
         assert_eq!(
             rewritten("SELECT 1 FROM pg_class c WHERE c.relname OPERATOR(pg_catalog.~) '^(t)$' COLLATE pg_catalog.default"),
-            "SELECT 1 FROM pg_catalog.pg_class c WHERE c.relname ~ '^(t)$'"
+            "SELECT 1 AS \"?column?\" FROM pg_catalog.pg_class c WHERE c.relname ~ '^(t)$'"
         );
     }
 }
