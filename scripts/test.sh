@@ -4,11 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real clients the tests drive: psql (the quickstart check and \d
-# commands), and pgjdbc from Debian's package on Debian's JDK.
+# Real clients the tests drive: psql (the quickstart check, \d commands
+# and TLS), pgjdbc from Debian's package on Debian's JDK, and openssl to
+# make the TLS test's certificate.
 packages=()
 command -v psql >/dev/null 2>&1 || packages+=(postgresql-client)
 command -v java >/dev/null 2>&1 || packages+=(default-jdk-headless)
+command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 [ -e "${MILLRACE_JDBC_JAR:-/usr/share/java/postgresql.jar}" ] || packages+=(libpostgresql-jdbc-java)
 if [ "${#packages[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${packages[*]}" >&2

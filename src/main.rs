@@ -32,6 +32,12 @@ enum CommandLine {
         /// SQL file to run once the server is up; existing objects are kept.
         #[arg(long)]
         init_sql: Option<PathBuf>,
+        /// PEM certificate chain for TLS (`sslmode=require`); needs --tls-key.
+        #[arg(long, env = "MILLRACE_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for TLS; needs --tls-cert.
+        #[arg(long, env = "MILLRACE_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Run Nexmark queries from the built-in generator into views and
     /// report throughput, CPU efficiency and peak memory.
@@ -107,6 +113,8 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             log_level,
             init_sql,
+            tls_cert,
+            tls_key,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_new(&log_level)
                 .with_context(|| format!("invalid --log-level {log_level:?}"))?;
@@ -129,6 +137,7 @@ fn main() -> anyhow::Result<()> {
                         listen,
                         data_dir,
                         init_sql,
+                        tls: tls_cert.zip(tls_key),
                     },
                     rx,
                 )

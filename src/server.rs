@@ -26,6 +26,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// SQL file run once the server is up.
     pub init_sql: Option<PathBuf>,
+    /// TLS certificate chain and private key (PEM files); without them
+    /// clients asking for TLS are told it is not offered.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Holds the exclusive lock on a data directory for the server's lifetime.
@@ -74,6 +77,10 @@ pub async fn run_init_sql(engine: &Engine, path: &Path) -> Result<()> {
 /// Runs the server until `shutdown` turns true. Prints the bound address as
 /// `listening on ADDR` on standard output once it accepts connections.
 pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Result<()> {
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(crate::pgwire::tls_acceptor(cert, key)?),
+        None => None,
+    };
     let _lock = lock_data_dir(&config.data_dir)?;
     let engine = Engine::open_dir(&config.data_dir).await?;
     let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
@@ -86,9 +93,9 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
     if let Some(path) = &config.init_sql {
         run_init_sql(&engine, path).await?;
     }
-    info!(%addr, data_dir = %config.data_dir.display(), "Millrace is ready");
+    info!(%addr, data_dir = %config.data_dir.display(), tls = config.tls.is_some(), "Millrace is ready");
     println!("listening on {addr}");
-    crate::pgwire::serve(Arc::clone(&engine), listener, shutdown).await?;
+    crate::pgwire::serve(Arc::clone(&engine), listener, tls, shutdown).await?;
     engine.flush_store()?;
     info!("state flushed; bye");
     Ok(())

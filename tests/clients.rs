@@ -281,3 +281,72 @@ async fn catalog_oids_and_comments_survive_a_restart() -> anyhow::Result<()> {
     drop(temp);
     Ok(())
 }
+
+/// TLS with a certificate and key given at start: psql with
+/// `sslmode=require` gets an encrypted session; a server without them
+/// refuses TLS, and a missing key file stops the server at start.
+#[test]
+fn tls_with_sslmode_require() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .map_err(|e| {
+            anyhow::anyhow!("openssl is not installed ({e}); scripts/test.sh installs it")
+        })?;
+    anyhow::ensure!(made.status.success(), "openssl failed: {made:?}");
+    let data = tempfile::tempdir()?;
+    let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+    let server = TestServer::start_on(
+        data.path(),
+        &["--tls-cert", &cert_arg, "--tls-key", &key_arg],
+    )?;
+    let secure = format!("{} sslmode=require", server.conn_str());
+    let out = Command::new("psql")
+        .arg(&secure)
+        .args(["-X", "-c", "\\conninfo", "-c", "SELECT 40 + 2 AS answer"])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success() && stdout.contains("SSL connection") && stdout.contains("42"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Plain connections still work when TLS is offered.
+    psql(&server, "SELECT 1")?;
+
+    let plain = TestServer::start()?;
+    let out = Command::new("psql")
+        .arg(format!("{} sslmode=require", plain.conn_str()))
+        .args(["-X", "-c", "SELECT 1"])
+        .output()?;
+    anyhow::ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("does not support SSL"),
+        "{out:?}"
+    );
+
+    let missing = dir.path().join("missing.key");
+    let missing_arg = missing.display().to_string();
+    let refused = TestServer::start_on(
+        tempfile::tempdir()?.path(),
+        &["--tls-cert", &cert_arg, "--tls-key", &missing_arg],
+    );
+    anyhow::ensure!(refused.is_err(), "a server started without its TLS key");
+    Ok(())
+}

@@ -1214,10 +1214,46 @@ impl PgWireServerHandlers for HandlerFactory {
     }
 }
 
-/// Serves the wire protocol on `listener` until `shutdown` turns true.
+/// A TLS acceptor from a PEM certificate chain and private key, offering
+/// TLS 1.2 and 1.3 (and ALPN `postgresql`, for direct TLS connections).
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<pgwire::tokio::TlsAcceptor, MillraceError> {
+    use pgwire::tokio::tokio_rustls::rustls;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        MillraceError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("TLS {what} {}: {e}", path.display()),
+        ))
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad("certificate", cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("certificate", cert, &e))?;
+    if certs.is_empty() {
+        return Err(bad("certificate", cert, &"no certificate in the file"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("key", key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("configuration for", cert, &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| bad("certificate and key", cert, &e))?;
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(pgwire::tokio::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves the wire protocol on `listener` until `shutdown` turns true,
+/// offering TLS when `tls` is given.
 pub async fn serve(
     engine: Arc<Engine>,
     listener: TcpListener,
+    tls: Option<pgwire::tokio::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let factory = Arc::new(HandlerFactory {
@@ -1236,8 +1272,9 @@ pub async fn serve(
                 };
                 let _ = socket.set_nodelay(true);
                 let factory = factory.clone();
+                let tls = tls.clone();
                 connections.spawn(async move {
-                    if let Err(e) = pgwire::tokio::process_socket(socket, None, factory).await {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, tls, factory).await {
                         debug!(%peer, error = %e, "connection closed with an error");
                     }
                 });
