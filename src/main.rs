@@ -38,6 +38,10 @@ enum CommandLine {
         /// PEM private key for TLS; needs --tls-cert.
         #[arg(long, env = "MILLRACE_TLS_KEY", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Client authentication: trust or scram (SCRAM-SHA-256 passwords).
+        /// Default: trust on a loopback address, scram on any other.
+        #[arg(long, env = "MILLRACE_AUTH", value_parser = ["trust", "scram"])]
+        auth: Option<String>,
     },
     /// Run Nexmark queries from the built-in generator into views and
     /// report throughput, CPU efficiency and peak memory.
@@ -115,6 +119,7 @@ fn main() -> anyhow::Result<()> {
             init_sql,
             tls_cert,
             tls_key,
+            auth,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_new(&log_level)
                 .with_context(|| format!("invalid --log-level {log_level:?}"))?;
@@ -138,6 +143,16 @@ fn main() -> anyhow::Result<()> {
                         data_dir,
                         init_sql,
                         tls: tls_cert.zip(tls_key),
+                        auth: auth.map(|a| {
+                            if a == "scram" {
+                                millrace::pgwire::AuthMode::Scram
+                            } else {
+                                millrace::pgwire::AuthMode::Trust
+                            }
+                        }),
+                        // Read from the environment only, never a flag, so
+                        // that it does not show in process listings.
+                        password: std::env::var("MILLRACE_PASSWORD").ok(),
                     },
                     rx,
                 )

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::error::{MillraceError, Result};
+use crate::pgwire::AuthMode;
 use crate::sql::{Engine, EngineOptions};
 
 /// Default address the server listens on.
@@ -29,6 +30,12 @@ pub struct ServerConfig {
     /// TLS certificate chain and private key (PEM files); without them
     /// clients asking for TLS are told it is not offered.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// How clients authenticate; `None`: trust on a loopback address,
+    /// SCRAM passwords on any other.
+    pub auth: Option<AuthMode>,
+    /// A password for the user `millrace`, set (and the user created) at
+    /// start.
+    pub password: Option<String>,
 }
 
 /// Holds the exclusive lock on a data directory for the server's lifetime.
@@ -90,12 +97,30 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
         ))
     })?;
     let addr: SocketAddr = listener.local_addr()?;
+    if let Some(password) = &config.password {
+        engine
+            .users()
+            .set_password(crate::sql::users::DEFAULT_USER, Some(password), true)?;
+    }
+    let auth = config.auth.unwrap_or(if addr.ip().is_loopback() {
+        AuthMode::Trust
+    } else {
+        AuthMode::Scram
+    });
+    if auth == AuthMode::Scram && engine.users().count() == 0 {
+        return Err(MillraceError::execution(format!(
+            "password authentication is required on {addr}, but no user has a password: \
+             set MILLRACE_PASSWORD to give the user \"{}\" one",
+            crate::sql::users::DEFAULT_USER
+        )));
+    }
     if let Some(path) = &config.init_sql {
         run_init_sql(&engine, path).await?;
     }
     info!(%addr, data_dir = %config.data_dir.display(), tls = config.tls.is_some(), "Millrace is ready");
     println!("listening on {addr}");
-    crate::pgwire::serve(Arc::clone(&engine), listener, tls, shutdown).await?;
+    info!(?auth, "client authentication");
+    crate::pgwire::serve(Arc::clone(&engine), listener, tls, auth, shutdown).await?;
     engine.flush_store()?;
     info!("state flushed; bye");
     Ok(())

@@ -350,3 +350,79 @@ fn tls_with_sslmode_require() -> anyhow::Result<()> {
     anyhow::ensure!(refused.is_err(), "a server started without its TLS key");
     Ok(())
 }
+
+/// Runs psql with a password; returns (success, stdout, stderr).
+fn psql_as(
+    server: &TestServer,
+    user: &str,
+    password: &str,
+    sql: &str,
+) -> anyhow::Result<(bool, String, String)> {
+    let out = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user={user} dbname=dev",
+            server.port
+        ))
+        .args(["-X", "-At", "-c", sql])
+        .env("PGPASSWORD", password)
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    ))
+}
+
+/// SCRAM-SHA-256 passwords: the start-up password of `millrace`, users made
+/// with `CREATE USER ... PASSWORD`, wrong passwords and unknown users
+/// refused, users kept across a restart and gone after `DROP USER`; and a
+/// server that requires passwords refuses to start when nobody has one.
+#[test]
+fn scram_password_authentication() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let args = ["--auth", "scram"];
+    let server =
+        TestServer::start_with_env(data.path(), &args, &[("MILLRACE_PASSWORD", "s3cret")])?;
+    let (ok, out, err) = psql_as(
+        &server,
+        "millrace",
+        "s3cret",
+        "CREATE USER alice WITH PASSWORD 'wonder'",
+    )?;
+    anyhow::ensure!(ok && out.contains("CREATE ROLE"), "{out}{err}");
+    let (ok, out, err) = psql_as(&server, "alice", "wonder", "SELECT session_user")?;
+    anyhow::ensure!(ok && out.trim() == "alice", "{out}{err}");
+    let (ok, _, err) = psql_as(&server, "alice", "wrong", "SELECT 1")?;
+    anyhow::ensure!(!ok && err.contains("authentication failed"), "{err}");
+    let (ok, _, err) = psql_as(&server, "nobody", "x", "SELECT 1")?;
+    anyhow::ensure!(!ok && err.contains("authentication failed"), "{err}");
+    let (ok, out, err) = psql_as(
+        &server,
+        "millrace",
+        "s3cret",
+        "ALTER USER alice WITH PASSWORD 'land'",
+    )?;
+    anyhow::ensure!(ok, "{out}{err}");
+    server.stop()?;
+
+    // Users persist; the old password no longer works.
+    let server = TestServer::start_on(data.path(), &args)?;
+    let (ok, _, err) = psql_as(&server, "alice", "wonder", "SELECT 1")?;
+    anyhow::ensure!(!ok, "old password accepted: {err}");
+    let (ok, out, err) = psql_as(&server, "alice", "land", "SELECT 1")?;
+    anyhow::ensure!(ok && out.trim() == "1", "{out}{err}");
+    let (ok, _, err) = psql_as(&server, "millrace", "s3cret", "DROP USER alice")?;
+    anyhow::ensure!(ok, "{err}");
+    let (ok, _, _) = psql_as(&server, "alice", "land", "SELECT 1")?;
+    anyhow::ensure!(!ok, "a dropped user logged in");
+    let (ok, _, err) = psql_as(&server, "millrace", "s3cret", "DROP USER alice")?;
+    anyhow::ensure!(!ok && err.contains("does not exist"), "{err}");
+    server.stop()?;
+
+    let empty = tempfile::tempdir()?;
+    anyhow::ensure!(
+        TestServer::start_on(empty.path(), &args).is_err(),
+        "a server requiring passwords started with no user able to log in"
+    );
+    Ok(())
+}

@@ -21,9 +21,11 @@ use datafusion::sql::sqlparser::ast::{
     CloseCursor, Declare, FetchDirection, Statement, Value as SqlValue,
 };
 use futures::{stream, Sink, SinkExt, StreamExt};
+use pgwire::api::auth::sasl::scram::ScramAuth;
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::{
-    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
-    ServerParameterProvider, StartupHandler,
+    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata, AuthSource,
+    LoginInfo, Password, ServerParameterProvider, StartupHandler,
 };
 use pgwire::api::copy::{send_copy_in_response, send_copy_out_response, CopyHandler};
 use pgwire::api::portal::{Format, Portal, PortalExecutionState};
@@ -99,7 +101,23 @@ type SharedSession = Arc<Mutex<Session>>;
 fn session_of<C: ClientInfo>(client: &C) -> SharedSession {
     client
         .session_extensions()
-        .get_or_insert_with(|| Mutex::new(Session::default()))
+        .get_or_insert_with(|| Mutex::new(new_session(client)))
+}
+
+/// A session for the client's user, with its startup parameters applied
+/// (`options` too: `-c name=value`, as `PGOPTIONS` sends them).
+fn new_session<C: ClientInfo>(client: &C) -> Session {
+    let metadata = client.metadata();
+    let user = metadata.get("user").cloned().unwrap_or_default();
+    let mut startup: Vec<(&str, &str)> = metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != "options")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    if let Some(options) = metadata.get("options") {
+        startup.extend(startup_options(options));
+    }
+    Session::new(&user, startup)
 }
 
 /// Locks a session; a panic while it was held cannot leave it half
@@ -1120,15 +1138,17 @@ impl CopyHandler for MillraceHandler {
     }
 }
 
-/// The startup `ParameterStatus` values: the session's reported settings.
-struct SessionParameters(Vec<(String, String)>);
+/// The startup `ParameterStatus` values: the reported settings of the
+/// session the client's startup parameters make.
+#[derive(Debug, Default)]
+pub struct SessionParameters;
 
 impl ServerParameterProvider for SessionParameters {
-    fn server_parameters<C>(&self, _client: &C) -> Option<HashMap<String, String>>
+    fn server_parameters<C>(&self, client: &C) -> Option<HashMap<String, String>>
     where
         C: ClientInfo,
     {
-        Some(self.0.iter().cloned().collect())
+        Some(new_session(client).reported().into_iter().collect())
     }
 }
 
@@ -1150,6 +1170,72 @@ fn startup_options(options: &str) -> Vec<(&str, &str)> {
     pairs
 }
 
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Every client is taken at its word (local development).
+    Trust,
+    /// SCRAM-SHA-256 against the users' stored verifiers
+    /// (`CREATE USER ... PASSWORD`); cleartext and MD5 are not offered.
+    Scram,
+}
+
+/// The users' SCRAM verifiers, for the SASL handshake.
+#[derive(Debug)]
+struct UserVerifiers(Arc<crate::sql::users::Users>);
+
+impl std::fmt::Debug for crate::sql::users::Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Users({})", self.count())
+    }
+}
+
+#[async_trait]
+impl AuthSource for UserVerifiers {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        let user = login.user().unwrap_or_default();
+        match self
+            .0
+            .get(user)
+            .and_then(|u| Some((u.salt, u.salted_password?)))
+        {
+            Some((salt, salted)) => Ok(Password::new(Some(salt), salted)),
+            None => Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "28P01".into(),
+                format!("password authentication failed for user \"{user}\""),
+            )))),
+        }
+    }
+}
+
+/// The startup handler of one connection: trust, or a SASL exchange.
+pub enum Startup {
+    /// Trust authentication.
+    Trust(Arc<MillraceHandler>),
+    /// SCRAM-SHA-256 (its state is the connection's own).
+    Scram(Box<SASLAuthStartupHandler<SessionParameters>>),
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self {
+            Startup::Trust(h) => h.on_startup(client, message).await,
+            Startup::Scram(h) => h.on_startup(client, message).await,
+        }
+    }
+}
+
 #[async_trait]
 impl StartupHandler for MillraceHandler {
     async fn on_startup<C>(
@@ -1168,20 +1254,7 @@ impl StartupHandler for MillraceHandler {
             let (pid, key) = self.pids.generate(client);
             client.set_pid_and_secret_key(pid, key);
             // Trust authentication: the user and database are taken as given.
-            let metadata = client.metadata();
-            let user = metadata.get("user").cloned().unwrap_or_default();
-            let mut startup_settings: Vec<(&str, &str)> = metadata
-                .iter()
-                .filter(|(k, _)| k.as_str() != "options")
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            if let Some(options) = metadata.get("options") {
-                startup_settings.extend(startup_options(options));
-            }
-            let session = Session::new(&user, startup_settings);
-            let parameters = SessionParameters(session.reported());
-            client.session_extensions().insert(Mutex::new(session));
-            finish_authentication(client, &parameters).await?;
+            finish_authentication(client, &SessionParameters).await?;
             debug_assert!(matches!(
                 client.state(),
                 PgWireConnectionState::ReadyForQuery
@@ -1191,9 +1264,11 @@ impl StartupHandler for MillraceHandler {
     }
 }
 
-/// The set of handlers `pgwire` asks for.
+/// The set of handlers `pgwire` asks for, once per connection.
 pub struct HandlerFactory {
     handler: Arc<MillraceHandler>,
+    auth: AuthMode,
+    users: Arc<crate::sql::users::Users>,
 }
 
 impl PgWireServerHandlers for HandlerFactory {
@@ -1206,7 +1281,16 @@ impl PgWireServerHandlers for HandlerFactory {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        self.handler.clone()
+        Arc::new(match self.auth {
+            AuthMode::Trust => Startup::Trust(self.handler.clone()),
+            AuthMode::Scram => {
+                let mut scram = ScramAuth::new(Arc::new(UserVerifiers(self.users.clone())));
+                scram.set_iterations(crate::sql::users::SCRAM_ITERATIONS);
+                Startup::Scram(Box::new(
+                    SASLAuthStartupHandler::new(Arc::new(SessionParameters)).with_scram(scram),
+                ))
+            }
+        })
     }
 
     fn copy_handler(&self) -> Arc<impl CopyHandler> {
@@ -1254,10 +1338,13 @@ pub async fn serve(
     engine: Arc<Engine>,
     listener: TcpListener,
     tls: Option<pgwire::tokio::TlsAcceptor>,
+    auth: AuthMode,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let factory = Arc::new(HandlerFactory {
+        users: engine.users().clone(),
         handler: Arc::new(MillraceHandler::new(engine)),
+        auth,
     });
     let mut connections = tokio::task::JoinSet::new();
     loop {

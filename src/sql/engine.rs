@@ -41,6 +41,7 @@ use super::statement::{
 };
 use super::table::TableState;
 use super::types::{arrow_to_sql_name, sql_to_arrow, SQL_TYPE_KEY};
+use super::users::Users;
 use crate::error::{MillraceError, Result};
 use crate::sink::{build_sink, spawn_sink, SinkHandle, SinkTarget};
 use crate::source::{
@@ -174,6 +175,8 @@ pub struct Engine {
     pg_shared: SharedCatalog,
     schema: Arc<MemorySchemaProvider>,
     store: Arc<dyn StateStore>,
+    /// Login users, read by authentication without the writer lock.
+    users: Arc<Users>,
 }
 
 fn lower_name(name: &ObjectName) -> Result<String> {
@@ -243,6 +246,7 @@ impl Engine {
             .register_catalog(CATALOG_NAME.to_string(), catalog);
         let pg_shared = SharedCatalog::default();
         let base_state = pg_catalog::install(base_state, CATALOG_NAME, pg_shared.clone())?;
+        let users = Arc::new(Users::load(store.clone())?);
         let engine = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             readers: std::sync::Mutex::new(Vec::new()),
@@ -252,6 +256,7 @@ impl Engine {
             pg_shared,
             schema,
             store,
+            users,
         });
         let system = engine.register_system_relations()?;
         engine.writer.lock().await.system_relations = system;
@@ -725,6 +730,12 @@ impl Engine {
             Statement::Insert(_) => self.insert(state, stmt, params).await,
             Statement::Update(u) => self.update(state, u, params).await,
             Statement::Delete(d) => self.delete(state, d, params).await,
+            Statement::CreateRole(_)
+            | Statement::AlterRole { .. }
+            | Statement::Drop {
+                object_type: ObjectType::Role | ObjectType::User,
+                ..
+            } => self.manage_users(&stmt),
             Statement::Drop {
                 object_type,
                 if_exists,
@@ -1393,6 +1404,91 @@ impl Engine {
             tag: "INSERT 0".to_string(),
             rows: Some(rows),
         })
+    }
+
+    /// The login users.
+    pub fn users(&self) -> &Arc<Users> {
+        &self.users
+    }
+
+    /// `CREATE ROLE | USER`, `ALTER ROLE | USER ... PASSWORD`, `DROP ROLE |
+    /// USER`: login users with SCRAM verifiers (see [`Users`]).
+    fn manage_users(&self, stmt: &Statement) -> Result<QueryOutput> {
+        use datafusion::sql::sqlparser::ast::{
+            AlterRoleOperation, Expr, Password, RoleOption, Value,
+        };
+        fn password_text(p: &Password) -> Result<Option<String>> {
+            match p {
+                Password::NullPassword => Ok(None),
+                Password::Password(Expr::Value(v)) => match &v.value {
+                    Value::SingleQuotedString(s) => Ok(Some(s.clone())),
+                    _ => Err(MillraceError::plan("a password must be a quoted string")),
+                },
+                Password::Password(_) => {
+                    Err(MillraceError::plan("a password must be a quoted string"))
+                }
+            }
+        }
+        match stmt {
+            Statement::CreateRole(role) => {
+                let password = match &role.password {
+                    Some(p) => password_text(p)?,
+                    None => None,
+                };
+                for name in &role.names {
+                    self.users.create(
+                        &lower_name(name)?,
+                        password.as_deref(),
+                        role.if_not_exists,
+                    )?;
+                }
+                Ok(QueryOutput::command("CREATE ROLE"))
+            }
+            Statement::AlterRole {
+                name,
+                operation: AlterRoleOperation::WithOptions { options },
+            } => {
+                let mut changed = false;
+                for option in options {
+                    match option {
+                        RoleOption::Password(p) => {
+                            let password = password_text(p)?;
+                            self.users.set_password(
+                                &ident_name(name),
+                                password.as_deref(),
+                                false,
+                            )?;
+                            changed = true;
+                        }
+                        RoleOption::Login(true) => {}
+                        other => {
+                            return Err(MillraceError::not_supported(format!(
+                                "role option {other}"
+                            )))
+                        }
+                    }
+                }
+                if !changed && self.users.get(&ident_name(name)).is_none() {
+                    return Err(MillraceError::Data {
+                        sqlstate: "42704",
+                        message: format!("role \"{}\" does not exist", ident_name(name)),
+                    });
+                }
+                Ok(QueryOutput::command("ALTER ROLE"))
+            }
+            Statement::Drop {
+                names, if_exists, ..
+            } => {
+                for name in names {
+                    self.users.drop_user(&lower_name(name)?, *if_exists)?;
+                }
+                Ok(QueryOutput::command("DROP ROLE"))
+            }
+            other => Err(MillraceError::not_supported(format!(
+                "role statement {}",
+                first_words(&other.to_string())
+            ))),
+        }
     }
 
     /// `SUBSCRIBE`: a stream of `relation`'s changes, each with the epoch

@@ -11,6 +11,7 @@ pub mod statement;
 pub mod system;
 pub mod table;
 pub mod types;
+pub mod users;
 pub mod windows;
 
 pub use engine::{Engine, EngineOptions, QueryOutput};

@@ -30,6 +30,8 @@ pub fn udfs() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(ToRegtype::new()),
         ScalarUDF::new_from_impl(CurrentSetting::new()),
         ScalarUDF::new_from_impl(SizePretty::new()),
+        ScalarUDF::new_from_impl(SessionUser::new("session_user")),
+        ScalarUDF::new_from_impl(SessionUser::new("current_user")),
     ]
     .into_iter()
     .chain(UNKNOWN_VALUED.iter().map(|(name, ty)| {
@@ -191,6 +193,46 @@ impl ExtensionOptions for SessionSettings {
 
 impl ConfigExtension for SessionSettings {
     const PREFIX: &'static str = "millrace_session";
+}
+
+/// `session_user` and `current_user`: the user the client logged in as.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SessionUser {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl SessionUser {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            signature: Signature::exact(vec![], Volatility::Volatile),
+        }
+    }
+}
+
+impl ScalarUDFImpl for SessionUser {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let user = args
+            .config_options
+            .extensions
+            .get::<SessionSettings>()
+            .and_then(|s| s.0.get("session_authorization").cloned())
+            .unwrap_or_default();
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(user))))
+    }
 }
 
 /// `current_setting(name [, missing_ok])`: the session's value of a

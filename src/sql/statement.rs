@@ -367,9 +367,33 @@ pub fn parse_statement(whole: &str, stmt: &StatementText) -> Result<Command> {
             return Ok(Command::Empty);
         }
     }
+    // PostgreSQL's `CREATE USER` / `ALTER USER` are `CREATE ROLE ... LOGIN`
+    // / `ALTER ROLE`; sqlparser reads `CREATE USER` in another dialect's
+    // syntax, so the role form is parsed.
+    let role_form = words(&stmt.text).and_then(|tokens| match tokens.as_slice() {
+        [first, user, ..]
+            if matches!(keyword(first), Some(Keyword::CREATE | Keyword::ALTER))
+                && keyword(user) == Some(Keyword::USER) =>
+        {
+            let upper = stmt.text.to_ascii_uppercase();
+            let at = upper.find("USER")?;
+            let login = if keyword(first) == Some(Keyword::CREATE) {
+                " LOGIN"
+            } else {
+                ""
+            };
+            Some(format!(
+                "{}ROLE{}{login}",
+                &stmt.text[..at],
+                &stmt.text[at + "USER".len()..]
+            ))
+        }
+        _ => None,
+    });
+    let text = role_form.as_deref().unwrap_or(&stmt.text);
     let dialect = PostgreSqlDialect {};
     let mut statements = Parser::new(&dialect)
-        .try_with_sql(&stmt.text)
+        .try_with_sql(text)
         .and_then(|mut p| p.parse_statements())
         .map_err(|e| relocate(parse_error(Some(&stmt.text), e)))?;
     match statements.len() {

@@ -29,6 +29,15 @@ impl TestServer {
 
     /// Starts a server on `data_dir` with extra arguments.
     pub fn start_on(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Starts a server on `data_dir` with extra arguments and environment.
+    pub fn start_with_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         // MILLRACE_TEST_WRAP runs the server under a debugger or profiler,
         // e.g. "gdb -batch -ex run -ex bt --args".
         let wrap = std::env::var("MILLRACE_TEST_WRAP").unwrap_or_default();
@@ -51,6 +60,7 @@ impl TestServer {
             .arg("--log-level")
             .arg("warn")
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;

@@ -1,0 +1,156 @@
+//! Login users and their SCRAM-SHA-256 verifiers.
+//!
+//! `CREATE USER name [WITH] PASSWORD 'secret'` stores a random salt and the
+//! salted password (PBKDF2-HMAC-SHA-256, 4096 iterations, as PostgreSQL
+//! does), never the password. When the server requires passwords
+//! (`--auth scram`), clients prove they know it through SCRAM; the
+//! verifier alone cannot be used to log in elsewhere. Users persist in the
+//! state store beside the catalog.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{MillraceError, Result};
+use crate::storage::{StateStore, WriteBatch};
+
+/// Store namespace of the users.
+pub const USERS_NAMESPACE: &str = "users";
+
+/// The user `MILLRACE_PASSWORD` gives a password to at start.
+pub const DEFAULT_USER: &str = "millrace";
+
+/// PBKDF2 iterations of the stored verifiers (PostgreSQL's default).
+pub const SCRAM_ITERATIONS: usize = 4096;
+
+/// One login user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// The user's name.
+    pub name: String,
+    /// Salt of the verifier.
+    pub salt: Vec<u8>,
+    /// The salted password; `None` for a user that cannot log in with a
+    /// password.
+    pub salted_password: Option<Vec<u8>>,
+}
+
+/// The users, readable without the engine's writer lock (logins read them).
+pub struct Users {
+    store: Arc<dyn StateStore>,
+    by_name: RwLock<BTreeMap<String, UserRecord>>,
+}
+
+fn poisoned() -> MillraceError {
+    MillraceError::execution("the user list is unavailable after a panic")
+}
+
+fn verifier(password: Option<&str>) -> (Vec<u8>, Option<Vec<u8>>) {
+    let salt = rand::random::<[u8; 16]>().to_vec();
+    let salted = password
+        .map(|p| pgwire::api::auth::sasl::scram::gen_salted_password(p, &salt, SCRAM_ITERATIONS));
+    (salt, salted)
+}
+
+impl Users {
+    /// Loads the users from `store`.
+    pub fn load(store: Arc<dyn StateStore>) -> Result<Self> {
+        let mut by_name = BTreeMap::new();
+        for (_, value) in store.scan(USERS_NAMESPACE)? {
+            let user: UserRecord = serde_json::from_slice(&value)
+                .map_err(|e| MillraceError::storage(format!("a stored user is unreadable: {e}")))?;
+            by_name.insert(user.name.clone(), user);
+        }
+        Ok(Self {
+            store,
+            by_name: RwLock::new(by_name),
+        })
+    }
+
+    fn save(&self, user: &UserRecord) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let value = serde_json::to_vec(user).map_err(MillraceError::storage)?;
+        batch.put(USERS_NAMESPACE, user.name.as_bytes().to_vec(), value);
+        self.store.write(batch)
+    }
+
+    /// The user named `name`.
+    pub fn get(&self, name: &str) -> Option<UserRecord> {
+        self.by_name.read().ok()?.get(name).cloned()
+    }
+
+    /// How many users exist.
+    pub fn count(&self) -> usize {
+        self.by_name.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// `CREATE USER`.
+    pub fn create(&self, name: &str, password: Option<&str>, if_not_exists: bool) -> Result<bool> {
+        let mut users = self.by_name.write().map_err(|_| poisoned())?;
+        if users.contains_key(name) {
+            if if_not_exists {
+                return Ok(false);
+            }
+            return Err(MillraceError::Data {
+                sqlstate: "42710",
+                message: format!("role \"{name}\" already exists"),
+            });
+        }
+        let (salt, salted_password) = verifier(password);
+        let user = UserRecord {
+            name: name.to_string(),
+            salt,
+            salted_password,
+        };
+        self.save(&user)?;
+        users.insert(name.to_string(), user);
+        Ok(true)
+    }
+
+    /// `ALTER USER ... PASSWORD`, or creates the user (for the password
+    /// given at start).
+    pub fn set_password(&self, name: &str, password: Option<&str>, create: bool) -> Result<()> {
+        let mut users = self.by_name.write().map_err(|_| poisoned())?;
+        if !create && !users.contains_key(name) {
+            return Err(MillraceError::Data {
+                sqlstate: "42704",
+                message: format!("role \"{name}\" does not exist"),
+            });
+        }
+        let (salt, salted_password) = verifier(password);
+        let user = UserRecord {
+            name: name.to_string(),
+            salt,
+            salted_password,
+        };
+        self.save(&user)?;
+        users.insert(name.to_string(), user);
+        Ok(())
+    }
+
+    /// `DROP USER`.
+    pub fn drop_user(&self, name: &str, if_exists: bool) -> Result<()> {
+        let mut users = self.by_name.write().map_err(|_| poisoned())?;
+        if users.remove(name).is_none() {
+            if if_exists {
+                return Ok(());
+            }
+            return Err(MillraceError::Data {
+                sqlstate: "42704",
+                message: format!("role \"{name}\" does not exist"),
+            });
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete(USERS_NAMESPACE, name.as_bytes().to_vec());
+        self.store.write(batch)
+    }
+
+    /// The user names, for `pg_roles`-like listings.
+    pub fn names(&self) -> Vec<String> {
+        self.by_name
+            .read()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
