@@ -68,11 +68,25 @@ impl Users {
         })
     }
 
-    fn save(&self, user: &UserRecord) -> Result<()> {
+    /// Stores `name` with a new verifier of `password`, durably first.
+    fn store_user(
+        &self,
+        users: &mut BTreeMap<String, UserRecord>,
+        name: &str,
+        password: Option<&str>,
+    ) -> Result<()> {
+        let (salt, salted_password) = verifier(password);
+        let user = UserRecord {
+            name: name.to_string(),
+            salt,
+            salted_password,
+        };
         let mut batch = WriteBatch::default();
-        let value = serde_json::to_vec(user).map_err(MillraceError::storage)?;
-        batch.put(USERS_NAMESPACE, user.name.as_bytes().to_vec(), value);
-        self.store.write(batch)
+        let value = serde_json::to_vec(&user).map_err(MillraceError::storage)?;
+        batch.put(USERS_NAMESPACE, name.as_bytes().to_vec(), value);
+        self.store.write(batch)?;
+        users.insert(name.to_string(), user);
+        Ok(())
     }
 
     /// The user named `name`.
@@ -97,14 +111,7 @@ impl Users {
                 message: format!("role \"{name}\" already exists"),
             });
         }
-        let (salt, salted_password) = verifier(password);
-        let user = UserRecord {
-            name: name.to_string(),
-            salt,
-            salted_password,
-        };
-        self.save(&user)?;
-        users.insert(name.to_string(), user);
+        self.store_user(&mut users, name, password)?;
         Ok(true)
     }
 
@@ -118,15 +125,7 @@ impl Users {
                 message: format!("role \"{name}\" does not exist"),
             });
         }
-        let (salt, salted_password) = verifier(password);
-        let user = UserRecord {
-            name: name.to_string(),
-            salt,
-            salted_password,
-        };
-        self.save(&user)?;
-        users.insert(name.to_string(), user);
-        Ok(())
+        self.store_user(&mut users, name, password)
     }
 
     /// `DROP USER`.
