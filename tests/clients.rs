@@ -396,6 +396,48 @@ fn scram_password_authentication() -> anyhow::Result<()> {
     anyhow::ensure!(!ok && err.contains("authentication failed"), "{err}");
     let (ok, _, err) = psql_as(&server, "nobody", "x", "SELECT 1")?;
     anyhow::ensure!(!ok && err.contains("authentication failed"), "{err}");
+    // A user that is not a superuser reads only what it is granted.
+    let setup = "CREATE TABLE orders (id bigint PRIMARY KEY, amount bigint); \
+                 INSERT INTO orders VALUES (1, 10), (2, 5); \
+                 CREATE MATERIALIZED VIEW total AS SELECT sum(amount) AS s FROM orders; \
+                 GRANT SELECT ON total TO alice";
+    let (ok, out, err) = psql_as(&server, "millrace", "s3cret", setup)?;
+    anyhow::ensure!(ok, "{out}{err}");
+    let (ok, out, err) = psql_as(&server, "alice", "wonder", "SELECT s FROM total")?;
+    anyhow::ensure!(ok && out.trim() == "15", "{out}{err}");
+    let (ok, _, err) = psql_as(&server, "alice", "wonder", "SELECT * FROM orders")?;
+    anyhow::ensure!(
+        !ok && err.contains("permission denied for relation orders"),
+        "{err}"
+    );
+    let (ok, _, err) = psql_as(
+        &server,
+        "alice",
+        "wonder",
+        "INSERT INTO orders VALUES (3, 1)",
+    )?;
+    anyhow::ensure!(!ok && err.contains("permission denied"), "{err}");
+    let catalog = "SELECT count(*) FROM pg_catalog.pg_class WHERE relname = 'orders'";
+    let (ok, out, err) = psql_as(&server, "alice", "wonder", catalog)?;
+    anyhow::ensure!(
+        ok && out.trim() == "1",
+        "catalogs stay readable: {out}{err}"
+    );
+    let (ok, out, err) = psql_as(
+        &server,
+        "millrace",
+        "s3cret",
+        "REVOKE SELECT ON total FROM alice",
+    )?;
+    anyhow::ensure!(ok, "{out}{err}");
+    let (ok, _, err) = psql_as(&server, "alice", "wonder", "SELECT s FROM total")?;
+    anyhow::ensure!(!ok && err.contains("permission denied"), "{err}");
+    let all = "GRANT SELECT ON ALL TABLES IN SCHEMA public TO alice";
+    let (ok, out, err) = psql_as(&server, "millrace", "s3cret", all)?;
+    anyhow::ensure!(ok, "{out}{err}");
+    let (ok, out, err) = psql_as(&server, "alice", "wonder", "SELECT count(*) FROM orders")?;
+    anyhow::ensure!(ok && out.trim() == "2", "{out}{err}");
+
     let (ok, out, err) = psql_as(
         &server,
         "millrace",

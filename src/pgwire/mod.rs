@@ -324,6 +324,9 @@ pub struct MillraceHandler {
     engine: Arc<Engine>,
     parser: Arc<MillraceQueryParser>,
     pids: RandomPidSecretKeyGenerator,
+    /// Check each statement against the user's privileges (with password
+    /// authentication; under trust every client may do anything).
+    enforce_privileges: bool,
 }
 
 impl MillraceHandler {
@@ -335,6 +338,85 @@ impl MillraceHandler {
             }),
             engine,
             pids: RandomPidSecretKeyGenerator::default(),
+            enforce_privileges: false,
+        }
+    }
+
+    /// Checks that the session's user may run `cmd`: a superuser may do
+    /// anything; another user may read the relations granted to it (and
+    /// the system catalogs), and change nothing.
+    fn authorize(&self, session: &SharedSession, cmd: &Command) -> Result<(), MillraceError> {
+        let user = lock(session)
+            .get("session_authorization")
+            .unwrap_or_default();
+        let users = self.engine.users();
+        if users.is_superuser(&user) {
+            return Ok(());
+        }
+        let denied = |what: String| MillraceError::Data {
+            sqlstate: "42501",
+            message: what,
+        };
+        let read_only_user = || {
+            denied(format!(
+                "permission denied: user \"{user}\" may only read relations granted to it"
+            ))
+        };
+        let check = |relation: &str| {
+            if !self.engine.is_user_relation(relation) || users.may_read(&user, relation) {
+                Ok(())
+            } else {
+                Err(denied(format!("permission denied for relation {relation}")))
+            }
+        };
+        match cmd {
+            Command::Empty | Command::Flush | Command::ShowObjects(_) | Command::ShowCreate(..) => {
+                Ok(())
+            }
+            Command::Subscribe(s) => check(&s.relation),
+            Command::Sql(stmt) if is_session_statement(stmt) => Ok(()),
+            Command::Sql(stmt) => {
+                let reads = match stmt.as_ref() {
+                    Statement::Query(_)
+                    | Statement::Declare { .. }
+                    | Statement::Fetch { .. }
+                    | Statement::Close { .. }
+                    | Statement::Copy { to: true, .. } => true,
+                    Statement::Explain { statement, .. } => {
+                        !matches!(statement.as_ref(), Statement::CreateView(_))
+                    }
+                    _ => false,
+                };
+                if !reads {
+                    return Err(read_only_user());
+                }
+                let mut relations = Vec::new();
+                let _ = datafusion::sql::sqlparser::ast::visit_relations(stmt.as_ref(), |name| {
+                    if let [.., last] = name.0.as_slice() {
+                        if let Some(i) = last.as_ident() {
+                            let in_catalog_schema = name.0.len() > 1
+                                && name.0[name.0.len() - 2].as_ident().is_some_and(|s| {
+                                    matches!(
+                                        s.value.as_str(),
+                                        "pg_catalog" | "information_schema" | "millrace_catalog"
+                                    )
+                                });
+                            if !in_catalog_schema {
+                                relations.push(if i.quote_style.is_some() {
+                                    i.value.clone()
+                                } else {
+                                    i.value.to_ascii_lowercase()
+                                });
+                            }
+                        }
+                    }
+                    std::ops::ControlFlow::<()>::Continue(())
+                });
+                relations.iter().try_for_each(|r| check(r))
+            }
+            Command::CreateSource(_) | Command::CreateSink(_) | Command::DropSource { .. } => {
+                Err(read_only_user())
+            }
         }
     }
 
@@ -357,6 +439,12 @@ impl MillraceHandler {
     {
         let session = session_of(client);
         let write = is_write(&cmd);
+        if self.enforce_privileges {
+            if let Err(e) = self.authorize(&session, &cmd) {
+                lock(&session).statement_done(write, false);
+                return Ok(Err(e));
+            }
+        }
         let result = match cmd {
             Command::Sql(stmt) => match *stmt {
                 stmt @ Statement::Copy { .. } => self.copy(text, &session, &stmt).await,
@@ -1341,9 +1429,11 @@ pub async fn serve(
     auth: AuthMode,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let mut handler = MillraceHandler::new(engine.clone());
+    handler.enforce_privileges = auth == AuthMode::Scram;
     let factory = Arc::new(HandlerFactory {
         users: engine.users().clone(),
-        handler: Arc::new(MillraceHandler::new(engine)),
+        handler: Arc::new(handler),
         auth,
     });
     let mut connections = tokio::task::JoinSet::new();

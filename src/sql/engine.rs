@@ -732,10 +732,12 @@ impl Engine {
             Statement::Delete(d) => self.delete(state, d, params).await,
             Statement::CreateRole(_)
             | Statement::AlterRole { .. }
+            | Statement::Grant(_)
+            | Statement::Revoke(_)
             | Statement::Drop {
                 object_type: ObjectType::Role | ObjectType::User,
                 ..
-            } => self.manage_users(&stmt),
+            } => self.manage_users(state, &stmt),
             Statement::Drop {
                 object_type,
                 if_exists,
@@ -1411,9 +1413,15 @@ impl Engine {
         &self.users
     }
 
+    /// Whether `name` is a table, view, materialized view or source (the
+    /// relations privileges apply to).
+    pub fn is_user_relation(&self, name: &str) -> bool {
+        self.schema.table_exist(name)
+    }
+
     /// `CREATE ROLE | USER`, `ALTER ROLE | USER ... PASSWORD`, `DROP ROLE |
     /// USER`: login users with SCRAM verifiers (see [`Users`]).
-    fn manage_users(&self, stmt: &Statement) -> Result<QueryOutput> {
+    fn manage_users(&self, state: &EngineState, stmt: &Statement) -> Result<QueryOutput> {
         use datafusion::sql::sqlparser::ast::{
             AlterRoleOperation, Expr, Password, RoleOption, Value,
         };
@@ -1435,10 +1443,12 @@ impl Engine {
                     Some(p) => password_text(p)?,
                     None => None,
                 };
+                let superuser = role.superuser == Some(true);
                 for name in &role.names {
                     self.users.create(
                         &lower_name(name)?,
                         password.as_deref(),
+                        superuser,
                         role.if_not_exists,
                     )?;
                 }
@@ -1484,11 +1494,71 @@ impl Engine {
                 }
                 Ok(QueryOutput::command("DROP ROLE"))
             }
+            Statement::Grant(g) => {
+                self.grant_select(state, &g.privileges, g.objects.as_ref(), &g.grantees, true)?;
+                Ok(QueryOutput::command("GRANT"))
+            }
+            Statement::Revoke(r) => {
+                self.grant_select(state, &r.privileges, r.objects.as_ref(), &r.grantees, false)?;
+                Ok(QueryOutput::command("REVOKE"))
+            }
             other => Err(MillraceError::not_supported(format!(
                 "role statement {}",
                 first_words(&other.to_string())
             ))),
         }
+    }
+
+    /// `GRANT | REVOKE SELECT ON rel, ... | ALL TABLES IN SCHEMA public
+    /// TO | FROM user, ...`: the only privilege Millrace keeps.
+    fn grant_select(
+        &self,
+        state: &EngineState,
+        privileges: &datafusion::sql::sqlparser::ast::Privileges,
+        objects: Option<&datafusion::sql::sqlparser::ast::GrantObjects>,
+        grantees: &[datafusion::sql::sqlparser::ast::Grantee],
+        grant: bool,
+    ) -> Result<()> {
+        use datafusion::sql::sqlparser::ast::{Action, GrantObjects, GranteeName, Privileges};
+        let select_only = match privileges {
+            Privileges::Actions(actions) => actions
+                .iter()
+                .all(|a| matches!(a, Action::Select { columns: None })),
+            Privileges::All { .. } => false,
+        };
+        if !select_only {
+            return Err(MillraceError::not_supported(
+                "privileges other than SELECT on whole relations (writes need a superuser)",
+            ));
+        }
+        let relations: Vec<String> = match objects {
+            Some(GrantObjects::Tables(names) | GrantObjects::Views(names)) => {
+                names.iter().map(lower_name).collect::<Result<Vec<_>>>()?
+            }
+            Some(GrantObjects::AllTablesInSchema { .. }) => {
+                vec![super::users::ALL_RELATIONS.to_string()]
+            }
+            _ => {
+                return Err(MillraceError::not_supported(
+                    "GRANT on objects other than relations",
+                ))
+            }
+        };
+        for r in &relations {
+            if r != super::users::ALL_RELATIONS && !state.catalog.contains_key(r) {
+                return Err(MillraceError::UnknownRelation(r.clone()));
+            }
+        }
+        for grantee in grantees {
+            let Some(GranteeName::ObjectName(name)) = &grantee.name else {
+                return Err(MillraceError::not_supported(
+                    "GRANT to this kind of grantee",
+                ));
+            };
+            self.users
+                .set_select(&lower_name(name)?, &relations, grant)?;
+        }
+        Ok(())
     }
 
     /// `SUBSCRIBE`: a stream of `relation`'s changes, each with the epoch

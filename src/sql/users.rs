@@ -34,7 +34,16 @@ pub struct UserRecord {
     /// The salted password; `None` for a user that cannot log in with a
     /// password.
     pub salted_password: Option<Vec<u8>>,
+    /// May do anything (the start-up user, and users made `SUPERUSER`).
+    #[serde(default)]
+    pub superuser: bool,
+    /// Relations the user may read (`GRANT SELECT`); `*` for all of them.
+    #[serde(default)]
+    pub select: std::collections::BTreeSet<String>,
 }
+
+/// The grant of `GRANT SELECT ON ALL TABLES IN SCHEMA public`.
+pub const ALL_RELATIONS: &str = "*";
 
 /// The users, readable without the engine's writer lock (logins read them).
 pub struct Users {
@@ -74,17 +83,20 @@ impl Users {
         users: &mut BTreeMap<String, UserRecord>,
         name: &str,
         password: Option<&str>,
+        superuser: bool,
     ) -> Result<()> {
         let (salt, salted_password) = verifier(password);
         let user = UserRecord {
             name: name.to_string(),
             salt,
             salted_password,
+            superuser,
+            select: users
+                .get(name)
+                .map(|u| u.select.clone())
+                .unwrap_or_default(),
         };
-        let mut batch = WriteBatch::default();
-        let value = serde_json::to_vec(&user).map_err(MillraceError::storage)?;
-        batch.put(USERS_NAMESPACE, name.as_bytes().to_vec(), value);
-        self.store.write(batch)?;
+        self.write_record(&user)?;
         users.insert(name.to_string(), user);
         Ok(())
     }
@@ -99,8 +111,55 @@ impl Users {
         self.by_name.read().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Whether `user` may read `relation`.
+    pub fn may_read(&self, user: &str, relation: &str) -> bool {
+        self.get(user).is_some_and(|u| {
+            u.superuser || u.select.contains(relation) || u.select.contains(ALL_RELATIONS)
+        })
+    }
+
+    /// Whether `user` may do anything.
+    pub fn is_superuser(&self, user: &str) -> bool {
+        self.get(user).is_some_and(|u| u.superuser)
+    }
+
+    /// `GRANT SELECT` (`grant`) or `REVOKE SELECT` on `relations` to `user`.
+    pub fn set_select(&self, user: &str, relations: &[String], grant: bool) -> Result<()> {
+        let mut users = self.by_name.write().map_err(|_| poisoned())?;
+        let Some(record) = users.get(user) else {
+            return Err(MillraceError::Data {
+                sqlstate: "42704",
+                message: format!("role \"{user}\" does not exist"),
+            });
+        };
+        let mut record = record.clone();
+        for r in relations {
+            if grant {
+                record.select.insert(r.clone());
+            } else {
+                record.select.remove(r);
+            }
+        }
+        self.write_record(&record)?;
+        users.insert(user.to_string(), record);
+        Ok(())
+    }
+
+    fn write_record(&self, user: &UserRecord) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let value = serde_json::to_vec(user).map_err(MillraceError::storage)?;
+        batch.put(USERS_NAMESPACE, user.name.as_bytes().to_vec(), value);
+        self.store.write(batch)
+    }
+
     /// `CREATE USER`.
-    pub fn create(&self, name: &str, password: Option<&str>, if_not_exists: bool) -> Result<bool> {
+    pub fn create(
+        &self,
+        name: &str,
+        password: Option<&str>,
+        superuser: bool,
+        if_not_exists: bool,
+    ) -> Result<bool> {
         let mut users = self.by_name.write().map_err(|_| poisoned())?;
         if users.contains_key(name) {
             if if_not_exists {
@@ -111,12 +170,12 @@ impl Users {
                 message: format!("role \"{name}\" already exists"),
             });
         }
-        self.store_user(&mut users, name, password)?;
+        self.store_user(&mut users, name, password, superuser)?;
         Ok(true)
     }
 
-    /// `ALTER USER ... PASSWORD`, or creates the user (for the password
-    /// given at start).
+    /// `ALTER USER ... PASSWORD`, or creates the user as a superuser (for
+    /// the password given at start).
     pub fn set_password(&self, name: &str, password: Option<&str>, create: bool) -> Result<()> {
         let mut users = self.by_name.write().map_err(|_| poisoned())?;
         if !create && !users.contains_key(name) {
@@ -125,7 +184,8 @@ impl Users {
                 message: format!("role \"{name}\" does not exist"),
             });
         }
-        self.store_user(&mut users, name, password)
+        let superuser = users.get(name).map_or(create, |u| u.superuser);
+        self.store_user(&mut users, name, password, superuser)
     }
 
     /// `DROP USER`.
