@@ -304,3 +304,31 @@ async fn malformed_wire_input_closes_only_that_connection() -> anyhow::Result<()
     assert_eq!(n, 1);
     Ok(())
 }
+
+/// A portal with a row limit inside a transaction: each `Execute(2)` is
+/// followed by a `Sync`, and the next one resumes where the last stopped.
+#[tokio::test]
+async fn portals_with_row_limits_survive_sync_in_a_transaction() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let mut client = server.connect().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE nums (n bigint PRIMARY KEY);
+             INSERT INTO nums VALUES (1), (2), (3), (4), (5);",
+        )
+        .await?;
+    let tx = client.transaction().await?;
+    let stmt = tx
+        .prepare("SELECT n FROM nums WHERE n > $1 ORDER BY n")
+        .await?;
+    let portal = tx.bind(&stmt, &[&0i64]).await?;
+    let mut seen = Vec::new();
+    for expected in [2, 2, 1, 0] {
+        let rows = tx.query_portal(&portal, 2).await?;
+        assert_eq!(rows.len(), expected, "rows after {seen:?}");
+        seen.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
+    }
+    assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+    tx.commit().await?;
+    Ok(())
+}

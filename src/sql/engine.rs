@@ -200,7 +200,8 @@ fn quote_ident(name: &str) -> String {
     Ident::with_quote('"', name).to_string()
 }
 
-fn text_batch(columns: &[&str], rows: Vec<Vec<String>>) -> Result<QueryOutput> {
+/// Rows of text under `columns`, as a statement's output (`SHOW`).
+pub fn text_batch(columns: &[&str], rows: Vec<Vec<String>>) -> Result<QueryOutput> {
     let schema = Arc::new(Schema::new(
         columns
             .iter()

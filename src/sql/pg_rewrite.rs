@@ -986,13 +986,7 @@ impl VisitorMut for ExpandArrayVisitor {
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
         if let Some([array]) = call_args(expr, "_pg_expandarray").as_deref() {
             let array = (*array).clone();
-            let one = Expr::value(Value::Number("1".into(), false));
-            let length = call("array_length", vec![array.clone(), one.clone()], vec![]);
-            let positions = call(
-                "unnest",
-                vec![call("generate_series", vec![one, length], vec![])],
-                vec![],
-            );
+            let positions = subscripts(&array, Expr::value(Value::Number("1".into(), false)));
             *expr = call(
                 "named_struct",
                 vec![
@@ -1160,45 +1154,23 @@ impl VisitorMut for GenerateSubscriptsVisitor {
     type Break = ();
 
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
-        let Expr::Function(f) = expr else {
-            return ControlFlow::Continue(());
-        };
-        let is_subscripts = f
-            .name
-            .0
-            .last()
-            .and_then(|p| p.as_ident())
-            .is_some_and(|i| i.value.eq_ignore_ascii_case("generate_subscripts"));
-        if !is_subscripts {
-            return ControlFlow::Continue(());
+        if let Some([array, dimension]) = call_args(expr, "generate_subscripts").as_deref() {
+            *expr = subscripts(array, (*dimension).clone());
         }
-        let FunctionArguments::List(list) = &f.args else {
-            return ControlFlow::Continue(());
-        };
-        let args: Vec<Expr> = list
-            .args
-            .iter()
-            .filter_map(|a| match a {
-                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
-                _ => None,
-            })
-            .collect();
-        let [array, dimension] = args.as_slice() else {
-            return ControlFlow::Continue(());
-        };
-        let one = Expr::value(Value::Number("1".into(), false));
-        let length = call(
-            "array_length",
-            vec![array.clone(), dimension.clone()],
-            vec![],
-        );
-        *expr = call(
-            "unnest",
-            vec![call("generate_series", vec![one, length], vec![])],
-            vec![],
-        );
         ControlFlow::Continue(())
     }
+}
+
+/// `unnest(generate_series(1, array_length(array, dimension)))`: the
+/// subscripts of `array`, as a set-returning expression.
+fn subscripts(array: &Expr, dimension: Expr) -> Expr {
+    let one = Expr::value(Value::Number("1".into(), false));
+    let length = call("array_length", vec![array.clone(), dimension], vec![]);
+    call(
+        "unnest",
+        vec![call("generate_series", vec![one, length], vec![])],
+        vec![],
+    )
 }
 
 impl SqlStatementRewriteRule for GenerateSubscriptsToUnnest {

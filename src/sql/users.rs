@@ -51,6 +51,12 @@ pub struct Users {
     by_name: RwLock<BTreeMap<String, UserRecord>>,
 }
 
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Users({})", self.count())
+    }
+}
+
 fn poisoned() -> MillraceError {
     MillraceError::execution("the user list is unavailable after a panic")
 }
