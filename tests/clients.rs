@@ -152,7 +152,10 @@ async fn psql_describe_commands() -> anyhow::Result<()> {
              CREATE VIEW big_orders AS SELECT id, amount FROM orders WHERE amount > 100;
              CREATE MATERIALIZED VIEW totals AS
                SELECT customer, sum(amount) AS total FROM orders GROUP BY customer;
-             COMMENT ON VIEW big_orders IS 'Orders over 100';",
+             COMMENT ON VIEW big_orders IS 'Orders over 100';
+             COMMENT ON COLUMN orders.customer IS 'Who ordered';
+             CREATE SOURCE clicks (user_id bigint, ts timestamp) WITH (connector = 'datagen',
+               datagen.rows.per.second = '1', datagen.rows.limit = '1');",
         )
         .await?;
 
@@ -216,6 +219,71 @@ async fn psql_describe_commands() -> anyhow::Result<()> {
     anyhow::ensure!(
         described.contains("View \"public.big_orders\""),
         "{described}"
+    );
+
+    // A table: columns, key index, and (verbose) storage and comments.
+    let table = psql(&server, "\\d orders")?;
+    for needle in [
+        "Table \"public.orders\"",
+        "id       | bigint            |           | not null |",
+        "amount   | numeric(10,2)     |",
+        "Indexes:",
+        "\"orders_pkey\" PRIMARY KEY, btree (id)",
+    ] {
+        anyhow::ensure!(
+            table.contains(needle),
+            "\\d orders lacks {needle:?}:\n{table}"
+        );
+    }
+    let table_verbose = psql(&server, "\\d+ orders")?;
+    for needle in ["Storage", "Who ordered", "Access method: heap"] {
+        anyhow::ensure!(
+            table_verbose.contains(needle),
+            "\\d+ orders lacks {needle:?}:\n{table_verbose}"
+        );
+    }
+    let matview = psql(&server, "\\d+ totals")?;
+    for needle in [
+        "Materialized view \"public.totals\"",
+        "View definition:",
+        "Access method: heap",
+    ] {
+        anyhow::ensure!(
+            matview.contains(needle),
+            "\\d+ totals lacks {needle:?}:\n{matview}"
+        );
+    }
+    anyhow::ensure!(!matview.contains("Replica Identity"), "{matview}");
+    let index = psql(&server, "\\d+ orders_pkey")?;
+    for needle in [
+        "Index \"public.orders_pkey\"",
+        "id     | bigint | yes  | id",
+        "primary key, btree, for table \"public.orders\"",
+    ] {
+        anyhow::ensure!(
+            index.contains(needle),
+            "\\d+ orders_pkey lacks {needle:?}:\n{index}"
+        );
+    }
+    // A source is a foreign table of its connector's server.
+    for command in ["\\d clicks", "\\d+ clicks"] {
+        let source = psql(&server, command)?;
+        for needle in [
+            "Foreign table \"public.clicks\"",
+            "user_id | bigint",
+            "Server: datagen",
+            "FDW options: (connector 'datagen', \"datagen.rows.limit\" '1'",
+        ] {
+            anyhow::ensure!(
+                source.contains(needle),
+                "{command} lacks {needle:?}:\n{source}"
+            );
+        }
+    }
+    let foreign_tables = psql(&server, "\\det")?;
+    anyhow::ensure!(
+        foreign_tables.contains("public | clicks | datagen"),
+        "{foreign_tables}"
     );
 
     let databases = psql(&server, "\\l")?;

@@ -26,10 +26,10 @@ use pgwire::types::format::FormatOptions as PgFormatOptions;
 use pgwire::types::ToSqlText;
 use postgres_types::{to_sql_checked, IsNull, ToSql};
 
-use crate::sql::types::{varchar_length, SQL_TYPE_KEY};
+use crate::sql::types::{is_varchar, SQL_TYPE_KEY};
 
 /// The wire description of result columns: `arrow-pg`'s mapping, with
-/// columns declared `jsonb` or `varchar(n)` (stored as text) reported as
+/// columns declared `jsonb` or `varchar` (stored as text) reported as
 /// such.
 pub fn pg_fields(
     schema: &datafusion::arrow::datatypes::Schema,
@@ -42,7 +42,7 @@ pub fn pg_fields(
         .map(|(info, f)| {
             let declared = if is_jsonb(f) {
                 Some(Type::JSONB)
-            } else if varchar_length(f).is_some() {
+            } else if is_varchar(f) {
                 Some(Type::VARCHAR)
             } else {
                 None

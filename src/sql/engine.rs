@@ -236,7 +236,7 @@ impl Engine {
         // PostgreSQL's typing of quoted literals against booleans runs
         // before DataFusion's own type coercion.
         let mut analyzer_rules = datafusion::optimizer::Analyzer::new().rules;
-        analyzer_rules.insert(0, Arc::new(super::pg_functions::BooleanTextLiteral));
+        analyzer_rules.insert(0, Arc::new(super::pg_functions::TextLiteralCoercion));
         let base_state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
@@ -2244,11 +2244,48 @@ fn pg_catalog_info(state: &EngineState) -> PgCatalogInfo {
                 comment: e.comments.relation.clone(),
                 column_comments: e.comments.columns.clone(),
                 definition,
+                source_options: match e.kind {
+                    ObjectKind::Source => source_options(&e.create_sql),
+                    _ => None,
+                },
             })
         })
         .collect();
     relations.extend(pg_catalog::system_relations(&state.system_relations));
     PgCatalogInfo { relations }
+}
+
+/// The connector and `WITH` options of a `CREATE SOURCE` statement, as
+/// `name=value`, for `pg_foreign_table`. Values of options that look like
+/// secrets (passwords, keys, SASL configuration) are masked: the catalog
+/// is readable by every user.
+fn source_options(create_sql: &str) -> Option<(String, Vec<String>)> {
+    let text = super::statement::split_statements(create_sql)
+        .ok()?
+        .into_iter()
+        .next()?;
+    let Command::CreateSource(cs) = super::statement::parse_statement(create_sql, &text).ok()?
+    else {
+        return None;
+    };
+    let connector = cs.options.get("connector")?.clone();
+    let secret = |k: &str| {
+        ["password", "secret", "sasl", "ssl.key", "token"]
+            .iter()
+            .any(|w| k.contains(w))
+    };
+    let options = cs
+        .options
+        .iter()
+        .map(|(k, v)| {
+            if secret(k) {
+                format!("{k}=********")
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect();
+    Some((connector, options))
 }
 
 /// The query of a `CREATE [MATERIALIZED] VIEW` statement, as SQL text.

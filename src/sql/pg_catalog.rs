@@ -35,7 +35,7 @@ use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use super::snapshot::Snapshot;
 use super::statement::ObjectKind;
 use super::system::SystemRelation;
-use super::types::{varchar_length, SQL_TYPE_KEY};
+use super::types::{is_varchar, varchar_length, SQL_TYPE_KEY};
 use crate::error::{MillraceError, Result};
 
 /// OID of the `pg_catalog` namespace.
@@ -50,6 +50,24 @@ pub const SYSTEM_SCHEMA_OID: i32 = 16_383;
 pub const PG_CLASS_OID: i32 = 1259;
 /// OID of the one role, which owns everything.
 pub const OWNER_OID: i32 = 10;
+/// Catalog relations that stay empty because Millrace has none of the
+/// objects they list: publications, subscriptions, row-security policies,
+/// triggers, table inheritance, extended statistics and user mappings. Query rewriting
+/// relies on it (a `SELECT` that inner-joins one returns no rows), and
+/// `tests/slt/pg_catalog.slt` checks that each one is empty.
+pub const UNPOPULATED_RELATIONS: &[&str] = &[
+    "pg_publication",
+    "pg_publication_namespace",
+    "pg_publication_rel",
+    "pg_subscription",
+    "pg_subscription_rel",
+    "pg_policy",
+    "pg_trigger",
+    "pg_inherits",
+    "pg_statistic_ext",
+    "pg_statistic_ext_data",
+    "pg_user_mapping",
+];
 /// OID of the `btree` access method, used by primary-key indexes.
 const BTREE_OID: i32 = 403;
 /// OID of the `heap` access method, used by tables.
@@ -86,6 +104,10 @@ pub struct PgRelation {
     pub column_comments: BTreeMap<String, String>,
     /// For views: the defining query.
     pub definition: Option<String>,
+    /// For sources: the connector and the `WITH` options, as `name=value`
+    /// (secret values masked), shown as a foreign table's server and
+    /// options.
+    pub source_options: Option<(String, Vec<String>)>,
 }
 
 impl PgRelation {
@@ -317,6 +339,11 @@ fn int2s(values: impl IntoIterator<Item = i16>) -> ScalarValue {
     ScalarValue::List(ScalarValue::new_list_nullable(&values, &DataType::Int16))
 }
 
+fn texts(values: &[String]) -> ScalarValue {
+    let values: Vec<ScalarValue> = values.iter().map(text).collect();
+    ScalarValue::List(ScalarValue::new_list_nullable(&values, &DataType::Utf8))
+}
+
 fn oids(values: impl IntoIterator<Item = i32>) -> ScalarValue {
     let values: Vec<ScalarValue> = values.into_iter().map(oid).collect();
     ScalarValue::List(ScalarValue::new_list_nullable(&values, &DataType::Int32))
@@ -335,7 +362,7 @@ pub fn type_oid(field: &Field) -> i32 {
     {
         return 3802;
     }
-    if varchar_length(field).is_some() {
+    if is_varchar(field) {
         return 1043;
     }
     arrow_pg::datatypes::into_pg_type(field.data_type())
@@ -501,7 +528,9 @@ fn class_row(
         boolean(false),
         boolean(false),
         boolean(true),
-        text(if has_index { "d" } else { "n" }),
+        // PostgreSQL gives tables and materialized views the default
+        // replica identity, every other relation none.
+        text(if matches!(kind, 'r' | 'm') { "d" } else { "n" }),
         boolean(false),
         oid(0),
         oid(0),
@@ -528,7 +557,12 @@ fn pg_class_rows(info: &PgCatalogInfo) -> Vec<Vec<ScalarValue>> {
     }
     for r in &info.relations {
         let has_pk = !r.primary_key.is_empty();
-        let am = if r.kind == 'r' { HEAP_OID } else { 0 };
+        // Tables and materialized views store rows: heap, as PostgreSQL.
+        let am = if matches!(r.kind, 'r' | 'm') {
+            HEAP_OID
+        } else {
+            0
+        };
         rows.push(class_row(
             r.oid,
             &r.name,
@@ -948,6 +982,94 @@ fn pg_settings_rows(_: &PgCatalogInfo) -> Vec<Vec<ScalarValue>> {
         .collect()
 }
 
+/// OID of the one foreign-data wrapper, `millrace`, that every source's
+/// server belongs to.
+const FDW_OID: i32 = 16_370;
+
+/// The connectors, each shown as a foreign server named after it; a
+/// source is a foreign table of its connector's server. The server's OID
+/// is `FDW_OID + 1 +` its position here.
+const CONNECTORS: &[&str] = &["datagen", "nexmark", "kafka"];
+
+fn server_oid(connector: &str) -> Option<i32> {
+    CONNECTORS
+        .iter()
+        .position(|c| *c == connector)
+        .and_then(|i| i32::try_from(i).ok())
+        .map(|i| FDW_OID + 1 + i)
+}
+
+const PG_FOREIGN_DATA_WRAPPER: &[(&str, Col)] = &[
+    ("oid", Col::Oid),
+    ("fdwname", Col::Text),
+    ("fdwowner", Col::Oid),
+    ("fdwhandler", Col::Oid),
+    ("fdwvalidator", Col::Oid),
+    ("fdwacl", Col::Texts),
+    ("fdwoptions", Col::Texts),
+];
+
+fn pg_foreign_data_wrapper_rows(_: &PgCatalogInfo) -> Vec<Vec<ScalarValue>> {
+    vec![vec![
+        oid(FDW_OID),
+        text("millrace"),
+        oid(OWNER_OID),
+        oid(0),
+        oid(0),
+        null_list(DataType::Utf8),
+        null_list(DataType::Utf8),
+    ]]
+}
+
+const PG_FOREIGN_SERVER: &[(&str, Col)] = &[
+    ("oid", Col::Oid),
+    ("srvname", Col::Text),
+    ("srvowner", Col::Oid),
+    ("srvfdw", Col::Oid),
+    ("srvtype", Col::Text),
+    ("srvversion", Col::Text),
+    ("srvacl", Col::Texts),
+    ("srvoptions", Col::Texts),
+];
+
+fn pg_foreign_server_rows(_: &PgCatalogInfo) -> Vec<Vec<ScalarValue>> {
+    CONNECTORS
+        .iter()
+        .filter_map(|c| {
+            Some(vec![
+                oid(server_oid(c)?),
+                text(*c),
+                oid(OWNER_OID),
+                oid(FDW_OID),
+                null_text(),
+                null_text(),
+                null_list(DataType::Utf8),
+                null_list(DataType::Utf8),
+            ])
+        })
+        .collect()
+}
+
+const PG_FOREIGN_TABLE: &[(&str, Col)] = &[
+    ("ftrelid", Col::Oid),
+    ("ftserver", Col::Oid),
+    ("ftoptions", Col::Texts),
+];
+
+fn pg_foreign_table_rows(info: &PgCatalogInfo) -> Vec<Vec<ScalarValue>> {
+    info.relations
+        .iter()
+        .filter_map(|r| {
+            let (connector, options) = r.source_options.as_ref()?;
+            Some(vec![
+                oid(r.oid),
+                oid(server_oid(connector)?),
+                texts(options),
+            ])
+        })
+        .collect()
+}
+
 fn no_rows(_: &PgCatalogInfo) -> Vec<Vec<ScalarValue>> {
     vec![]
 }
@@ -964,6 +1086,17 @@ const OWN_RELATIONS: &[OwnRelation] = &[
     ("pg_tables", PG_TABLES, pg_tables_rows),
     ("pg_views", PG_VIEWS, pg_views_rows),
     ("pg_matviews", PG_MATVIEWS, pg_matviews_rows),
+    (
+        "pg_foreign_data_wrapper",
+        PG_FOREIGN_DATA_WRAPPER,
+        pg_foreign_data_wrapper_rows,
+    ),
+    (
+        "pg_foreign_server",
+        PG_FOREIGN_SERVER,
+        pg_foreign_server_rows,
+    ),
+    ("pg_foreign_table", PG_FOREIGN_TABLE, pg_foreign_table_rows),
     ("pg_policy", PG_POLICY, no_rows),
     ("pg_statistic_ext", PG_STATISTIC_EXT, no_rows),
     ("pg_settings", PG_SETTINGS, pg_settings_rows),
@@ -1277,6 +1410,7 @@ pub fn system_relations(schemas: &[(String, SchemaRef)]) -> Vec<PgRelation> {
             comment: None,
             column_comments: BTreeMap::new(),
             definition: None,
+            source_options: None,
         })
         .collect()
 }

@@ -30,6 +30,7 @@ pub fn udfs() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(ToRegtype::new()),
         ScalarUDF::new_from_impl(CurrentSetting::new()),
         ScalarUDF::new_from_impl(SizePretty::new()),
+        ScalarUDF::new_from_impl(QuoteLiteral::new()),
         ScalarUDF::new_from_impl(SessionUser::new("session_user")),
         ScalarUDF::new_from_impl(SessionUser::new("current_user")),
     ]
@@ -446,12 +447,76 @@ impl ScalarUDFImpl for ToRegtype {
     }
 }
 
-/// A quoted literal compared with a boolean is read as a boolean, as
-/// PostgreSQL types an unknown literal from the other side:
-/// `indisprimary = 'f'`, `paid IN ('t', 'false')`. DataFusion would
-/// refuse to compare `Boolean` with `Utf8`. Runs before type coercion.
+/// `quote_literal(value)`: the value as a quoted SQL string literal, quotes
+/// doubled, and backslashes doubled under an `E` prefix, as PostgreSQL
+/// writes it; NULL stays NULL. Values of other types are quoted as text.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct QuoteLiteral {
+    signature: Signature,
+}
+
+impl QuoteLiteral {
+    fn new() -> Self {
+        Self {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+/// PostgreSQL's `quote_literal` for text.
+fn quote_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 3);
+    if text.contains('\\') {
+        out.push('E');
+    }
+    out.push('\'');
+    for c in text.chars() {
+        if c == '\'' || c == '\\' {
+            out.push(c);
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+impl ScalarUDFImpl for QuoteLiteral {
+    fn name(&self) -> &str {
+        "quote_literal"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let [value] = args.args.as_slice() else {
+            return datafusion::common::exec_err!("quote_literal takes one argument");
+        };
+        let values = value.to_array(args.number_rows)?;
+        let text = datafusion::arrow::compute::cast(&values, &DataType::Utf8)?;
+        let out: datafusion::arrow::array::StringArray = text
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.map(quote_literal))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// Quoted literals take the type their context gives them, as PostgreSQL
+/// types an unknown literal: one compared with a boolean is read as a
+/// boolean (`indisprimary = 'f'`, `paid IN ('t', 'false')`), and a
+/// numeric one passed to a function that takes an integer (an OID, as in
+/// `pg_relation_is_publishable('16384')`) is read as that integer.
+/// DataFusion would refuse both (`Boolean` against `Utf8`, and no implicit
+/// cast from `Utf8` to an integer parameter). Runs before type coercion.
 #[derive(Debug, Default)]
-pub struct BooleanTextLiteral;
+pub struct TextLiteralCoercion;
 
 fn boolean_literal(e: &Expr) -> Option<Expr> {
     let Expr::Literal(ScalarValue::Utf8(Some(s)), _) = e else {
@@ -463,6 +528,22 @@ fn boolean_literal(e: &Expr) -> Option<Expr> {
         _ => return None,
     };
     Some(Expr::Literal(ScalarValue::Boolean(Some(value)), None))
+}
+
+/// A quoted literal holding an integer, as a literal of `target` when that
+/// is an integer type.
+fn integer_literal(e: &Expr, target: &DataType) -> Option<Expr> {
+    let Expr::Literal(ScalarValue::Utf8(Some(s)), _) = e else {
+        return None;
+    };
+    if !target.is_integer() {
+        return None;
+    }
+    let n: i64 = s.trim().parse().ok()?;
+    ScalarValue::Int64(Some(n))
+        .cast_to(target)
+        .ok()
+        .map(|v| Expr::Literal(v, None))
 }
 
 fn is_comparison(op: &Operator) -> bool {
@@ -519,11 +600,28 @@ fn rewrite_expr(expr: Expr, schema: &DFSchema) -> DFResult<Transformed<Expr>> {
                 negated,
             })))
         }
+        Expr::ScalarFunction(mut call) => {
+            let TypeSignature::Exact(types) = &call.func.signature().type_signature else {
+                return Ok(Transformed::no(Expr::ScalarFunction(call)));
+            };
+            let mut changed = false;
+            for (arg, target) in call.args.iter_mut().zip(types) {
+                if let Some(lit) = integer_literal(arg, target) {
+                    *arg = lit;
+                    changed = true;
+                }
+            }
+            Ok(if changed {
+                Transformed::yes(Expr::ScalarFunction(call))
+            } else {
+                Transformed::no(Expr::ScalarFunction(call))
+            })
+        }
         other => Ok(Transformed::no(other)),
     }
 }
 
-impl AnalyzerRule for BooleanTextLiteral {
+impl AnalyzerRule for TextLiteralCoercion {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DFResult<LogicalPlan> {
         plan.transform_up_with_subqueries(|plan| {
             let mut schema = merge_schema(&plan.inputs());
@@ -545,7 +643,7 @@ impl AnalyzerRule for BooleanTextLiteral {
     }
 
     fn name(&self) -> &str {
-        "boolean_text_literal"
+        "text_literal_coercion"
     }
 }
 
@@ -561,6 +659,14 @@ mod tests {
         assert_eq!(type_oid("jsonb"), Some(3802));
         assert_eq!(type_oid("hstore"), None);
         assert_eq!(type_oid("not a type at all"), None);
+    }
+
+    #[test]
+    fn literals_are_quoted_as_postgresql_quotes_them() {
+        assert_eq!(quote_literal("plain"), "'plain'");
+        assert_eq!(quote_literal("O'Reilly"), "'O''Reilly'");
+        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
+        assert_eq!(quote_literal(""), "''");
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub fn rewrite_query(stmt: Statement) -> Statement {
             Box::new(CurrentUserVariableToSessionUserFunctionCall),
             Box::new(StripCollate),
             Box::new(RewritePgCatalogOperator),
+            Box::new(SubqueriesOverEmptyCatalogRelations),
             Box::new(SystemClassRegclass),
             Box::new(RewriteRegCastToSubquery::new()),
             Box::new(NameDuplicateOutputs),
@@ -46,6 +47,7 @@ pub fn rewrite_query(stmt: Statement) -> Statement {
             Box::new(GenerateSubscriptsToUnnest),
             Box::new(ExpandArrayAndFieldAccess),
             Box::new(ArraySubqueryToAggregate),
+            Box::new(ExistsInSelectListToCount),
             Box::new(ScalarSubqueryToLeftJoin),
             Box::new(AggregateScalarSubquery),
             Box::new(FixVersionColumnName),
@@ -251,6 +253,7 @@ fn output_name(e: &Expr) -> String {
             .unwrap_or_else(|| "?column?".into()),
         Expr::Named { name, .. } => name.value.clone(),
         Expr::Case { .. } => "case".into(),
+        Expr::Exists { .. } => "exists".into(),
         Expr::Nested(e) | Expr::Cast { expr: e, .. } => output_name(e),
         Expr::Subquery(q) => match q.body.as_ref() {
             SetExpr::Select(s) => match s.projection.as_slice() {
@@ -823,6 +826,195 @@ impl SqlStatementRewriteRule for ScalarSubqueryToLeftJoin {
     }
 }
 
+/// A `SELECT` that inner-joins a catalog relation Millrace never fills
+/// (see [`super::pg_catalog::UNPOPULATED_RELATIONS`]) returns no rows, so
+/// its select list and conditions are never evaluated: their subqueries
+/// are replaced with `NULL`.
+///
+/// The result is the same as PostgreSQL's. It matters for subqueries
+/// DataFusion cannot plan, such as a set-returning function over an
+/// outer column (psql's `\d table` asks which publications list a
+/// table's columns that way, and Millrace has no publications). A `SELECT`
+/// that aggregates without `GROUP BY` returns one row even from no input,
+/// so it is left alone, as is one whose empty relation sits on the
+/// optional side of an outer join.
+#[derive(Debug)]
+pub struct SubqueriesOverEmptyCatalogRelations;
+
+/// Whether a `FROM` item names one of the unpopulated catalog relations.
+fn is_unpopulated(factor: &TableFactor) -> bool {
+    let TableFactor::Table {
+        name, args: None, ..
+    } = factor
+    else {
+        return false;
+    };
+    let parts: Vec<&str> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident())
+        .map(|i| i.value.as_str())
+        .collect();
+    match parts.as_slice() {
+        [table] | ["pg_catalog", table] => super::pg_catalog::UNPOPULATED_RELATIONS.contains(table),
+        _ => false,
+    }
+}
+
+/// Whether `select` returns no rows because it inner-joins an unpopulated
+/// catalog relation.
+fn reads_unpopulated_relation(select: &datafusion::sql::sqlparser::ast::Select) -> bool {
+    use datafusion::sql::sqlparser::ast::JoinOperator as J;
+    select.from.iter().any(|item| {
+        let preserves_right = item.joins.iter().any(|j| {
+            matches!(
+                j.join_operator,
+                J::Right(_)
+                    | J::RightOuter(_)
+                    | J::FullOuter(_)
+                    | J::RightSemi(_)
+                    | J::RightAnti(_)
+            )
+        });
+        (is_unpopulated(&item.relation) && !preserves_right)
+            || item.joins.iter().any(|j| {
+                is_unpopulated(&j.relation)
+                    && matches!(
+                        j.join_operator,
+                        J::Join(_) | J::Inner(_) | J::CrossJoin(_) | J::StraightJoin(_)
+                    )
+            })
+    })
+}
+
+/// Whether `e` calls an aggregate function outside of any subquery.
+fn aggregates(e: &Expr) -> bool {
+    struct Find {
+        depth: usize,
+        found: bool,
+    }
+    impl Visitor for Find {
+        type Break = ();
+        fn pre_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if self.depth == 0 && is_aggregate(e) {
+                self.found = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut find = Find {
+        depth: 0,
+        found: false,
+    };
+    let _ = Visit::visit(e, &mut find);
+    find.found
+}
+
+/// Replaces every subquery in an expression with `NULL`.
+struct NullSubqueries;
+
+impl VisitorMut for NullSubqueries {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        let array_subquery =
+            matches!(e, Expr::Function(f) if matches!(f.args, FunctionArguments::Subquery(_)));
+        if array_subquery
+            || matches!(
+                e,
+                Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. }
+            )
+        {
+            *e = Expr::Value(Value::Null.into());
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+struct EmptyCatalogVisitor;
+
+impl VisitorMut for EmptyCatalogVisitor {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        prune_empty_selects(query.body.as_mut());
+        ControlFlow::Continue(())
+    }
+}
+
+/// Applies [`SubqueriesOverEmptyCatalogRelations`] to every `SELECT` of a
+/// set operation.
+fn prune_empty_selects(body: &mut SetExpr) {
+    let select = match body {
+        SetExpr::Select(select) => select,
+        SetExpr::SetOperation { left, right, .. } => {
+            prune_empty_selects(left);
+            prune_empty_selects(right);
+            return;
+        }
+        _ => return,
+    };
+    if !reads_unpopulated_relation(select) {
+        return;
+    }
+    let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+    let aggregated = select.projection.iter().any(|item| match item {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => aggregates(e),
+        _ => false,
+    }) || select.having.as_ref().is_some_and(aggregates);
+    if aggregated && !grouped {
+        return;
+    }
+    for item in &mut select.projection {
+        if let SelectItem::UnnamedExpr(e) = item {
+            // Keep the name PostgreSQL would give the output column.
+            let name = output_name(e);
+            if contains_subquery(e) {
+                *item = SelectItem::ExprWithAlias {
+                    expr: e.clone(),
+                    alias: Ident::with_quote('"', name),
+                };
+            }
+        }
+        if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+            let _ = VisitMut::visit(e, &mut NullSubqueries);
+        }
+    }
+    if let Some(selection) = &mut select.selection {
+        let _ = VisitMut::visit(selection, &mut NullSubqueries);
+    }
+}
+
+/// Whether `e` contains a subquery.
+fn contains_subquery(e: &Expr) -> bool {
+    struct Find(bool);
+    impl Visitor for Find {
+        type Break = ();
+        fn pre_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
+            self.0 = true;
+            ControlFlow::Break(())
+        }
+    }
+    let mut find = Find(false);
+    let _ = Visit::visit(e, &mut find);
+    find.0
+}
+
+impl SqlStatementRewriteRule for SubqueriesOverEmptyCatalogRelations {
+    fn rewrite(&self, s: Statement) -> Statement {
+        visit_all(s, EmptyCatalogVisitor)
+    }
+}
+
 /// Output columns are named as PostgreSQL names them: a function call after
 /// the function. Columns that would share a name (`SELECT NULL, NULL`) get
 /// distinct aliases: PostgreSQL allows repeated names, DataFusion does not.
@@ -1179,6 +1371,102 @@ impl SqlStatementRewriteRule for GenerateSubscriptsToUnnest {
     }
 }
 
+/// `EXISTS (SELECT ... FROM t WHERE p)` in a select list →
+/// `(SELECT count(*) FROM t WHERE p) > 0` (`NOT EXISTS`: `= 0`).
+///
+/// DataFusion plans `EXISTS` only as a filter (a semi join); as a value in
+/// the select list (psql's `\d index` asks whether the key's constraint is
+/// deferrable that way) it stops at execution. A correlated `count(*)`
+/// subquery it decorrelates, and the two are equal: the count is
+/// positive exactly when a row exists.
+#[derive(Debug)]
+pub struct ExistsInSelectListToCount;
+
+struct ExistsToCountVisitor;
+
+impl VisitorMut for ExistsToCountVisitor {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        if let SetExpr::Select(select) = query.body.as_mut() {
+            for item in &mut select.projection {
+                if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item
+                {
+                    let _ = VisitMut::visit(e, &mut ExistsToCount { depth: 0 });
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Rewrites the `EXISTS` of one expression, leaving nested queries to
+/// their own visit.
+struct ExistsToCount {
+    depth: usize,
+}
+
+impl VisitorMut for ExistsToCount {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, _q: &mut Query) -> ControlFlow<()> {
+        self.depth += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, _q: &mut Query) -> ControlFlow<()> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        if self.depth > 0 {
+            return ControlFlow::Continue(());
+        }
+        let Expr::Exists { subquery, negated } = e else {
+            return ControlFlow::Continue(());
+        };
+        let plain = subquery.limit_clause.is_none()
+            && subquery.fetch.is_none()
+            && subquery.with.is_none()
+            && matches!(subquery.body.as_ref(), SetExpr::Select(s)
+                if s.having.is_none()
+                    && matches!(&s.group_by, GroupByExpr::Expressions(g, _) if g.is_empty()));
+        if !plain {
+            return ControlFlow::Continue(());
+        }
+        let mut counted = subquery.clone();
+        counted.order_by = None;
+        if let SetExpr::Select(select) = counted.body.as_mut() {
+            select.distinct = None;
+            select.projection = vec![SelectItem::UnnamedExpr(call(
+                "count",
+                vec![Expr::Wildcard(
+                    datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken::empty(
+                    ),
+                )],
+                vec![],
+            ))];
+        }
+        *e = Expr::Nested(Box::new(Expr::BinaryOp {
+            left: Box::new(Expr::Subquery(counted)),
+            op: if *negated {
+                BinaryOperator::Eq
+            } else {
+                BinaryOperator::Gt
+            },
+            right: Box::new(Expr::value(Value::Number("0".into(), false))),
+        }));
+        ControlFlow::Continue(())
+    }
+}
+
+impl SqlStatementRewriteRule for ExistsInSelectListToCount {
+    fn rewrite(&self, s: Statement) -> Statement {
+        visit_all(s, ExistsToCountVisitor)
+    }
+}
+
 /// `ARRAY(SELECT expr FROM ...)` → `(SELECT array_agg(expr [ORDER BY o]) FROM ...)`.
 ///
 /// Over no rows, PostgreSQL gives an empty array and this gives NULL;
@@ -1227,6 +1515,10 @@ impl VisitorMut for ArraySubqueryVisitor {
 /// `ARRAY(SELECT f(x) FROM unnest(a) x [WHERE p(x)])` →
 /// `array_transform(array_filter(a, x -> p(x)), x -> f(x))`: the same
 /// array, element by element, without a correlated subquery.
+///
+/// `pg_options_to_table(a)` is `unnest(a)` with each `name=value` element
+/// split at its first `=` into `option_name` and `option_value`, and is
+/// mapped the same way.
 fn array_map(query: &Query) -> Option<Expr> {
     if query.order_by.is_some() || query.limit_clause.is_some() || query.with.is_some() {
         return None;
@@ -1249,25 +1541,39 @@ fn array_map(query: &Query) -> Option<Expr> {
     }
     let TableFactor::Table {
         name,
-        alias: Some(alias),
+        alias,
         args: Some(args),
         ..
     } = &from.relation
     else {
         return None;
     };
-    let is_unnest = name
+    let function = name
         .0
         .last()
         .and_then(|p| p.as_ident())
-        .is_some_and(|i| i.value.eq_ignore_ascii_case("unnest"));
+        .map(|i| i.value.to_ascii_lowercase())?;
     let [FunctionArg::Unnamed(FunctionArgExpr::Expr(array))] = args.args.as_slice() else {
         return None;
     };
-    if !is_unnest || !alias.columns.is_empty() {
-        return None;
-    }
-    let param = alias.name.clone();
+    let mut value = value.clone();
+    let mut filter = select.selection.clone();
+    let param = match (function.as_str(), alias) {
+        ("unnest", Some(alias)) if alias.columns.is_empty() => alias.name.clone(),
+        ("pg_options_to_table", alias) => {
+            let param = Ident::new("__millrace_option");
+            let mut split = SplitOption {
+                alias: alias.as_ref().map(|a| a.name.value.clone()),
+                element: Expr::Identifier(param.clone()),
+            };
+            let _ = VisitMut::visit(&mut value, &mut split);
+            if let Some(f) = &mut filter {
+                let _ = VisitMut::visit(f, &mut split);
+            }
+            param
+        }
+        _ => return None,
+    };
     let lambda = |body: Expr| {
         Expr::Lambda(LambdaFunction {
             params: OneOrManyWithParens::One(LambdaFunctionParameter {
@@ -1279,17 +1585,64 @@ fn array_map(query: &Query) -> Option<Expr> {
         })
     };
     let mut array = array.clone();
-    if let Some(p) = &select.selection {
-        array = call("array_filter", vec![array, lambda(p.clone())], vec![]);
+    if let Some(p) = filter {
+        array = call("array_filter", vec![array, lambda(p)], vec![]);
     }
-    if matches!(value, Expr::Identifier(i) if i.value == param.value) {
+    if matches!(&value, Expr::Identifier(i) if i.value == param.value) {
         return Some(array);
     }
-    Some(call(
-        "array_transform",
-        vec![array, lambda(value.clone())],
-        vec![],
-    ))
+    Some(call("array_transform", vec![array, lambda(value)], vec![]))
+}
+
+/// Replaces `option_name` and `option_value` (bare, or qualified by the
+/// `pg_options_to_table` alias) with the two halves of a `name=value`
+/// element.
+struct SplitOption {
+    alias: Option<String>,
+    element: Expr,
+}
+
+impl VisitorMut for SplitOption {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        let column = match e {
+            Expr::Identifier(i) => Some(i.value.clone()),
+            Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+                [a, c] if self.alias.as_deref() == Some(a.value.as_str()) => Some(c.value.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let number = |n: &str| Expr::value(Value::Number(n.into(), false));
+        let equals = || Expr::value(Value::SingleQuotedString("=".into()));
+        match column.as_deref() {
+            Some("option_name") => {
+                *e = call(
+                    "split_part",
+                    vec![self.element.clone(), equals(), number("1")],
+                    vec![],
+                );
+            }
+            Some("option_value") => {
+                let at = call("strpos", vec![self.element.clone(), equals()], vec![]);
+                *e = call(
+                    "substr",
+                    vec![
+                        self.element.clone(),
+                        Expr::BinaryOp {
+                            left: Box::new(at),
+                            op: BinaryOperator::Plus,
+                            right: Box::new(number("1")),
+                        },
+                    ],
+                    vec![],
+                );
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 impl SqlStatementRewriteRule for ArraySubqueryToAggregate {
@@ -1437,6 +1790,18 @@ mod tests {
         assert_eq!(
             rewritten("SELECT array(SELECT 'toast.' || x FROM pg_catalog.unnest(t.o) x) FROM t"),
             "SELECT array_transform(t.o, x -> 'toast.' || x) AS \"array\" FROM t"
+        );
+    }
+
+    #[test]
+    fn option_tables_become_array_transform() {
+        assert_eq!(
+            rewritten(
+                "SELECT array(SELECT quote_ident(option_name) || ' ' || quote_literal(option_value) \
+                 FROM pg_catalog.pg_options_to_table(a.opts)) FROM a"
+            ),
+            "SELECT array_transform(a.opts, __millrace_option -> quote_ident(split_part(__millrace_option, '=', 1)) \
+             || ' ' || quote_literal(substr(__millrace_option, strpos(__millrace_option, '=') + 1))) AS \"array\" FROM a"
         );
     }
 

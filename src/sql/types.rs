@@ -17,6 +17,15 @@ pub const DEFAULT_NUMERIC: (u8, i8) = (38, 10);
 /// when Arrow cannot tell it apart (`jsonb` is stored as text).
 pub const SQL_TYPE_KEY: &str = "millrace.sql_type";
 
+/// Whether a text column was declared `varchar` or `varchar(n)`, which
+/// PostgreSQL reports as `character varying`, not `text`.
+pub fn is_varchar(field: &Field) -> bool {
+    field
+        .metadata()
+        .get(SQL_TYPE_KEY)
+        .is_some_and(|t| t == "varchar" || t.starts_with("varchar("))
+}
+
 /// The declared maximum length of a `varchar(n)` column.
 pub fn varchar_length(field: &Field) -> Option<usize> {
     field
@@ -78,13 +87,12 @@ pub fn sql_to_arrow(ty: &SqlType) -> Result<(DataType, Option<String>)> {
             }
             return Ok((DataType::Utf8, Some(format!("varchar({length})"))));
         }
-        SqlType::Varchar(_)
-        | SqlType::CharVarying(_)
-        | SqlType::CharacterVarying(_)
-        | SqlType::Text
-        | SqlType::String(_)
-        | SqlType::Char(_)
-        | SqlType::Character(_) => DataType::Utf8,
+        SqlType::Varchar(_) | SqlType::CharVarying(_) | SqlType::CharacterVarying(_) => {
+            return Ok((DataType::Utf8, Some("varchar".into())));
+        }
+        SqlType::Text | SqlType::String(_) | SqlType::Char(_) | SqlType::Character(_) => {
+            DataType::Utf8
+        }
         SqlType::Date => DataType::Date32,
         SqlType::Time(_, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) => {
             DataType::Time64(TimeUnit::Microsecond)
