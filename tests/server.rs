@@ -332,3 +332,104 @@ async fn portals_with_row_limits_survive_sync_in_a_transaction() -> anyhow::Resu
     tx.commit().await?;
     Ok(())
 }
+
+/// A subscription is listed in `millrace_catalog.subscriptions` while its
+/// client reads it, with the epochs waiting unread, and is gone once the
+/// client disconnects: the server keeps nothing for a client that left.
+#[tokio::test]
+async fn subscriptions_end_when_their_client_disconnects() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let observer = server.connect().await?;
+    observer
+        .batch_execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, amount bigint);
+             INSERT INTO orders VALUES (1, 10);",
+        )
+        .await?;
+    let listed = "SELECT relation, pending_epochs FROM millrace_catalog.subscriptions";
+
+    let subscriber = server.connect().await?;
+    subscriber
+        .batch_execute("BEGIN; DECLARE c CURSOR FOR SUBSCRIBE TO orders")
+        .await?;
+    let first = subscriber.query("FETCH 1 c", &[]).await?;
+    anyhow::ensure!(first.len() == 1, "the snapshot row: {first:?}");
+    let rows = observer.query(listed, &[]).await?;
+    anyhow::ensure!(rows.len() == 1, "one open subscription: {rows:?}");
+    anyhow::ensure!(rows[0].get::<_, String>(0) == "orders");
+    anyhow::ensure!(rows[0].get::<_, i64>(1) == 0, "nothing unread yet");
+
+    observer
+        .batch_execute("INSERT INTO orders VALUES (2, 20); INSERT INTO orders VALUES (3, 30);")
+        .await?;
+    let rows = observer.query(listed, &[]).await?;
+    anyhow::ensure!(
+        rows.len() == 1 && rows[0].get::<_, i64>(1) == 2,
+        "two commits wait unread: {rows:?}"
+    );
+
+    drop(subscriber);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let rows = observer.query(listed, &[]).await?;
+        if rows.is_empty() {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the subscription outlived its client: {rows:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The table's later commits go on without it.
+    observer
+        .batch_execute("INSERT INTO orders VALUES (4, 40)")
+        .await?;
+    let count: i64 = observer
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await?
+        .get(0);
+    anyhow::ensure!(count == 4);
+    Ok(())
+}
+
+/// `FETCH` prepared through the extended protocol is described with its
+/// cursor's columns and returns them in the format asked for (binary, as
+/// tokio-postgres asks); PostgreSQL's `FETCH n c` and `FETCH c` (no `FROM`)
+/// are accepted.
+#[tokio::test]
+async fn fetch_through_the_extended_protocol_returns_typed_rows() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let client = server.connect().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE nums (n bigint PRIMARY KEY, label varchar);
+             INSERT INTO nums VALUES (1, 'one'), (2, 'two'), (3, 'three'), (4, 'four');
+             BEGIN;
+             DECLARE c CURSOR FOR SELECT n, label FROM nums ORDER BY n;",
+        )
+        .await?;
+    let two = client.query("FETCH 2 c", &[]).await?;
+    let got: Vec<(i64, String)> = two.iter().map(|r| (r.get(0), r.get(1))).collect();
+    anyhow::ensure!(
+        got == vec![(1, "one".to_string()), (2, "two".to_string())],
+        "{got:?}"
+    );
+    let next = client.query("FETCH c", &[]).await?;
+    anyhow::ensure!(next.len() == 1 && next[0].get::<_, i64>(0) == 3);
+    let rest = client.query("FETCH ALL FROM c", &[]).await?;
+    anyhow::ensure!(rest.len() == 1 && rest[0].get::<_, i64>(0) == 4);
+    let none = client.query("FETCH ALL FROM c", &[]).await?;
+    anyhow::ensure!(none.is_empty());
+    let missing = client.query("FETCH 1 nope", &[]).await;
+    anyhow::ensure!(
+        missing
+            .as_ref()
+            .err()
+            .and_then(|e| e.code())
+            .is_some_and(|c| c.code() == "34000"),
+        "{missing:?}"
+    );
+    client.batch_execute("ROLLBACK").await?;
+    Ok(())
+}

@@ -28,7 +28,7 @@ use pgwire::api::auth::{
     LoginInfo, Password, ServerParameterProvider, StartupHandler,
 };
 use pgwire::api::copy::{send_copy_in_response, send_copy_out_response, CopyHandler};
-use pgwire::api::portal::{Format, Portal, PortalExecutionState};
+use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{
     send_execution_response, send_query_response, send_ready_for_query, ExtendedQueryHandler,
     SimpleQueryHandler,
@@ -63,7 +63,7 @@ pub mod subscribe;
 use crate::error::MillraceError;
 use crate::sql::statement::{parse_statement, split_statements, Command, StatementText, Subscribe};
 use crate::sql::{Engine, EngineOptions, QueryOutput};
-use session::{is_session_statement, Session, SessionReply};
+use session::{is_session_statement, RowCursor, Session, SessionReply};
 pub use settings::SERVER_VERSION;
 
 /// Converts an engine error to the wire's error response.
@@ -190,6 +190,13 @@ impl QueryParser for MillraceQueryParser {
                     }
                     Err(e) => return Err(user_error(e)),
                 },
+                // A FETCH returns its cursor's columns.
+                Statement::Fetch { name, .. } => {
+                    let schema = lock(&session_of(client))
+                        .cursor_schema(&name.value)
+                        .unwrap_or_else(|| Arc::new(Schema::empty()));
+                    (vec![], schema)
+                }
                 _ => self
                     .engine
                     .describe(&command, &options)
@@ -439,7 +446,7 @@ impl MillraceHandler {
                 }
                 Statement::Fetch {
                     name, direction, ..
-                } => self.fetch(client, &session, &name.value, &direction).await,
+                } => self.fetch(&session, &name.value, &direction, format).await,
                 Statement::Close { cursor } => {
                     let (name, tag) = match &cursor {
                         CloseCursor::All => (None, "CLOSE CURSOR ALL"),
@@ -558,8 +565,8 @@ impl MillraceHandler {
 
     /// `DECLARE name CURSOR [WITH HOLD] FOR query`: runs the query now (a
     /// cursor reads the snapshot current when it is declared) and keeps its
-    /// rows in a portal of the cursor's name, which `FETCH` and a
-    /// protocol-level `Describe` of that portal read.
+    /// rows in the session for `FETCH`. A portal of the cursor's name
+    /// describes its columns to clients that ask (psycopg 3).
     async fn declare<C>(
         &self,
         client: &mut C,
@@ -588,28 +595,25 @@ impl MillraceHandler {
             Ok(rows) => rows,
             Err(e) => return Ok(Err(e)),
         };
-        let Some(store) = portal_store(client) else {
-            return Ok(Err(MillraceError::execution("no portal store")));
-        };
-        let statement = PreparedStatement {
-            text: text.clone(),
-            command: query,
-            param_types: vec![],
-            schema: schema.clone(),
-        };
-        let portal = Portal::new_cursor(
-            name.clone(),
-            Arc::new(StoredStatement::new(name.clone(), statement, vec![])),
-        );
-        let response = match rows_response(schema, batches, &Format::UnifiedText) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(wire_error(e))),
-        };
-        portal.start(response).await;
-        store.put_portal(Arc::new(portal));
-        if let Err(e) = lock(session).declare_cursor(&name, hold) {
+        if let Some(store) = portal_store(client) {
+            let statement = PreparedStatement {
+                text: text.clone(),
+                command: query,
+                param_types: vec![],
+                schema: schema.clone(),
+            };
+            store.put_portal(Arc::new(Portal::new_cursor(
+                name.clone(),
+                Arc::new(StoredStatement::new(name.clone(), statement, vec![])),
+            )));
+        }
+        let mut session = lock(session);
+        if let Err(e) = session.declare_cursor(&name, hold, schema.clone()) {
             return Ok(Err(e));
         }
+        session
+            .row_cursors
+            .insert(name, RowCursor::new(schema, batches));
         Ok(Ok(Response::Execution(Tag::new("DECLARE CURSOR"))))
     }
 
@@ -754,7 +758,7 @@ impl MillraceHandler {
             )));
         }
         let mut session = lock(session);
-        if let Err(e) = session.declare_cursor(&name, hold) {
+        if let Err(e) = session.declare_cursor(&name, hold, subscription.schema().clone()) {
             return Ok(Err(e));
         }
         session
@@ -763,18 +767,15 @@ impl MillraceHandler {
         Ok(Ok(Response::Execution(Tag::new("DECLARE CURSOR"))))
     }
 
-    /// `FETCH [FORWARD] n | ALL | NEXT FROM name`.
-    async fn fetch<C>(
+    /// `FETCH [FORWARD] n | ALL | NEXT [FROM] name`, rows encoded in the
+    /// formats the client asked for.
+    async fn fetch(
         &self,
-        client: &mut C,
         session: &SharedSession,
         name: &str,
         direction: &FetchDirection,
-    ) -> PgWireResult<Result<Response, MillraceError>>
-    where
-        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::PortalStore: PortalStore,
-    {
+        format: &Format,
+    ) -> PgWireResult<Result<Response, MillraceError>> {
         let count = match fetch_count(direction) {
             Ok(n) => n,
             Err(e) => return Ok(Err(e)),
@@ -783,35 +784,23 @@ impl MillraceHandler {
             return Ok(Err(e));
         }
         let subscription = lock(session).subscriptions.get(name).cloned();
-        if let Some(subscription) = subscription {
+        let (schema, batches) = if let Some(subscription) = subscription {
             let mut subscription = subscription.lock().await;
-            let batches = match subscription.fetch(count).await {
-                Ok(b) => b,
+            match subscription.fetch(count).await {
+                Ok(b) => (subscription.schema().clone(), b),
                 Err(e) => return Ok(Err(e)),
-            };
-            let mut response =
-                rows_response(subscription.schema().clone(), batches, &Format::UnifiedText)?;
-            response.set_command_tag("FETCH");
-            return Ok(Ok(Response::Query(response)));
-        }
-        let portal = match portal_store(client).and_then(|s| s.get_portal(name)) {
-            Some(Entry::Value(p)) => p,
-            _ => {
+            }
+        } else {
+            let mut session = lock(session);
+            let Some(cursor) = session.row_cursors.get_mut(name) else {
                 return Ok(Err(MillraceError::Data {
                     sqlstate: "34000",
                     message: format!("cursor \"{name}\" does not exist"),
-                }))
-            }
+                }));
+            };
+            (cursor.schema().clone(), cursor.take(count))
         };
-        let finished = matches!(*portal.state().lock().await, PortalExecutionState::Finished);
-        let mut response = if finished {
-            // An exhausted cursor still describes its columns.
-            let fields =
-                encode::pg_fields(&portal.statement.statement.schema, &Format::UnifiedText)?;
-            QueryResponse::new(Arc::new(fields), stream::empty())
-        } else {
-            portal.fetch(count).await?.response
-        };
+        let mut response = rows_response(schema, batches, format)?;
         response.set_command_tag("FETCH");
         Ok(Ok(Response::Query(response)))
     }

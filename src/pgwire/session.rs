@@ -13,6 +13,9 @@
 
 use std::collections::BTreeMap;
 
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+
 use datafusion::sql::sqlparser::ast::{
     ContextModifier, Expr, Ident, ObjectName, Reset, Set, Statement, TransactionAccessMode,
     TransactionIsolationLevel, TransactionMode, Value,
@@ -83,6 +86,58 @@ pub struct Session {
     pub copy_in: Option<super::copy::CopyIn>,
     /// Cursors declared `FOR SUBSCRIBE`, by name (also in `cursors`).
     pub subscriptions: BTreeMap<String, SharedSubscription>,
+    /// Cursors over a query's rows, by name (also in `cursors`).
+    pub row_cursors: BTreeMap<String, RowCursor>,
+    /// Every open cursor's columns, so that a prepared `FETCH` can be
+    /// described before it runs.
+    cursor_schemas: BTreeMap<String, SchemaRef>,
+}
+
+/// A cursor over the rows of the snapshot its query read at `DECLARE`:
+/// `FETCH` takes them from the front, in order.
+#[derive(Debug)]
+pub struct RowCursor {
+    schema: SchemaRef,
+    batches: std::collections::VecDeque<RecordBatch>,
+}
+
+impl RowCursor {
+    /// A cursor over `batches`, whose columns are `schema`.
+    pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
+        Self {
+            schema,
+            batches: batches.into_iter().filter(|b| b.num_rows() > 0).collect(),
+        }
+    }
+
+    /// The cursor's columns.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Takes the next `count` rows (every remaining row for 0).
+    pub fn take(&mut self, count: usize) -> Vec<RecordBatch> {
+        if count == 0 {
+            return self.batches.drain(..).collect();
+        }
+        let mut out = Vec::new();
+        let mut wanted = count;
+        while wanted > 0 {
+            let Some(front) = self.batches.pop_front() else {
+                break;
+            };
+            if front.num_rows() <= wanted {
+                wanted -= front.num_rows();
+                out.push(front);
+            } else {
+                out.push(front.slice(0, wanted));
+                self.batches
+                    .push_front(front.slice(wanted, front.num_rows() - wanted));
+                wanted = 0;
+            }
+        }
+        out
+    }
 }
 
 /// A subscription cursor, read by `FETCH` outside the session lock.
@@ -301,11 +356,26 @@ impl Session {
         Ok(())
     }
 
-    /// Registers a declared cursor (after [`Session::check_declare`]).
-    pub fn declare_cursor(&mut self, name: &str, hold: bool) -> Result<()> {
+    /// Registers a declared cursor with its columns (after
+    /// [`Session::check_declare`]).
+    pub fn declare_cursor(&mut self, name: &str, hold: bool, schema: SchemaRef) -> Result<()> {
         self.check_declare(name, hold)?;
         self.cursors.insert(name.to_string(), hold);
+        self.cursor_schemas.insert(name.to_string(), schema);
         Ok(())
+    }
+
+    /// The columns of open cursor `name`.
+    pub fn cursor_schema(&self, name: &str) -> Option<SchemaRef> {
+        self.cursor_schemas.get(name).cloned()
+    }
+
+    /// Forgets everything kept for cursor `name`.
+    fn forget_cursor(&mut self, name: &str) {
+        self.cursors.remove(name);
+        self.subscriptions.remove(name);
+        self.row_cursors.remove(name);
+        self.cursor_schemas.remove(name);
     }
 
     /// Checks that cursor `name` is open.
@@ -324,13 +394,15 @@ impl Session {
     pub fn close_cursor(&mut self, name: Option<&str>) -> Result<Vec<String>> {
         match name {
             None => {
-                self.subscriptions.clear();
-                Ok(std::mem::take(&mut self.cursors).into_keys().collect())
+                let names: Vec<String> = self.cursors.keys().cloned().collect();
+                for n in &names {
+                    self.forget_cursor(n);
+                }
+                Ok(names)
             }
             Some(n) => {
                 self.cursor_exists(n)?;
-                self.cursors.remove(n);
-                self.subscriptions.remove(n);
+                self.forget_cursor(n);
                 Ok(vec![n.to_string()])
             }
         }
@@ -475,8 +547,7 @@ impl Session {
             .map(|(n, _)| n.clone())
             .collect();
         for name in &closing {
-            self.cursors.remove(name);
-            self.subscriptions.remove(name);
+            self.forget_cursor(name);
         }
         reply.closed_cursors = closing;
         reply
@@ -704,6 +775,36 @@ mod tests {
     use super::*;
     use crate::sql::statement::{parse_statement, split_statements, Command};
 
+    fn empty() -> SchemaRef {
+        std::sync::Arc::new(datafusion::arrow::datatypes::Schema::empty())
+    }
+
+    #[test]
+    fn row_cursors_hand_out_rows_in_order_across_batches() {
+        use datafusion::arrow::array::{Array, AsArray, Int64Array};
+        use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+        let schema =
+            std::sync::Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let batch = |r: std::ops::Range<i64>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![std::sync::Arc::new(Int64Array::from_iter_values(r))],
+            )
+            .expect("batch")
+        };
+        let mut cursor =
+            RowCursor::new(schema.clone(), vec![batch(0..3), batch(3..3), batch(3..7)]);
+        let values = |b: Vec<RecordBatch>| -> Vec<i64> {
+            b.iter()
+                .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                .collect()
+        };
+        assert_eq!(values(cursor.take(2)), vec![0, 1]);
+        assert_eq!(values(cursor.take(3)), vec![2, 3, 4]);
+        assert_eq!(values(cursor.take(0)), vec![5, 6]);
+        assert!(cursor.take(1).iter().all(|b| b.column(0).is_empty()));
+    }
+
     fn run(session: &mut Session, sql: &str) -> Result<SessionReply> {
         let parts = split_statements(sql)?;
         let mut last = None;
@@ -830,15 +931,19 @@ mod tests {
     fn cursors_close_with_their_block() {
         let mut s = Session::new("u", []);
         assert_eq!(
-            s.declare_cursor("c", false).err().map(|e| e.sqlstate()),
+            s.declare_cursor("c", false, empty())
+                .err()
+                .map(|e| e.sqlstate()),
             Some("25P01")
         );
-        s.declare_cursor("h", true)
+        s.declare_cursor("h", true, empty())
             .expect("holdable outside a block");
         run(&mut s, "BEGIN").expect("begin");
-        s.declare_cursor("c", false).expect("declare");
+        s.declare_cursor("c", false, empty()).expect("declare");
         assert_eq!(
-            s.declare_cursor("c", false).err().map(|e| e.sqlstate()),
+            s.declare_cursor("c", false, empty())
+                .err()
+                .map(|e| e.sqlstate()),
             Some("42P03")
         );
         let reply = run(&mut s, "COMMIT").expect("commit");

@@ -149,6 +149,17 @@ struct Subscriber {
     tx: tokio::sync::mpsc::Sender<SubscribedChange>,
 }
 
+/// An open `SUBSCRIBE` as `millrace_catalog.subscriptions` lists it. The
+/// sender is weak so that the listing never keeps a stream open: once the
+/// engine drops the subscriber, or the client drops the receiving end, the
+/// entry is gone.
+#[derive(Debug)]
+struct SubscriptionEntry {
+    relation: String,
+    since_epoch: u64,
+    tx: tokio::sync::mpsc::WeakSender<SubscribedChange>,
+}
+
 /// Options for opening an engine.
 #[derive(Debug, Clone, Default)]
 pub struct EngineOptions {
@@ -169,6 +180,8 @@ pub struct Engine {
     /// Every running source reader (one per source and view reading it),
     /// readable without the writer lock: FLUSH waits on them.
     readers: std::sync::Mutex<Vec<SourceReader>>,
+    /// Open subscriptions, for `millrace_catalog.subscriptions`.
+    subscriptions: std::sync::Mutex<Vec<SubscriptionEntry>>,
     published: RwLock<Arc<Snapshot>>,
     base_state: SessionState,
     /// The latest catalog, for catalog functions.
@@ -251,6 +264,7 @@ impl Engine {
         let engine = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             readers: std::sync::Mutex::new(Vec::new()),
+            subscriptions: std::sync::Mutex::new(Vec::new()),
             writer: tokio::sync::Mutex::new(EngineState::default()),
             published: RwLock::new(Arc::new(Snapshot::default())),
             base_state,
@@ -1602,6 +1616,11 @@ impl Engine {
                 let _ = tx.try_send((last_committed, all));
             }
         }
+        self.open_subscriptions().push(SubscriptionEntry {
+            relation: relation.to_string(),
+            since_epoch: state.epoch.saturating_sub(1),
+            tx: tx.downgrade(),
+        });
         state.subscribers.push(Subscriber {
             relation: relation.to_string(),
             schema: schema.clone(),
@@ -1892,7 +1911,54 @@ impl Engine {
                 }),
             )),
         )?;
-        Ok(vec![("source_partitions".to_string(), schema)])
+        let subscriptions = Arc::new(Schema::new(vec![
+            Field::new("relation", DataType::Utf8, false),
+            Field::new("since_epoch", DataType::Int64, false),
+            Field::new("pending_epochs", DataType::Int64, false),
+        ]));
+        let me = self.me.clone();
+        let rows_schema = subscriptions.clone();
+        system.register_table(
+            "subscriptions".into(),
+            Arc::new(SystemRelation::new(
+                subscriptions.clone(),
+                Box::new(move |_| {
+                    let rows = me
+                        .upgrade()
+                        .map(|e| e.subscription_rows())
+                        .unwrap_or_default();
+                    subscription_batch(&rows_schema, rows)
+                }),
+            )),
+        )?;
+        Ok(vec![
+            ("source_partitions".to_string(), schema),
+            ("subscriptions".to_string(), subscriptions),
+        ])
+    }
+
+    fn open_subscriptions(&self) -> std::sync::MutexGuard<'_, Vec<SubscriptionEntry>> {
+        match self.subscriptions.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// The open subscriptions: relation, first epoch, and how many epochs
+    /// wait unread. Ended ones are forgotten here.
+    fn subscription_rows(&self) -> Vec<(String, u64, usize)> {
+        let mut open = self.open_subscriptions();
+        open.retain(|s| s.tx.upgrade().is_some_and(|tx| !tx.is_closed()));
+        open.iter()
+            .filter_map(|s| {
+                let tx = s.tx.upgrade()?;
+                Some((
+                    s.relation.clone(),
+                    s.since_epoch,
+                    tx.max_capacity() - tx.capacity(),
+                ))
+            })
+            .collect()
     }
 
     fn readers(&self) -> Vec<SourceReader> {
@@ -2253,6 +2319,23 @@ fn pg_catalog_info(state: &EngineState) -> PgCatalogInfo {
         .collect();
     relations.extend(pg_catalog::system_relations(&state.system_relations));
     PgCatalogInfo { relations }
+}
+
+/// The rows of `millrace_catalog.subscriptions`.
+fn subscription_batch(schema: &SchemaRef, rows: Vec<(String, u64, usize)>) -> Result<RecordBatch> {
+    let relations: StringArray = rows.iter().map(|r| Some(r.0.as_str())).collect();
+    let since: datafusion::arrow::array::Int64Array = rows
+        .iter()
+        .map(|r| Some(i64::try_from(r.1).unwrap_or(i64::MAX)))
+        .collect();
+    let pending: datafusion::arrow::array::Int64Array = rows
+        .iter()
+        .map(|r| Some(i64::try_from(r.2).unwrap_or(i64::MAX)))
+        .collect();
+    Ok(RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(relations), Arc::new(since), Arc::new(pending)],
+    )?)
 }
 
 /// The connector and `WITH` options of a `CREATE SOURCE` statement, as

@@ -390,7 +390,11 @@ pub fn parse_statement(whole: &str, stmt: &StatementText) -> Result<Command> {
         }
         _ => None,
     });
-    let text = role_form.as_deref().unwrap_or(&stmt.text);
+    let fetch_form = words(&stmt.text).and_then(|tokens| fetch_with_from(&tokens));
+    let text = role_form
+        .as_deref()
+        .or(fetch_form.as_deref())
+        .unwrap_or(&stmt.text);
     let dialect = PostgreSqlDialect {};
     let mut statements = Parser::new(&dialect)
         .try_with_sql(text)
@@ -408,6 +412,35 @@ pub fn parse_statement(whole: &str, stmt: &StatementText) -> Result<Command> {
             position: None,
         }),
     }
+}
+
+/// PostgreSQL's `FETCH [direction] cursor` without `FROM`/`IN` (`FETCH 10
+/// c`, `FETCH c`), spelled with `FROM` as sqlparser requires; `None` when
+/// the statement is not such a `FETCH`.
+fn fetch_with_from(tokens: &[Token]) -> Option<String> {
+    let mut tokens = tokens.to_vec();
+    while matches!(tokens.last(), Some(Token::SemiColon | Token::EOF)) {
+        tokens.pop();
+    }
+    let (first, rest) = tokens.split_first()?;
+    if !matches!(keyword(first), Some(Keyword::FETCH))
+        || rest
+            .iter()
+            .any(|t| matches!(keyword(t), Some(Keyword::FROM | Keyword::IN)))
+    {
+        return None;
+    }
+    let (cursor, direction) = rest.split_last()?;
+    let direction = if direction.is_empty() {
+        "NEXT".to_string()
+    } else {
+        direction
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    Some(format!("{first} {direction} FROM {cursor}"))
 }
 
 /// Parses `CREATE SOURCE [IF NOT EXISTS] name [(columns)] WITH (key = value,
