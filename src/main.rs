@@ -38,9 +38,11 @@ enum CommandLine {
         /// PEM private key for TLS; needs --tls-cert.
         #[arg(long, env = "MILLRACE_TLS_KEY", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
-        /// Client authentication: trust or scram (SCRAM-SHA-256 passwords).
-        /// Default: trust on a loopback address, scram on any other.
-        #[arg(long, env = "MILLRACE_AUTH", value_parser = ["trust", "scram"])]
+        /// Client authentication: trust, scram (SCRAM-SHA-256 passwords) or
+        /// password (cleartext passwords, for clients without SCRAM; use
+        /// with TLS). Default: trust on a loopback address, scram on any
+        /// other.
+        #[arg(long, env = "MILLRACE_AUTH", value_parser = ["trust", "scram", "password"])]
         auth: Option<String>,
     },
     /// Run Nexmark queries from the built-in generator into views and
@@ -143,12 +145,10 @@ fn main() -> anyhow::Result<()> {
                         data_dir,
                         init_sql,
                         tls: tls_cert.zip(tls_key),
-                        auth: auth.map(|a| {
-                            if a == "scram" {
-                                millrace::pgwire::AuthMode::Scram
-                            } else {
-                                millrace::pgwire::AuthMode::Trust
-                            }
+                        auth: auth.map(|a| match a.as_str() {
+                            "scram" => millrace::pgwire::AuthMode::Scram,
+                            "password" => millrace::pgwire::AuthMode::Password,
+                            _ => millrace::pgwire::AuthMode::Trust,
                         }),
                         // Read from the environment only, never a flag, so
                         // that it does not show in process listings.

@@ -107,7 +107,7 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
     } else {
         AuthMode::Scram
     });
-    if auth == AuthMode::Scram && engine.users().count() == 0 {
+    if auth.checks_passwords() && engine.users().count() == 0 {
         return Err(MillraceError::execution(format!(
             "password authentication is required on {addr}, but no user has a password: \
              set MILLRACE_PASSWORD to give the user \"{}\" one",

@@ -441,9 +441,38 @@ fn psql_as(
     ))
 }
 
+/// The authentication request the server answers a startup message with:
+/// 3 for a cleartext password, 5 for MD5, 10 for SASL (SCRAM).
+fn auth_request(server: &TestServer) -> anyhow::Result<i32> {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", server.port))?;
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for (k, v) in [("user", "millrace"), ("database", "dev")] {
+        body.extend(k.as_bytes());
+        body.push(0);
+        body.extend(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut message = i32::try_from(body.len() + 4)?.to_be_bytes().to_vec();
+    message.extend(body);
+    socket.write_all(&message)?;
+    let mut header = [0u8; 9];
+    socket.read_exact(&mut header)?;
+    anyhow::ensure!(
+        header[0] == b'R',
+        "not an authentication request: {header:?}"
+    );
+    Ok(i32::from_be_bytes([
+        header[5], header[6], header[7], header[8],
+    ]))
+}
+
 /// SCRAM-SHA-256 passwords: the start-up password of `millrace`, users made
 /// with `CREATE USER ... PASSWORD`, wrong passwords and unknown users
-/// refused, users kept across a restart and gone after `DROP USER`; and a
+/// refused, users kept across a restart and gone after `DROP USER`;
+/// cleartext passwords only with `--auth password`; and a
 /// server that requires passwords refuses to start when nobody has one.
 #[test]
 fn scram_password_authentication() -> anyhow::Result<()> {
@@ -521,6 +550,25 @@ fn scram_password_authentication() -> anyhow::Result<()> {
     anyhow::ensure!(!ok, "old password accepted: {err}");
     let (ok, out, err) = psql_as(&server, "alice", "land", "SELECT 1")?;
     anyhow::ensure!(ok && out.trim() == "1", "{out}{err}");
+    anyhow::ensure!(
+        auth_request(&server)? == 10,
+        "scram asks for SASL, never a cleartext or MD5 password"
+    );
+    server.stop()?;
+
+    // Cleartext passwords only when asked for, checked against the same
+    // verifiers.
+    let server = TestServer::start_on(data.path(), &["--auth", "password"])?;
+    anyhow::ensure!(auth_request(&server)? == 3, "cleartext password asked for");
+    let (ok, out, err) = psql_as(&server, "alice", "land", "SELECT session_user")?;
+    anyhow::ensure!(ok && out.trim() == "alice", "{out}{err}");
+    let (ok, _, err) = psql_as(&server, "alice", "lan", "SELECT 1")?;
+    anyhow::ensure!(!ok && err.contains("authentication failed"), "{err}");
+    let (ok, _, err) = psql_as(&server, "alice", "land", "SELECT * FROM orders LIMIT 0")?;
+    anyhow::ensure!(ok, "granted reads still work: {err}");
+    server.stop()?;
+
+    let server = TestServer::start_on(data.path(), &args)?;
     let (ok, _, err) = psql_as(&server, "millrace", "s3cret", "DROP USER alice")?;
     anyhow::ensure!(ok, "{err}");
     let (ok, _, _) = psql_as(&server, "alice", "land", "SELECT 1")?;

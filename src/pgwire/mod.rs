@@ -1239,6 +1239,17 @@ pub enum AuthMode {
     /// SCRAM-SHA-256 against the users' stored verifiers
     /// (`CREATE USER ... PASSWORD`); cleartext and MD5 are not offered.
     Scram,
+    /// Cleartext passwords, checked against the same verifiers: only when
+    /// asked for explicitly, for clients without SCRAM, and only sensible
+    /// over TLS.
+    Password,
+}
+
+impl AuthMode {
+    /// Whether clients log in with a password (and privileges apply).
+    pub fn checks_passwords(self) -> bool {
+        self != AuthMode::Trust
+    }
 }
 
 /// The users' SCRAM verifiers, for the SASL handshake.
@@ -1255,13 +1266,90 @@ impl AuthSource for UserVerifiers {
             .and_then(|u| Some((u.salt, u.salted_password?)))
         {
             Some((salt, salted)) => Ok(Password::new(Some(salt), salted)),
-            None => Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "FATAL".into(),
-                "28P01".into(),
-                format!("password authentication failed for user \"{user}\""),
-            )))),
+            None => Err(login_failed(user)),
         }
     }
+}
+
+/// Checks a cleartext password against `user`'s stored verifier, by
+/// deriving the salted password from it with the user's salt.
+fn check_cleartext(users: &crate::sql::users::Users, user: &str, presented: &str) -> bool {
+    let Some((salt, salted)) = users
+        .get(user)
+        .and_then(|u| Some((u.salt, u.salted_password?)))
+    else {
+        return false;
+    };
+    let derived = pgwire::api::auth::sasl::scram::gen_salted_password(
+        presented,
+        &salt,
+        crate::sql::users::SCRAM_ITERATIONS,
+    );
+    // Compare every byte, so the time taken does not tell how much of the
+    // password was right.
+    derived.len() == salted.len()
+        && derived
+            .iter()
+            .zip(&salted)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Cleartext password authentication (`--auth password`) against the
+/// stored verifiers. pgwire's own handler compares the password with a
+/// stored one; Millrace stores only verifiers.
+pub struct CleartextLogin {
+    users: Arc<crate::sql::users::Users>,
+    pids: RandomPidSecretKeyGenerator,
+}
+
+#[async_trait]
+impl StartupHandler for CleartextLogin {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                client
+                    .send(PgWireBackendMessage::Authentication(
+                        pgwire::messages::startup::Authentication::CleartextPassword,
+                    ))
+                    .await?;
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(message) => {
+                let password = message.into_password()?;
+                let login = LoginInfo::from_client_info(client);
+                let user = login.user().unwrap_or_default().to_string();
+                if !check_cleartext(&self.users, &user, &password.password) {
+                    return Err(login_failed(&user));
+                }
+                let (pid, key) = self.pids.generate(client);
+                client.set_pid_and_secret_key(pid, key);
+                finish_authentication(client, &SessionParameters).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// PostgreSQL's error for a refused login.
+fn login_failed(user: &str) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".into(),
+        "28P01".into(),
+        format!("password authentication failed for user \"{user}\""),
+    )))
 }
 
 /// The startup handler of one connection: trust, or a SASL exchange.
@@ -1270,6 +1358,8 @@ pub enum Startup {
     Trust(Arc<MillraceHandler>),
     /// SCRAM-SHA-256 (its state is the connection's own).
     Scram(Box<SASLAuthStartupHandler<SessionParameters>>),
+    /// A cleartext password.
+    Password(CleartextLogin),
 }
 
 #[async_trait]
@@ -1287,6 +1377,7 @@ impl StartupHandler for Startup {
         match self {
             Startup::Trust(h) => h.on_startup(client, message).await,
             Startup::Scram(h) => h.on_startup(client, message).await,
+            Startup::Password(h) => h.on_startup(client, message).await,
         }
     }
 }
@@ -1345,6 +1436,10 @@ impl PgWireServerHandlers for HandlerFactory {
                     SASLAuthStartupHandler::new(Arc::new(SessionParameters)).with_scram(scram),
                 ))
             }
+            AuthMode::Password => Startup::Password(CleartextLogin {
+                users: self.users.clone(),
+                pids: RandomPidSecretKeyGenerator::default(),
+            }),
         })
     }
 
@@ -1397,7 +1492,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut handler = MillraceHandler::new(engine.clone());
-    handler.enforce_privileges = auth == AuthMode::Scram;
+    handler.enforce_privileges = auth.checks_passwords();
     let factory = Arc::new(HandlerFactory {
         users: engine.users().clone(),
         handler: Arc::new(handler),
