@@ -91,6 +91,27 @@ const VIEWS: &[(&str, &str)] = &[
         "SELECT window_end, a, max(b) AS mb FROM HOP(timed, ts, INTERVAL '10' SECOND, INTERVAL '30' SECOND) \
          GROUP BY window_end, a",
     ),
+    ("top_w", "SELECT d, w FROM t3 ORDER BY w DESC, d LIMIT 3"),
+    ("paged_w", "SELECT d, w FROM t3 ORDER BY w, d LIMIT 2 OFFSET 2"),
+    (
+        "ranked",
+        "SELECT a, b, c, r FROM (SELECT a, b, c, rank() OVER (PARTITION BY a ORDER BY b DESC) AS r \
+         FROM t1) s WHERE r <= 2",
+    ),
+    (
+        "dense",
+        "SELECT * FROM (SELECT a, b, dense_rank() OVER (PARTITION BY a ORDER BY b) AS dr FROM t1) s \
+         WHERE dr < 3",
+    ),
+    (
+        "numbered",
+        "SELECT * FROM (SELECT d, w, row_number() OVER (ORDER BY w, d) AS n FROM t3) s \
+         WHERE n > 1 AND n <= 4",
+    ),
+    (
+        "latest_d",
+        "SELECT DISTINCT ON (a) a, d FROM t2 ORDER BY a, d DESC",
+    ),
     (
         "cross_small",
         "SELECT t3.d, count(*) AS n FROM t3, t2 WHERE t2.d >= t3.d GROUP BY t3.d",

@@ -29,6 +29,7 @@ use super::operator::Operator;
 use super::partition::PartitionedOperator;
 use super::project::ProjectOperator;
 use super::scan::ScanOperator;
+use super::topn::{Ranking, TopNOperator, TopNSpec};
 use super::union::UnionOperator;
 use crate::error::{MillraceError, Result};
 
@@ -56,6 +57,7 @@ pub fn lower_plan(plan: &LogicalPlan, relation_grows: &dyn Fn(&str) -> bool) -> 
         props: ExecutionProps::new(),
         workers: workers(),
         relation_grows,
+        rank_bounds: Vec::new(),
     };
     lowering.node(plan)?;
     Ok(lowering.graph)
@@ -87,6 +89,9 @@ struct Lowering<'a> {
     props: ExecutionProps,
     workers: usize,
     relation_grows: &'a dyn Fn(&str) -> bool,
+    /// Rank ranges found in filters over window nodes, by the window
+    /// node's address, for the window's top-N operator to keep only them.
+    rank_bounds: Vec<(*const LogicalPlan, (u64, u64))>,
 }
 
 fn arrow_schema(schema: &DFSchema) -> SchemaRef {
@@ -148,11 +153,16 @@ impl Lowering<'_> {
                 self.graph.add(Box::new(op), vec![NodeInput::Node(input)])
             }
             LogicalPlan::Filter(f) => {
+                if let Some((window, bounds)) = rank_filter(f) {
+                    self.rank_bounds
+                        .push((window as *const LogicalPlan, bounds));
+                }
                 let input = self.node(&f.input)?;
                 let predicate = self.expr(&f.predicate, f.input.schema())?;
                 let op = FilterOperator::try_new(predicate, arrow_schema(f.input.schema()))?;
                 self.graph.add(Box::new(op), vec![NodeInput::Node(input)])
             }
+            LogicalPlan::Aggregate(a) if first_row_order(a).is_some() => self.first_rows(a),
             LogicalPlan::Aggregate(a) => {
                 let input = self.node(&a.input)?;
                 let in_schema = a.input.schema();
@@ -298,20 +308,34 @@ impl Lowering<'_> {
                 self.graph.add(Box::new(op), inputs)
             }
             LogicalPlan::SubqueryAlias(s) => self.node(&s.input),
-            LogicalPlan::Sort(s) => {
-                if s.fetch.is_some() {
-                    Err(MillraceError::not_supported(
-                        "ORDER BY ... LIMIT (top-N) in a materialized view",
-                    ))
-                } else {
-                    // A materialized view is an unordered collection; ORDER BY
-                    // belongs to the SELECT that reads it.
-                    self.node(&s.input)
+            LogicalPlan::Sort(s) => match s.fetch {
+                Some(n) => self.top_n(&s.input, &s.expr, 1, n as u64),
+                // A materialized view is an unordered collection; ORDER BY
+                // belongs to the SELECT that reads it.
+                None => self.node(&s.input),
+            },
+            LogicalPlan::Limit(l) => {
+                use datafusion::logical_expr::{FetchType, SkipType};
+                let LogicalPlan::Sort(sort) = l.input.as_ref() else {
+                    return Err(MillraceError::not_supported(
+                        "LIMIT / OFFSET without ORDER BY in a materialized view (which rows it keeps would be arbitrary)",
+                    ));
+                };
+                let (SkipType::Literal(skip), FetchType::Literal(fetch)) =
+                    (l.get_skip_type()?, l.get_fetch_type()?)
+                else {
+                    return Err(MillraceError::not_supported(
+                        "LIMIT / OFFSET other than constants in a materialized view",
+                    ));
+                };
+                let first = skip as u64 + 1;
+                let last = fetch.map_or(u64::MAX, |f| (skip + f) as u64);
+                if last < first {
+                    // LIMIT 0: always empty.
+                    return self.top_n(&sort.input, &sort.expr, 1, 0);
                 }
+                self.top_n(&sort.input, &sort.expr, first, last)
             }
-            LogicalPlan::Limit(_) => Err(MillraceError::not_supported(
-                "LIMIT / OFFSET in a materialized view",
-            )),
             LogicalPlan::EmptyRelation(e) => {
                 let schema = arrow_schema(&e.schema);
                 let rows = usize::from(e.produce_one_row);
@@ -347,9 +371,7 @@ impl Lowering<'_> {
                 let op = ConstantOperator::try_new(batch)?;
                 self.graph.add(Box::new(op), vec![])
             }
-            LogicalPlan::Window(_) => Err(MillraceError::not_supported(
-                "window functions (OVER) in a materialized view",
-            )),
+            LogicalPlan::Window(w) => self.ranking_window(plan, w),
             LogicalPlan::Unnest(_) => Err(MillraceError::not_supported(
                 "UNNEST in a materialized view",
             )),
@@ -366,6 +388,195 @@ impl Lowering<'_> {
     /// `make()` split into `self.workers` copies by `keys` (one key list per
     /// input; `typed_keys` over `schema` give the key types), or a single
     /// copy when there is one worker or no key.
+    /// `ORDER BY order LIMIT` over `input`: the rows ranked `first..=last`
+    /// (no rank column). `last` 0 keeps nothing.
+    fn top_n(
+        &mut self,
+        input: &LogicalPlan,
+        order: &[datafusion::logical_expr::SortExpr],
+        first: u64,
+        last: u64,
+    ) -> Result<usize> {
+        let id = self.node(input)?;
+        let schema = arrow_schema(input.schema());
+        if last == 0 {
+            let filter = FilterOperator::try_new(
+                datafusion::physical_expr::expressions::lit(false),
+                schema,
+            )?;
+            return self.graph.add(Box::new(filter), vec![NodeInput::Node(id)]);
+        }
+        let order = self.sort_exprs(order, input.schema())?;
+        let op = TopNOperator::try_new(
+            &schema,
+            vec![],
+            order,
+            TopNSpec {
+                ranking: None,
+                first,
+                last,
+            },
+            is_append_only(input, self.relation_grows),
+            schema.clone(),
+        )?;
+        self.graph.add(Box::new(op), vec![NodeInput::Node(id)])
+    }
+
+    fn sort_exprs(
+        &self,
+        order: &[datafusion::logical_expr::SortExpr],
+        schema: &DFSchema,
+    ) -> Result<
+        Vec<(
+            Arc<dyn PhysicalExpr>,
+            datafusion::arrow::compute::SortOptions,
+        )>,
+    > {
+        order
+            .iter()
+            .map(|s| {
+                Ok((
+                    self.expr(&s.expr, schema)?,
+                    datafusion::arrow::compute::SortOptions {
+                        descending: !s.asc,
+                        nulls_first: s.nulls_first,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// A window node computing one ranking function (`ROW_NUMBER`, `RANK`,
+    /// `DENSE_RANK`): a top-N operator per partition, keeping the ranks a
+    /// filter above asks for (every rank when none does).
+    fn ranking_window(
+        &mut self,
+        plan: &LogicalPlan,
+        w: &datafusion::logical_expr::Window,
+    ) -> Result<usize> {
+        use datafusion::logical_expr::expr::WindowFunctionDefinition;
+        let unsupported = || {
+            MillraceError::not_supported(
+                "window functions (OVER) in a materialized view other than one ROW_NUMBER(), RANK() or DENSE_RANK() (top-N per group)",
+            )
+        };
+        let [expr] = w.window_expr.as_slice() else {
+            return Err(unsupported());
+        };
+        let inner = match expr {
+            Expr::Alias(a) => a.expr.as_ref(),
+            other => other,
+        };
+        let Expr::WindowFunction(f) = inner else {
+            return Err(unsupported());
+        };
+        let WindowFunctionDefinition::WindowUDF(udf) = &f.fun else {
+            return Err(unsupported());
+        };
+        let ranking = Ranking::of(udf.name()).ok_or_else(unsupported)?;
+        if !f.params.args.is_empty() || f.params.filter.is_some() {
+            return Err(unsupported());
+        }
+        let (first, last) = self
+            .rank_bounds
+            .iter()
+            .find(|(p, _)| std::ptr::eq(*p, plan))
+            .map(|(_, b)| *b)
+            .unwrap_or((1, u64::MAX));
+        let id = self.node(&w.input)?;
+        let in_schema = w.input.schema();
+        let input_schema = arrow_schema(in_schema);
+        let partition_by = f
+            .params
+            .partition_by
+            .iter()
+            .map(|e| self.expr(e, in_schema))
+            .collect::<Result<Vec<_>>>()?;
+        let order = self.sort_exprs(&f.params.order_by, in_schema)?;
+        let out_schema = arrow_schema(&w.schema);
+        let append_only = is_append_only(&w.input, self.relation_grows);
+        let make = || -> Result<Box<dyn Operator>> {
+            Ok(Box::new(TopNOperator::try_new(
+                &input_schema,
+                partition_by.clone(),
+                order.clone(),
+                TopNSpec {
+                    ranking: Some(ranking),
+                    first,
+                    last,
+                },
+                append_only,
+                out_schema.clone(),
+            )?))
+        };
+        let op = self.maybe_partitioned(
+            make,
+            vec![partition_by.clone()],
+            &partition_by,
+            &input_schema,
+        )?;
+        self.graph.add(op, vec![NodeInput::Node(id)])
+    }
+
+    /// `GROUP BY g` with only `first_value(x ORDER BY o)` aggregates (how
+    /// `DISTINCT ON (g) ... ORDER BY g, o` is planned): the top row of each
+    /// group by `o`, then its `g` and `x`. `last_value` is the top row in
+    /// the reverse order.
+    fn first_rows(&mut self, a: &datafusion::logical_expr::Aggregate) -> Result<usize> {
+        let Some((order, reverse)) = first_row_order(a) else {
+            return Err(MillraceError::plan("not a first-row aggregate"));
+        };
+        let in_schema = a.input.schema();
+        let input_schema = arrow_schema(in_schema);
+        let id = self.node(&a.input)?;
+        let group_exprs = a
+            .group_expr
+            .iter()
+            .map(|g| self.expr(g, in_schema))
+            .collect::<Result<Vec<_>>>()?;
+        let mut order = self.sort_exprs(&order, in_schema)?;
+        if reverse {
+            for (_, o) in &mut order {
+                *o = !*o;
+            }
+        }
+        let append_only = is_append_only(&a.input, self.relation_grows);
+        let make = || -> Result<Box<dyn Operator>> {
+            Ok(Box::new(TopNOperator::try_new(
+                &input_schema,
+                group_exprs.clone(),
+                order.clone(),
+                TopNSpec {
+                    ranking: None,
+                    first: 1,
+                    last: 1,
+                },
+                append_only,
+                input_schema.clone(),
+            )?))
+        };
+        let op =
+            self.maybe_partitioned(make, vec![group_exprs.clone()], &group_exprs, &input_schema)?;
+        let top = self.graph.add(op, vec![NodeInput::Node(id)])?;
+        let mut outputs = group_exprs.clone();
+        for e in &a.aggr_expr {
+            let inner = match e {
+                Expr::Alias(al) => al.expr.as_ref(),
+                other => other,
+            };
+            let Expr::AggregateFunction(f) = inner else {
+                return Err(MillraceError::plan("not a first-row aggregate"));
+            };
+            let [arg] = f.params.args.as_slice() else {
+                return Err(MillraceError::plan("first_value takes one argument"));
+            };
+            outputs.push(self.expr(arg, in_schema)?);
+        }
+        let project = ProjectOperator::try_new(outputs, arrow_schema(&a.schema))?;
+        self.graph
+            .add(Box::new(project), vec![NodeInput::Node(top)])
+    }
+
     fn maybe_partitioned(
         &self,
         make: impl Fn() -> Result<Box<dyn Operator>>,
@@ -502,4 +713,153 @@ pub fn is_append_only(plan: &LogicalPlan, relation_grows: &dyn Fn(&str) -> bool)
         LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => true,
         _ => false,
     }
+}
+
+/// The range of ranks a filter keeps, when it filters the ranking column
+/// of a window node directly below it (or below a projection that passes
+/// columns through): `rn <= 3`, `rn < 4`, `rn = 1`, `rn > 1`, `3 >= rn`,
+/// and conjunctions of them. Returns the window node and `(first, last)`.
+fn rank_filter(f: &datafusion::logical_expr::Filter) -> Option<(&LogicalPlan, (u64, u64))> {
+    use datafusion::logical_expr::{BinaryExpr, Operator as Op};
+    let mut below = f.input.as_ref();
+    // The window column's name as the filter sees it.
+    let mut names: Vec<String> = vec![];
+    if let LogicalPlan::Projection(p) = below {
+        for e in &p.expr {
+            match e {
+                Expr::Column(_) => {}
+                Expr::Alias(a) if matches!(a.expr.as_ref(), Expr::Column(_)) => {}
+                _ => return None,
+            }
+        }
+        below = p.input.as_ref();
+        if let LogicalPlan::Window(w) = below {
+            let window_column = w.schema.field(w.schema.fields().len() - 1).name().clone();
+            for (e, field) in p.expr.iter().zip(p.schema.fields()) {
+                let source = match e {
+                    Expr::Column(c) => &c.name,
+                    Expr::Alias(a) => match a.expr.as_ref() {
+                        Expr::Column(c) => &c.name,
+                        _ => continue,
+                    },
+                    _ => continue,
+                };
+                if *source == window_column {
+                    names.push(field.name().clone());
+                }
+            }
+        }
+    }
+    let LogicalPlan::Window(w) = below else {
+        return None;
+    };
+    if w.window_expr.len() != 1 {
+        return None;
+    }
+    if names.is_empty() {
+        names.push(w.schema.field(w.schema.fields().len() - 1).name().clone());
+    }
+    let literal = |e: &Expr| match e {
+        Expr::Literal(v, _) => match v {
+            ScalarValue::UInt64(Some(n)) => Some(*n as i128),
+            ScalarValue::Int64(Some(n)) => Some(*n as i128),
+            ScalarValue::Int32(Some(n)) => Some(*n as i128),
+            ScalarValue::UInt32(Some(n)) => Some(*n as i128),
+            _ => None,
+        },
+        Expr::Cast(c) => match c.expr.as_ref() {
+            Expr::Literal(ScalarValue::Int64(Some(n)), _) => Some(*n as i128),
+            _ => None,
+        },
+        _ => None,
+    };
+    let is_rank = |e: &Expr| match e {
+        Expr::Column(c) => names.contains(&c.name),
+        Expr::Cast(c) => matches!(c.expr.as_ref(), Expr::Column(col) if names.contains(&col.name)),
+        _ => false,
+    };
+    let mut first: i128 = 1;
+    let mut last: i128 = u64::MAX as i128;
+    for conjunct in datafusion::logical_expr::utils::split_conjunction(&f.predicate) {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = conjunct else {
+            continue;
+        };
+        // Normalized to `rank <op> n`.
+        let (op, n) = if is_rank(left) {
+            match literal(right) {
+                Some(n) => (*op, n),
+                None => continue,
+            }
+        } else if is_rank(right) {
+            let Some(n) = literal(left) else { continue };
+            let flipped = match op {
+                Op::Lt => Op::Gt,
+                Op::LtEq => Op::GtEq,
+                Op::Gt => Op::Lt,
+                Op::GtEq => Op::LtEq,
+                other => *other,
+            };
+            (flipped, n)
+        } else {
+            continue;
+        };
+        match op {
+            Op::Lt => last = last.min(n - 1),
+            Op::LtEq => last = last.min(n),
+            Op::Gt => first = first.max(n + 1),
+            Op::GtEq => first = first.max(n),
+            Op::Eq => {
+                first = first.max(n);
+                last = last.min(n);
+            }
+            _ => {}
+        }
+    }
+    if last < first || last < 1 {
+        // Nothing passes; keep the first rank only and let the filter
+        // above remove it.
+        return Some((below, (1, 1)));
+    }
+    let first = u64::try_from(first.max(1)).ok()?;
+    let last = u64::try_from(last).unwrap_or(u64::MAX);
+    Some((below, (first, last)))
+}
+
+/// When every aggregate of `a` is `first_value(x ORDER BY o)` with the same
+/// `o` (or every one `last_value`), that order and whether it is reversed
+/// (`last_value`).
+fn first_row_order(
+    a: &datafusion::logical_expr::Aggregate,
+) -> Option<(Vec<datafusion::logical_expr::SortExpr>, bool)> {
+    let mut found: Option<(Vec<datafusion::logical_expr::SortExpr>, bool)> = None;
+    if a.aggr_expr.is_empty() {
+        return None;
+    }
+    for e in &a.aggr_expr {
+        let inner = match e {
+            Expr::Alias(al) => al.expr.as_ref(),
+            other => other,
+        };
+        let Expr::AggregateFunction(f) = inner else {
+            return None;
+        };
+        let reverse = match f.func.name() {
+            "first_value" => false,
+            "last_value" => true,
+            _ => return None,
+        };
+        if f.params.order_by.is_empty()
+            || f.params.distinct
+            || f.params.filter.is_some()
+            || f.params.args.len() != 1
+        {
+            return None;
+        }
+        match &found {
+            None => found = Some((f.params.order_by.clone(), reverse)),
+            Some((order, r)) if *order == f.params.order_by && *r == reverse => {}
+            Some(_) => return None,
+        }
+    }
+    found
 }

@@ -15,6 +15,7 @@ pub mod partition;
 pub mod pretty;
 pub mod project;
 pub mod scan;
+pub mod topn;
 pub mod union;
 
 pub use change::ChangeBatch;

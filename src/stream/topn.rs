@@ -1,0 +1,491 @@
+//! Top-N: per partition, the rows whose rank by an ordering lies in a
+//! range. One operator maintains `ORDER BY ... LIMIT n OFFSET m`,
+//! `ROW_NUMBER()` / `RANK()` / `DENSE_RANK() OVER (PARTITION BY ... ORDER BY
+//! ...)` filtered by their value, and `DISTINCT ON` (top 1 per key).
+//!
+//! Weights: the input is a Z-set; a row of weight `w > 0` is `w` copies, each
+//! ranked in the order (ties broken by the whole row, so the result is
+//! deterministic). The output holds, with weight +1 per copy, each copy
+//! whose rank lies in `[first, last]`, extended with its rank when the
+//! operator numbers rows. A row whose summed weight is not positive is
+//! absent. Each epoch, every partition the input delta touched is ranked
+//! before and after the delta, and the difference is emitted: a row that
+//! enters the range is inserted, one that leaves it (or whose rank moves)
+//! is retracted, so the output is always the ranked rows of the current
+//! input.
+//!
+//! State: every row of every partition, ordered, since a deletion in the top
+//! rows pulls the next row in. Over an input that only grows (an
+//! append-only source), rows past the range can never re-enter it, and are
+//! dropped after each epoch, so the state stays `last` rows per partition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, UInt64Array};
+use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::hash_utils::RandomState;
+use datafusion::physical_expr::PhysicalExpr;
+
+use super::change::{batch_from_columns, evaluate_keys, ChangeBatch};
+use super::operator::{Operator, OperatorStats};
+use crate::error::{MillraceError, Result};
+
+/// How rows are numbered within their partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ranking {
+    /// `ROW_NUMBER()`: 1, 2, 3... even among ties.
+    RowNumber,
+    /// `RANK()`: ties share a rank; the next rank skips (1, 1, 3).
+    Rank,
+    /// `DENSE_RANK()`: ties share a rank; no gaps (1, 1, 2).
+    DenseRank,
+}
+
+impl Ranking {
+    /// The ranking of a window function name, if it is one.
+    pub fn of(name: &str) -> Option<Self> {
+        match name {
+            "row_number" => Some(Ranking::RowNumber),
+            "rank" => Some(Ranking::Rank),
+            "dense_rank" => Some(Ranking::DenseRank),
+            _ => None,
+        }
+    }
+}
+
+/// What the operator keeps and emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopNSpec {
+    /// How ranks are counted, and whether the rank is an output column
+    /// (`Some`), or rows are only selected by position (`None`: `LIMIT`,
+    /// `DISTINCT ON`).
+    pub ranking: Option<Ranking>,
+    /// Lowest rank kept (1-based).
+    pub first: u64,
+    /// Highest rank kept; `u64::MAX` for no bound.
+    pub last: u64,
+}
+
+/// The ordered rows of one partition: (order key, row) to summed weight.
+type Partition = BTreeMap<(Vec<u8>, Vec<u8>), i64>;
+
+/// One ranked copy range of the output: row, rank (0 without a rank
+/// column), copies.
+type Ranked = (Vec<u8>, u64, i64);
+
+/// Maintains the rows ranked within a range, per partition.
+pub struct TopNOperator {
+    partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    partition_types: Vec<DataType>,
+    partition_rows: RowConverter,
+    order_by: Vec<Arc<dyn PhysicalExpr>>,
+    order_types: Vec<DataType>,
+    order_rows: RowConverter,
+    /// All input columns, to keep rows in state and decode them back.
+    input_rows: RowConverter,
+    spec: TopNSpec,
+    append_only: bool,
+    schema: SchemaRef,
+    partitions: HashMap<Vec<u8>, Partition, RandomState>,
+    stats: OperatorStats,
+}
+
+impl TopNOperator {
+    /// Ranks rows of `input` within partitions of `partition_by`, ordered by
+    /// `order_by` with `options`. The output schema is the input's, plus
+    /// the rank column (`UInt64`) when `spec.ranking` is set.
+    /// `append_only` says the input never retracts rows.
+    pub fn try_new(
+        input: &SchemaRef,
+        partition_by: Vec<Arc<dyn PhysicalExpr>>,
+        order_by: Vec<(Arc<dyn PhysicalExpr>, SortOptions)>,
+        spec: TopNSpec,
+        append_only: bool,
+        schema: SchemaRef,
+    ) -> Result<Self> {
+        if spec.first == 0 || spec.first > spec.last {
+            return Err(MillraceError::plan(format!(
+                "top-N range {}..{} is empty",
+                spec.first, spec.last
+            )));
+        }
+        let expected = input.fields().len() + usize::from(spec.ranking.is_some());
+        if schema.fields().len() != expected {
+            return Err(MillraceError::plan(format!(
+                "top-N output has {} columns, expected {expected}",
+                schema.fields().len()
+            )));
+        }
+        let partition_types = partition_by
+            .iter()
+            .map(|e| Ok(e.data_type(input)?))
+            .collect::<Result<Vec<_>>>()?;
+        let partition_rows = RowConverter::new(
+            partition_types
+                .iter()
+                .map(|t| SortField::new(t.clone()))
+                .collect(),
+        )?;
+        let order_types = order_by
+            .iter()
+            .map(|(e, _)| Ok(e.data_type(input)?))
+            .collect::<Result<Vec<_>>>()?;
+        let order_rows = RowConverter::new(
+            order_types
+                .iter()
+                .zip(&order_by)
+                .map(|(t, (_, o))| SortField::new_with_options(t.clone(), *o))
+                .collect(),
+        )?;
+        let input_rows = super::change::row_converter(input)?;
+        Ok(Self {
+            partition_by,
+            partition_types,
+            partition_rows,
+            order_by: order_by.into_iter().map(|(e, _)| e).collect(),
+            order_types,
+            order_rows,
+            input_rows,
+            spec,
+            append_only,
+            schema,
+            partitions: HashMap::with_hasher(RandomState::default()),
+            stats: OperatorStats::default(),
+        })
+    }
+
+    /// The copies of `partition` whose rank lies in the range, in order.
+    fn ranked(spec: &TopNSpec, partition: &Partition) -> Vec<Ranked> {
+        let mut out = Vec::new();
+        // Copies before the current entry, distinct order keys so far, and
+        // where the current tie group started.
+        let mut position = 0u64;
+        let mut dense = 0u64;
+        let mut tie_start = 0u64;
+        let mut previous: Option<&[u8]> = None;
+        for ((order, row), &weight) in partition {
+            if weight <= 0 {
+                continue;
+            }
+            let copies = weight as u64;
+            if previous != Some(order.as_slice()) {
+                dense += 1;
+                tie_start = position;
+                previous = Some(order);
+            }
+            match spec.ranking {
+                Some(Ranking::Rank) | Some(Ranking::DenseRank) => {
+                    let rank = if spec.ranking == Some(Ranking::Rank) {
+                        tie_start + 1
+                    } else {
+                        dense
+                    };
+                    if rank > spec.last {
+                        break;
+                    }
+                    if rank >= spec.first {
+                        out.push((row.clone(), rank, weight));
+                    }
+                }
+                ranking => {
+                    // Copies numbered position+1 ..= position+copies; keep
+                    // those within [first, last].
+                    let from = (position + 1).max(spec.first);
+                    let to = (position + copies).min(spec.last);
+                    if ranking.is_some() {
+                        for n in from..=to {
+                            out.push((row.clone(), n, 1));
+                        }
+                    } else if to >= from {
+                        out.push((row.clone(), 0, (to - from + 1) as i64));
+                    }
+                    if position + copies >= spec.last {
+                        break;
+                    }
+                }
+            }
+            position += copies;
+        }
+        out
+    }
+
+    /// Drops rows that can never be ranked within the range again: over an
+    /// append-only input, those ranked past `last`.
+    fn trim(spec: &TopNSpec, partition: &mut Partition) {
+        let mut kept = 0u64;
+        let mut dense = 0u64;
+        let mut previous: Option<Vec<u8>> = None;
+        let mut cut: Option<(Vec<u8>, Vec<u8>)> = None;
+        for ((order, row), &weight) in partition.iter() {
+            if weight <= 0 {
+                continue;
+            }
+            let new_group = previous.as_deref() != Some(order.as_slice());
+            if new_group {
+                dense += 1;
+                let rank = match spec.ranking {
+                    Some(Ranking::DenseRank) => dense,
+                    _ => kept + 1,
+                };
+                if rank > spec.last {
+                    cut = Some((order.clone(), row.clone()));
+                    break;
+                }
+                previous = Some(order.clone());
+            } else if spec.ranking.is_none() || spec.ranking == Some(Ranking::RowNumber) {
+                // Within a tie group, row numbers still count up.
+                if kept + 1 > spec.last {
+                    cut = Some((order.clone(), row.clone()));
+                    break;
+                }
+            }
+            kept += weight as u64;
+        }
+        if let Some(cut) = cut {
+            let _ = partition.split_off(&cut);
+        }
+    }
+}
+
+impl Operator for TopNOperator {
+    fn describe(&self) -> String {
+        let last = if self.spec.last == u64::MAX {
+            "..".to_string()
+        } else {
+            format!("..={}", self.spec.last)
+        };
+        format!(
+            "TopN ranks {}{last} by {} within {} partition keys{}",
+            self.spec.first,
+            self.order_by.len(),
+            self.partition_by.len(),
+            match self.spec.ranking {
+                Some(r) => format!(", numbered by {r:?}"),
+                None => String::new(),
+            }
+        )
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn is_stateful(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> OperatorStats {
+        self.stats
+    }
+
+    fn step(&mut self, inputs: &[Option<ChangeBatch>]) -> Result<Option<ChangeBatch>> {
+        let Some(Some(delta)) = inputs.first() else {
+            return Ok(None);
+        };
+        if delta.is_empty() {
+            return Ok(None);
+        }
+        self.stats.rows_in += delta.num_rows() as u64;
+        let data = delta.data();
+        // Without partition keys every row is in the one partition (the
+        // row format of no columns holds no rows to index).
+        let partition_keys = if self.partition_by.is_empty() {
+            None
+        } else {
+            let keys = evaluate_keys(&self.partition_by, &self.partition_types, data)?;
+            Some(self.partition_rows.convert_columns(&keys)?)
+        };
+        let order_keys = evaluate_keys(&self.order_by, &self.order_types, data)?;
+        let order_keys = self.order_rows.convert_columns(&order_keys)?;
+        let rows = self.input_rows.convert_columns(data.columns())?;
+
+        // The delta's rows, by partition, in arrival order.
+        let mut touched: HashMap<&[u8], Vec<usize>, RandomState> =
+            HashMap::with_hasher(RandomState::default());
+        for i in 0..delta.num_rows() {
+            let key: &[u8] = match &partition_keys {
+                Some(keys) => keys.row(i).data(),
+                None => &[],
+            };
+            touched.entry(key).or_default().push(i);
+        }
+        let weights = delta.weights().values();
+        let mut changes: Vec<Ranked> = Vec::new();
+        for (key, indices) in touched {
+            let partition = self.partitions.entry(key.to_vec()).or_default();
+            let before = Self::ranked(&self.spec, partition);
+            for &i in &indices {
+                let entry = (
+                    order_keys.row(i).data().to_vec(),
+                    rows.row(i).data().to_vec(),
+                );
+                let weight = partition.entry(entry.clone()).or_insert(0);
+                *weight += weights[i];
+                if *weight == 0 {
+                    partition.remove(&entry);
+                }
+            }
+            self.stats.state_touched += indices.len() as u64;
+            let after = Self::ranked(&self.spec, partition);
+            if self.append_only {
+                Self::trim(&self.spec, partition);
+            }
+            if partition.is_empty() {
+                self.partitions.remove(key);
+            }
+            // after - before, as weights per (row, rank).
+            let mut diff: HashMap<(Vec<u8>, u64), i64, RandomState> =
+                HashMap::with_hasher(RandomState::default());
+            for (row, rank, n) in after {
+                *diff.entry((row, rank)).or_insert(0) += n;
+            }
+            for (row, rank, n) in before {
+                *diff.entry((row, rank)).or_insert(0) -= n;
+            }
+            changes.extend(
+                diff.into_iter()
+                    .filter(|(_, n)| *n != 0)
+                    .map(|((row, rank), n)| (row, rank, n)),
+            );
+        }
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        let parser = self.input_rows.parser();
+        let mut columns: Vec<ArrayRef> = self
+            .input_rows
+            .convert_rows(changes.iter().map(|(row, _, _)| parser.parse(row)))?;
+        if self.spec.ranking.is_some() {
+            let ranks: UInt64Array = changes.iter().map(|(_, rank, _)| Some(*rank)).collect();
+            let rank_type = self.schema.field(columns.len()).data_type().clone();
+            let ranks: ArrayRef = Arc::new(ranks);
+            columns.push(if rank_type == DataType::UInt64 {
+                ranks
+            } else {
+                datafusion::arrow::compute::cast(&ranks, &rank_type)?
+            });
+        }
+        let out_rows = changes.len();
+        let data = batch_from_columns(self.schema.clone(), columns, out_rows)?;
+        let weights: Int64Array = changes.iter().map(|(_, _, n)| Some(*n)).collect();
+        self.stats.rows_out += out_rows as u64;
+        Ok(Some(ChangeBatch::try_new(data, weights)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::physical_expr::expressions::Column;
+
+    use super::*;
+    use crate::stream::pretty::{from_pretty, to_pretty_lines};
+
+    fn column(i: usize) -> Arc<dyn PhysicalExpr> {
+        Arc::new(Column::new(&format!("c{i}"), i))
+    }
+
+    /// Rows `(c0 partition, c1 value)`, top by c1 descending.
+    fn operator(
+        ranking: Option<Ranking>,
+        first: u64,
+        last: u64,
+        append_only: bool,
+    ) -> TopNOperator {
+        let input = from_pretty("I I").unwrap().schema();
+        let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+        if ranking.is_some() {
+            fields.push(Field::new("rank", DataType::UInt64, false));
+        }
+        TopNOperator::try_new(
+            &input,
+            vec![column(0)],
+            vec![(
+                column(1),
+                SortOptions {
+                    descending: true,
+                    nulls_first: true,
+                },
+            )],
+            TopNSpec {
+                ranking,
+                first,
+                last,
+            },
+            append_only,
+            Arc::new(Schema::new(fields)),
+        )
+        .unwrap()
+    }
+
+    fn step(op: &mut TopNOperator, text: &str) -> Vec<String> {
+        match op.step(&[Some(from_pretty(text).unwrap())]).unwrap() {
+            Some(out) => to_pretty_lines(&out).unwrap(),
+            None => vec![],
+        }
+    }
+
+    #[test]
+    fn row_numbers_shift_when_a_row_enters_above() {
+        let mut op = operator(Some(Ranking::RowNumber), 1, 2, false);
+        assert_eq!(
+            step(&mut op, "I I\n 1 10 +1\n 1 5 +1\n 1 1 +1\n 2 7 +1"),
+            vec!["1 10 1 | +1", "1 5 2 | +1", "2 7 1 | +1"]
+        );
+        // 20 takes first place: 10 moves to second, 5 leaves.
+        let mut out = step(&mut op, "I I\n 1 20 +1");
+        out.sort();
+        assert_eq!(
+            out,
+            vec!["1 10 1 | -1", "1 10 2 | +1", "1 20 1 | +1", "1 5 2 | -1"]
+        );
+        // Deleting the leader brings 5 back.
+        let mut out = step(&mut op, "I I\n 1 20 -1");
+        out.sort();
+        assert_eq!(
+            out,
+            vec!["1 10 1 | +1", "1 10 2 | -1", "1 20 1 | -1", "1 5 2 | +1"]
+        );
+    }
+
+    #[test]
+    fn ranks_share_ties_and_duplicates_count_as_copies() {
+        let mut op = operator(Some(Ranking::Rank), 1, 2, false);
+        let mut out = step(&mut op, "I I\n 1 9 +2\n 1 8 +1");
+        out.sort();
+        // Two copies of 9 share rank 1; 8 is third, past the range.
+        assert_eq!(out, vec!["1 9 1 | +2"]);
+        let mut dense = operator(Some(Ranking::DenseRank), 1, 2, false);
+        let mut out = step(&mut dense, "I I\n 1 9 +2\n 1 8 +1\n 1 7 +1");
+        out.sort();
+        assert_eq!(out, vec!["1 8 2 | +1", "1 9 1 | +2"]);
+    }
+
+    #[test]
+    fn limit_and_offset_select_positions_without_a_rank_column() {
+        let mut op = operator(None, 2, 3, false);
+        let mut out = step(&mut op, "I I\n 1 4 +1\n 1 3 +1\n 1 2 +1\n 1 1 +1");
+        out.sort();
+        assert_eq!(out, vec!["1 2 | +1", "1 3 | +1"]);
+        let mut out = step(&mut op, "I I\n 1 3 -1");
+        out.sort();
+        assert_eq!(out, vec!["1 1 | +1", "1 3 | -1"]);
+    }
+
+    #[test]
+    fn append_only_inputs_keep_only_the_top_rows() {
+        let mut op = operator(Some(Ranking::RowNumber), 1, 2, true);
+        step(&mut op, "I I\n 1 1 +1\n 1 2 +1\n 1 3 +1\n 1 4 +1");
+        let kept: usize = op.partitions.values().map(|p| p.len()).sum();
+        assert_eq!(kept, 2);
+        let mut out = step(&mut op, "I I\n 1 5 +1");
+        out.sort();
+        assert_eq!(
+            out,
+            vec!["1 3 2 | -1", "1 4 1 | -1", "1 4 2 | +1", "1 5 1 | +1"]
+        );
+    }
+}
