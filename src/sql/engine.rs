@@ -1390,6 +1390,9 @@ impl Engine {
                 return Err(MillraceError::not_supported("INSERT ... ON CONFLICT"));
             }
         }
+        // The rows inserted come from a query written in PostgreSQL's
+        // dialect, rewritten as ad-hoc queries are.
+        let stmt = super::pg_rewrite::rewrite_query(stmt);
         let qstate = self.query_state(self.snapshot(), None);
         let mut plan = qstate
             .statement_to_plan(DFStatement::Statement(Box::new(stmt)))

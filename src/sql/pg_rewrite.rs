@@ -50,6 +50,7 @@ pub fn rewrite_query(stmt: Statement) -> Statement {
             Box::new(ExistsInSelectListToCount),
             Box::new(ScalarSubqueryToLeftJoin),
             Box::new(AggregateScalarSubquery),
+            Box::new(FunctionAliasNamesItsColumn),
             Box::new(FixVersionColumnName),
         ];
     }
@@ -1012,6 +1013,59 @@ fn contains_subquery(e: &Expr) -> bool {
 impl SqlStatementRewriteRule for SubqueriesOverEmptyCatalogRelations {
     fn rewrite(&self, s: Statement) -> Statement {
         visit_all(s, EmptyCatalogVisitor)
+    }
+}
+
+/// `FROM generate_series(1, 3) g` and `FROM unnest(a) x`: as in
+/// PostgreSQL, the alias of a function returning one column also names
+/// that column (`SELECT g FROM generate_series(1, 3) g`). DataFusion would
+/// name it `value` or after the call.
+#[derive(Debug)]
+pub struct FunctionAliasNamesItsColumn;
+
+struct FunctionAliasVisitor;
+
+impl VisitorMut for FunctionAliasVisitor {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        let alias = match factor {
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                alias: Some(alias),
+                ..
+            } if name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("generate_series")) =>
+            {
+                alias
+            }
+            TableFactor::UNNEST {
+                alias: Some(alias),
+                array_exprs,
+                with_offset: false,
+                with_ordinality: false,
+                ..
+            } if array_exprs.len() == 1 => alias,
+            _ => return ControlFlow::Continue(()),
+        };
+        if alias.columns.is_empty() {
+            alias.columns = vec![
+                datafusion::sql::sqlparser::ast::TableAliasColumnDef::from_name(
+                    alias.name.value.clone(),
+                ),
+            ];
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+impl SqlStatementRewriteRule for FunctionAliasNamesItsColumn {
+    fn rewrite(&self, s: Statement) -> Statement {
+        visit_all(s, FunctionAliasVisitor)
     }
 }
 
