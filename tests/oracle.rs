@@ -109,6 +109,17 @@ const VIEWS: &[(&str, &str)] = &[
          WHERE n > 1 AND n <= 4",
     ),
     (
+        "lagged",
+        "SELECT d, w, lag(w) OVER (ORDER BY d) AS prev, sum(w) OVER (ORDER BY d) AS running \
+         FROM t3",
+    ),
+    (
+        "per_a",
+        "SELECT a, d, count(*) OVER (PARTITION BY a) AS n, \
+         max(d) OVER (PARTITION BY a ORDER BY d ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS m2 \
+         FROM t2",
+    ),
+    (
         "latest_d",
         "SELECT DISTINCT ON (a) a, d FROM t2 ORDER BY a, d DESC",
     ),

@@ -26,6 +26,7 @@ use super::filter::FilterOperator;
 use super::graph::{Dataflow, NodeInput};
 use super::join::{JoinKind, JoinOperator};
 use super::operator::Operator;
+use super::over::OverOperator;
 use super::partition::PartitionedOperator;
 use super::project::ProjectOperator;
 use super::scan::ScanOperator;
@@ -448,35 +449,32 @@ impl Lowering<'_> {
 
     /// A window node computing one ranking function (`ROW_NUMBER`, `RANK`,
     /// `DENSE_RANK`): a top-N operator per partition, keeping the ranks a
-    /// filter above asks for (every rank when none does).
+    /// filter above asks for (every rank when none does). Other window
+    /// functions go to [`Lowering::over`].
     fn ranking_window(
         &mut self,
         plan: &LogicalPlan,
         w: &datafusion::logical_expr::Window,
     ) -> Result<usize> {
         use datafusion::logical_expr::expr::WindowFunctionDefinition;
-        let unsupported = || {
-            MillraceError::not_supported(
-                "window functions (OVER) in a materialized view other than one ROW_NUMBER(), RANK() or DENSE_RANK() (top-N per group)",
-            )
+        let ranking = match w.window_expr.as_slice() {
+            [expr] => match strip_alias(expr) {
+                Expr::WindowFunction(f)
+                    if f.params.args.is_empty() && f.params.filter.is_none() =>
+                {
+                    match &f.fun {
+                        WindowFunctionDefinition::WindowUDF(udf) => Ranking::of(udf.name())
+                            .map(|r| (r, f.params.partition_by.clone(), f.params.order_by.clone())),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            },
+            _ => None,
         };
-        let [expr] = w.window_expr.as_slice() else {
-            return Err(unsupported());
+        let Some((ranking, partition_exprs, order_exprs)) = ranking else {
+            return self.over(w);
         };
-        let inner = match expr {
-            Expr::Alias(a) => a.expr.as_ref(),
-            other => other,
-        };
-        let Expr::WindowFunction(f) = inner else {
-            return Err(unsupported());
-        };
-        let WindowFunctionDefinition::WindowUDF(udf) = &f.fun else {
-            return Err(unsupported());
-        };
-        let ranking = Ranking::of(udf.name()).ok_or_else(unsupported)?;
-        if !f.params.args.is_empty() || f.params.filter.is_some() {
-            return Err(unsupported());
-        }
         let (first, last) = self
             .rank_bounds
             .iter()
@@ -486,13 +484,11 @@ impl Lowering<'_> {
         let id = self.node(&w.input)?;
         let in_schema = w.input.schema();
         let input_schema = arrow_schema(in_schema);
-        let partition_by = f
-            .params
-            .partition_by
+        let partition_by = partition_exprs
             .iter()
             .map(|e| self.expr(e, in_schema))
             .collect::<Result<Vec<_>>>()?;
-        let order = self.sort_exprs(&f.params.order_by, in_schema)?;
+        let order = self.sort_exprs(&order_exprs, in_schema)?;
         let out_schema = arrow_schema(&w.schema);
         let append_only = is_append_only(&w.input, self.relation_grows);
         let make = || -> Result<Box<dyn Operator>> {
@@ -506,6 +502,73 @@ impl Lowering<'_> {
                     last,
                 },
                 append_only,
+                out_schema.clone(),
+            )?))
+        };
+        let op = self.maybe_partitioned(
+            make,
+            vec![partition_by.clone()],
+            &partition_by,
+            &input_schema,
+        )?;
+        self.graph.add(op, vec![NodeInput::Node(id)])
+    }
+
+    /// Window functions other than one filtered ranking: every function of
+    /// the node (all over the same partitions and order) evaluated per
+    /// partition by the window operator.
+    fn over(&mut self, w: &datafusion::logical_expr::Window) -> Result<usize> {
+        let mut spec: Option<(&[Expr], &[datafusion::logical_expr::SortExpr])> = None;
+        for e in &w.window_expr {
+            let Expr::WindowFunction(f) = strip_alias(e) else {
+                return Err(MillraceError::not_supported(format!(
+                    "window expression {e} in a materialized view"
+                )));
+            };
+            let this = (
+                f.params.partition_by.as_slice(),
+                f.params.order_by.as_slice(),
+            );
+            match spec {
+                None => spec = Some(this),
+                Some(s) if s == this => {}
+                Some(_) => {
+                    return Err(MillraceError::not_supported(
+                        "window functions over different PARTITION BY or ORDER BY in one materialized view step",
+                    ))
+                }
+            }
+        }
+        let Some((partition_exprs, order_exprs)) = spec else {
+            return Err(MillraceError::plan("a window node without functions"));
+        };
+        let in_schema = w.input.schema();
+        let input_schema = arrow_schema(in_schema);
+        let id = self.node(&w.input)?;
+        let partition_by = partition_exprs
+            .iter()
+            .map(|e| self.expr(e, in_schema))
+            .collect::<Result<Vec<_>>>()?;
+        let order = self.sort_exprs(order_exprs, in_schema)?;
+        let window = w
+            .window_expr
+            .iter()
+            .map(|e| {
+                Ok(datafusion::physical_planner::create_window_expr(
+                    e,
+                    in_schema,
+                    &self.props,
+                    &PhysicalPlanningContext::default(),
+                )?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let out_schema = arrow_schema(&w.schema);
+        let make = || -> Result<Box<dyn Operator>> {
+            Ok(Box::new(OverOperator::try_new(
+                &input_schema,
+                partition_by.clone(),
+                order.clone(),
+                window.clone(),
                 out_schema.clone(),
             )?))
         };
@@ -862,4 +925,12 @@ fn first_row_order(
         }
     }
     found
+}
+
+/// An expression without its alias.
+fn strip_alias(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => a.expr.as_ref(),
+        other => other,
+    }
 }

@@ -1,0 +1,261 @@
+//! Window functions over partitions (`OVER (PARTITION BY ... ORDER BY ...)`):
+//! `LAG`, `LEAD`, `FIRST_VALUE`, running and sliding aggregates (`sum(x)
+//! OVER (... ROWS BETWEEN 10 PRECEDING AND CURRENT ROW)`), and every other
+//! window function DataFusion evaluates, with its semantics.
+//!
+//! Weights: the input is a Z-set; a row of weight `w > 0` is `w` copies. The
+//! output holds each copy once (weight +1), extended with the values of the
+//! window functions for that copy, computed over its partition's copies in
+//! order (ties broken by the whole row, so the result is deterministic).
+//! Each epoch, every partition the delta touched is evaluated before and
+//! after the delta, and the difference is emitted: rows whose window
+//! values changed (the row after an inserted one, for `LAG`; every later
+//! row, for a running sum) are retracted with their old values and
+//! inserted with their new ones.
+//!
+//! Cost: one evaluation of a touched partition per epoch, before and after,
+//! so proportional to the partition's size. State: every row of every
+//! partition, ordered. Ranking functions filtered to a range go to the
+//! top-N operator instead, which keeps less.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::hash_utils::RandomState;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::WindowExpr;
+
+use super::change::{batch_from_columns, evaluate_keys, row_converter, ChangeBatch};
+use super::operator::{Operator, OperatorStats};
+use crate::error::{MillraceError, Result};
+
+/// The ordered rows of one partition: (order key, row) to summed weight.
+type Partition = BTreeMap<(Vec<u8>, Vec<u8>), i64>;
+
+/// Maintains window function values over partitions.
+pub struct OverOperator {
+    partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    partition_types: Vec<DataType>,
+    partition_rows: RowConverter,
+    order_by: Vec<Arc<dyn PhysicalExpr>>,
+    order_types: Vec<DataType>,
+    order_rows: RowConverter,
+    window: Vec<Arc<dyn WindowExpr>>,
+    input: SchemaRef,
+    /// All input columns, to keep rows in state and decode them back.
+    input_rows: RowConverter,
+    /// All output columns, to compare results before and after.
+    output_rows: RowConverter,
+    schema: SchemaRef,
+    partitions: HashMap<Vec<u8>, Partition, RandomState>,
+    stats: OperatorStats,
+}
+
+impl OverOperator {
+    /// Evaluates `window` (all over the same `PARTITION BY` and `ORDER BY`)
+    /// for rows of `input`. The output is the input's columns and then one
+    /// per window expression, as in `schema`.
+    pub fn try_new(
+        input: &SchemaRef,
+        partition_by: Vec<Arc<dyn PhysicalExpr>>,
+        order_by: Vec<(Arc<dyn PhysicalExpr>, SortOptions)>,
+        window: Vec<Arc<dyn WindowExpr>>,
+        schema: SchemaRef,
+    ) -> Result<Self> {
+        if schema.fields().len() != input.fields().len() + window.len() {
+            return Err(MillraceError::plan(format!(
+                "window output has {} columns, expected {}",
+                schema.fields().len(),
+                input.fields().len() + window.len()
+            )));
+        }
+        let partition_types = partition_by
+            .iter()
+            .map(|e| Ok(e.data_type(input)?))
+            .collect::<Result<Vec<_>>>()?;
+        let partition_rows = RowConverter::new(
+            partition_types
+                .iter()
+                .map(|t| SortField::new(t.clone()))
+                .collect(),
+        )?;
+        let order_types = order_by
+            .iter()
+            .map(|(e, _)| Ok(e.data_type(input)?))
+            .collect::<Result<Vec<_>>>()?;
+        let order_rows = RowConverter::new(
+            order_types
+                .iter()
+                .zip(&order_by)
+                .map(|(t, (_, o))| SortField::new_with_options(t.clone(), *o))
+                .collect(),
+        )?;
+        Ok(Self {
+            partition_by,
+            partition_types,
+            partition_rows,
+            order_by: order_by.into_iter().map(|(e, _)| e).collect(),
+            order_types,
+            order_rows,
+            window,
+            input: input.clone(),
+            input_rows: row_converter(input)?,
+            output_rows: row_converter(&schema)?,
+            schema,
+            partitions: HashMap::with_hasher(RandomState::default()),
+            stats: OperatorStats::default(),
+        })
+    }
+
+    /// The output rows of one partition, encoded, with their copies.
+    fn evaluate(&self, partition: &Partition) -> Result<Vec<(Vec<u8>, i64)>> {
+        let live: Vec<(&[u8], i64)> = partition
+            .iter()
+            .filter(|(_, w)| **w > 0)
+            .map(|((_, row), w)| (row.as_slice(), *w))
+            .collect();
+        if live.is_empty() {
+            return Ok(vec![]);
+        }
+        let parser = self.input_rows.parser();
+        let distinct = self
+            .input_rows
+            .convert_rows(live.iter().map(|(row, _)| parser.parse(row)))?;
+        // Each copy is its own row, in order.
+        let copies: UInt32Array = live
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, w))| std::iter::repeat_n(i as u32, *w as usize))
+            .map(Some)
+            .collect();
+        let columns = distinct
+            .iter()
+            .map(|c| Ok(datafusion::arrow::compute::take(c, &copies, None)?))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let rows = copies.len();
+        let batch = batch_from_columns(self.input.clone(), columns, rows)?;
+        let mut out: Vec<ArrayRef> = batch.columns().to_vec();
+        for w in &self.window {
+            let values = w.evaluate(&batch)?;
+            let field = self.schema.field(out.len());
+            out.push(if values.data_type() == field.data_type() {
+                values
+            } else {
+                datafusion::arrow::compute::cast(&values, field.data_type())?
+            });
+        }
+        let encoded = self.output_rows.convert_columns(&out)?;
+        Ok((0..rows)
+            .map(|i| (encoded.row(i).data().to_vec(), 1))
+            .collect())
+    }
+}
+
+impl Operator for OverOperator {
+    fn describe(&self) -> String {
+        let names: Vec<&str> = self.window.iter().map(|w| w.name()).collect();
+        format!(
+            "Over [{}] within {} partition keys",
+            names.join(", "),
+            self.partition_by.len()
+        )
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn is_stateful(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> OperatorStats {
+        self.stats
+    }
+
+    fn step(&mut self, inputs: &[Option<ChangeBatch>]) -> Result<Option<ChangeBatch>> {
+        let Some(Some(delta)) = inputs.first() else {
+            return Ok(None);
+        };
+        if delta.is_empty() {
+            return Ok(None);
+        }
+        self.stats.rows_in += delta.num_rows() as u64;
+        let data = delta.data();
+        // Without partition keys every row is in the one partition.
+        let partition_keys = if self.partition_by.is_empty() {
+            None
+        } else {
+            let keys = evaluate_keys(&self.partition_by, &self.partition_types, data)?;
+            Some(self.partition_rows.convert_columns(&keys)?)
+        };
+        let order_keys = evaluate_keys(&self.order_by, &self.order_types, data)?;
+        let order_keys = if self.order_by.is_empty() {
+            None
+        } else {
+            Some(self.order_rows.convert_columns(&order_keys)?)
+        };
+        let rows = self.input_rows.convert_columns(data.columns())?;
+        let mut touched: HashMap<&[u8], Vec<usize>, RandomState> =
+            HashMap::with_hasher(RandomState::default());
+        for i in 0..delta.num_rows() {
+            let key: &[u8] = match &partition_keys {
+                Some(keys) => keys.row(i).data(),
+                None => &[],
+            };
+            touched.entry(key).or_default().push(i);
+        }
+        let weights = delta.weights().values();
+        let mut diff: HashMap<Vec<u8>, i64, RandomState> =
+            HashMap::with_hasher(RandomState::default());
+        for (key, indices) in touched {
+            let before = match self.partitions.get(key) {
+                Some(p) => self.evaluate(p)?,
+                None => vec![],
+            };
+            let partition = self.partitions.entry(key.to_vec()).or_default();
+            for &i in &indices {
+                let order = match &order_keys {
+                    Some(o) => o.row(i).data().to_vec(),
+                    None => vec![],
+                };
+                let entry = (order, rows.row(i).data().to_vec());
+                let weight = partition.entry(entry.clone()).or_insert(0);
+                *weight += weights[i];
+                if *weight == 0 {
+                    partition.remove(&entry);
+                }
+            }
+            self.stats.state_touched += indices.len() as u64;
+            let after = match self.partitions.get(key) {
+                Some(p) if !p.is_empty() => self.evaluate(p)?,
+                _ => {
+                    self.partitions.remove(key);
+                    vec![]
+                }
+            };
+            for (row, n) in after {
+                *diff.entry(row).or_insert(0) += n;
+            }
+            for (row, n) in before {
+                *diff.entry(row).or_insert(0) -= n;
+            }
+        }
+        let changes: Vec<(Vec<u8>, i64)> = diff.into_iter().filter(|(_, n)| *n != 0).collect();
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        let parser = self.output_rows.parser();
+        let columns = self
+            .output_rows
+            .convert_rows(changes.iter().map(|(row, _)| parser.parse(row)))?;
+        let data: RecordBatch = batch_from_columns(self.schema.clone(), columns, changes.len())?;
+        let weights: Int64Array = changes.iter().map(|(_, n)| Some(*n)).collect();
+        self.stats.rows_out += changes.len() as u64;
+        Ok(Some(ChangeBatch::try_new(data, weights)?))
+    }
+}
