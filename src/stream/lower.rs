@@ -85,6 +85,12 @@ pub fn reject_volatile(plan: &LogicalPlan) -> Result<()> {
     }
 }
 
+/// Sort expressions with their directions.
+type SortKeys = Vec<(
+    Arc<dyn PhysicalExpr>,
+    datafusion::arrow::compute::SortOptions,
+)>;
+
 struct Lowering<'a> {
     graph: Dataflow,
     props: ExecutionProps,
@@ -484,11 +490,7 @@ impl Lowering<'_> {
         let id = self.node(&w.input)?;
         let in_schema = w.input.schema();
         let input_schema = arrow_schema(in_schema);
-        let partition_by = partition_exprs
-            .iter()
-            .map(|e| self.expr(e, in_schema))
-            .collect::<Result<Vec<_>>>()?;
-        let order = self.sort_exprs(&order_exprs, in_schema)?;
+        let (partition_by, order) = self.window_keys(&partition_exprs, &order_exprs, in_schema)?;
         let out_schema = arrow_schema(&w.schema);
         let append_only = is_append_only(&w.input, self.relation_grows);
         let make = || -> Result<Box<dyn Operator>> {
@@ -505,13 +507,7 @@ impl Lowering<'_> {
                 out_schema.clone(),
             )?))
         };
-        let op = self.maybe_partitioned(
-            make,
-            vec![partition_by.clone()],
-            &partition_by,
-            &input_schema,
-        )?;
-        self.graph.add(op, vec![NodeInput::Node(id)])
+        self.add_partitioned(id, &partition_by, &input_schema, make)
     }
 
     /// Window functions other than one filtered ranking: every function of
@@ -545,11 +541,7 @@ impl Lowering<'_> {
         let in_schema = w.input.schema();
         let input_schema = arrow_schema(in_schema);
         let id = self.node(&w.input)?;
-        let partition_by = partition_exprs
-            .iter()
-            .map(|e| self.expr(e, in_schema))
-            .collect::<Result<Vec<_>>>()?;
-        let order = self.sort_exprs(order_exprs, in_schema)?;
+        let (partition_by, order) = self.window_keys(partition_exprs, order_exprs, in_schema)?;
         let window = w
             .window_expr
             .iter()
@@ -572,13 +564,7 @@ impl Lowering<'_> {
                 out_schema.clone(),
             )?))
         };
-        let op = self.maybe_partitioned(
-            make,
-            vec![partition_by.clone()],
-            &partition_by,
-            &input_schema,
-        )?;
-        self.graph.add(op, vec![NodeInput::Node(id)])
+        self.add_partitioned(id, &partition_by, &input_schema, make)
     }
 
     /// `GROUP BY g` with only `first_value(x ORDER BY o)` aggregates (how
@@ -618,9 +604,7 @@ impl Lowering<'_> {
                 input_schema.clone(),
             )?))
         };
-        let op =
-            self.maybe_partitioned(make, vec![group_exprs.clone()], &group_exprs, &input_schema)?;
-        let top = self.graph.add(op, vec![NodeInput::Node(id)])?;
+        let top = self.add_partitioned(id, &group_exprs, &input_schema, make)?;
         let mut outputs = group_exprs.clone();
         for e in &a.aggr_expr {
             let inner = match e {
@@ -638,6 +622,33 @@ impl Lowering<'_> {
         let project = ProjectOperator::try_new(outputs, arrow_schema(&a.schema))?;
         self.graph
             .add(Box::new(project), vec![NodeInput::Node(top)])
+    }
+
+    /// Adds the stateful operator `make` builds over node `input`, split
+    /// across workers by `partition_by` (one instance without keys).
+    fn add_partitioned(
+        &mut self,
+        input: usize,
+        partition_by: &[Arc<dyn PhysicalExpr>],
+        schema: &SchemaRef,
+        make: impl Fn() -> Result<Box<dyn Operator>>,
+    ) -> Result<usize> {
+        let op = self.maybe_partitioned(make, vec![partition_by.to_vec()], partition_by, schema)?;
+        self.graph.add(op, vec![NodeInput::Node(input)])
+    }
+
+    /// A window's `PARTITION BY` and `ORDER BY`, as physical expressions.
+    fn window_keys(
+        &self,
+        partition_by: &[Expr],
+        order_by: &[datafusion::logical_expr::SortExpr],
+        schema: &DFSchema,
+    ) -> Result<(Vec<Arc<dyn PhysicalExpr>>, SortKeys)> {
+        let partition = partition_by
+            .iter()
+            .map(|e| self.expr(e, schema))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((partition, self.sort_exprs(order_by, schema)?))
     }
 
     fn maybe_partitioned(

@@ -11,6 +11,7 @@ pub mod join;
 pub mod lower;
 pub mod materialize;
 pub mod operator;
+pub mod ordered;
 pub mod over;
 pub mod partition;
 pub mod pretty;

@@ -18,40 +18,30 @@
 //! partition, ordered. Ranking functions filtered to a range go to the
 //! top-N operator instead, which keeps less.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::SortOptions;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::RowConverter;
 use datafusion::common::hash_utils::RandomState;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::WindowExpr;
 
-use super::change::{batch_from_columns, evaluate_keys, row_converter, ChangeBatch};
+use super::change::{batch_from_columns, row_converter, ChangeBatch};
 use super::operator::{Operator, OperatorStats};
+use super::ordered::{OrderedPartitions, Partition};
 use crate::error::{MillraceError, Result};
-
-/// The ordered rows of one partition: (order key, row) to summed weight.
-type Partition = BTreeMap<(Vec<u8>, Vec<u8>), i64>;
 
 /// Maintains window function values over partitions.
 pub struct OverOperator {
-    partition_by: Vec<Arc<dyn PhysicalExpr>>,
-    partition_types: Vec<DataType>,
-    partition_rows: RowConverter,
-    order_by: Vec<Arc<dyn PhysicalExpr>>,
-    order_types: Vec<DataType>,
-    order_rows: RowConverter,
+    state: OrderedPartitions,
     window: Vec<Arc<dyn WindowExpr>>,
     input: SchemaRef,
-    /// All input columns, to keep rows in state and decode them back.
-    input_rows: RowConverter,
     /// All output columns, to compare results before and after.
     output_rows: RowConverter,
     schema: SchemaRef,
-    partitions: HashMap<Vec<u8>, Partition, RandomState>,
     stats: OperatorStats,
 }
 
@@ -73,40 +63,12 @@ impl OverOperator {
                 input.fields().len() + window.len()
             )));
         }
-        let partition_types = partition_by
-            .iter()
-            .map(|e| Ok(e.data_type(input)?))
-            .collect::<Result<Vec<_>>>()?;
-        let partition_rows = RowConverter::new(
-            partition_types
-                .iter()
-                .map(|t| SortField::new(t.clone()))
-                .collect(),
-        )?;
-        let order_types = order_by
-            .iter()
-            .map(|(e, _)| Ok(e.data_type(input)?))
-            .collect::<Result<Vec<_>>>()?;
-        let order_rows = RowConverter::new(
-            order_types
-                .iter()
-                .zip(&order_by)
-                .map(|(t, (_, o))| SortField::new_with_options(t.clone(), *o))
-                .collect(),
-        )?;
         Ok(Self {
-            partition_by,
-            partition_types,
-            partition_rows,
-            order_by: order_by.into_iter().map(|(e, _)| e).collect(),
-            order_types,
-            order_rows,
+            state: OrderedPartitions::try_new(input, partition_by, order_by)?,
             window,
             input: input.clone(),
-            input_rows: row_converter(input)?,
             output_rows: row_converter(&schema)?,
             schema,
-            partitions: HashMap::with_hasher(RandomState::default()),
             stats: OperatorStats::default(),
         })
     }
@@ -121,8 +83,9 @@ impl OverOperator {
         if live.is_empty() {
             return Ok(vec![]);
         }
-        let parser = self.input_rows.parser();
+        let parser = self.state.input_rows.parser();
         let distinct = self
+            .state
             .input_rows
             .convert_rows(live.iter().map(|(row, _)| parser.parse(row)))?;
         // Each copy is its own row, in order.
@@ -161,7 +124,7 @@ impl Operator for OverOperator {
         format!(
             "Over [{}] within {} partition keys",
             names.join(", "),
-            self.partition_by.len()
+            self.state.partition_key_count()
         )
     }
 
@@ -185,56 +148,21 @@ impl Operator for OverOperator {
             return Ok(None);
         }
         self.stats.rows_in += delta.num_rows() as u64;
-        let data = delta.data();
-        // Without partition keys every row is in the one partition.
-        let partition_keys = if self.partition_by.is_empty() {
-            None
-        } else {
-            let keys = evaluate_keys(&self.partition_by, &self.partition_types, data)?;
-            Some(self.partition_rows.convert_columns(&keys)?)
-        };
-        let order_keys = evaluate_keys(&self.order_by, &self.order_types, data)?;
-        let order_keys = if self.order_by.is_empty() {
-            None
-        } else {
-            Some(self.order_rows.convert_columns(&order_keys)?)
-        };
-        let rows = self.input_rows.convert_columns(data.columns())?;
-        let mut touched: HashMap<&[u8], Vec<usize>, RandomState> =
-            HashMap::with_hasher(RandomState::default());
-        for i in 0..delta.num_rows() {
-            let key: &[u8] = match &partition_keys {
-                Some(keys) => keys.row(i).data(),
-                None => &[],
-            };
-            touched.entry(key).or_default().push(i);
-        }
-        let weights = delta.weights().values();
+        let encoded = self.state.encode(delta)?;
         let mut diff: HashMap<Vec<u8>, i64, RandomState> =
             HashMap::with_hasher(RandomState::default());
-        for (key, indices) in touched {
-            let before = match self.partitions.get(key) {
+        for (key, indices) in encoded.by_partition() {
+            let before = match self.state.partitions.get(key) {
                 Some(p) => self.evaluate(p)?,
                 None => vec![],
             };
-            let partition = self.partitions.entry(key.to_vec()).or_default();
-            for &i in &indices {
-                let order = match &order_keys {
-                    Some(o) => o.row(i).data().to_vec(),
-                    None => vec![],
-                };
-                let entry = (order, rows.row(i).data().to_vec());
-                let weight = partition.entry(entry.clone()).or_insert(0);
-                *weight += weights[i];
-                if *weight == 0 {
-                    partition.remove(&entry);
-                }
-            }
+            let partition = self.state.partitions.entry(key.to_vec()).or_default();
+            encoded.apply(partition, &indices);
             self.stats.state_touched += indices.len() as u64;
-            let after = match self.partitions.get(key) {
+            let after = match self.state.partitions.get(key) {
                 Some(p) if !p.is_empty() => self.evaluate(p)?,
                 _ => {
-                    self.partitions.remove(key);
+                    self.state.partitions.remove(key);
                     vec![]
                 }
             };

@@ -19,18 +19,18 @@
 //! append-only source), rows past the range can never re-enter it, and are
 //! dropped after each epoch, so the state stays `last` rows per partition.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Array, UInt64Array};
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::hash_utils::RandomState;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::change::{batch_from_columns, evaluate_keys, ChangeBatch};
+use super::change::{batch_from_columns, ChangeBatch};
 use super::operator::{Operator, OperatorStats};
+use super::ordered::{OrderedPartitions, Partition};
 use crate::error::{MillraceError, Result};
 
 /// How rows are numbered within their partition.
@@ -69,27 +69,16 @@ pub struct TopNSpec {
     pub last: u64,
 }
 
-/// The ordered rows of one partition: (order key, row) to summed weight.
-type Partition = BTreeMap<(Vec<u8>, Vec<u8>), i64>;
-
 /// One ranked copy range of the output: row, rank (0 without a rank
 /// column), copies.
 type Ranked = (Vec<u8>, u64, i64);
 
 /// Maintains the rows ranked within a range, per partition.
 pub struct TopNOperator {
-    partition_by: Vec<Arc<dyn PhysicalExpr>>,
-    partition_types: Vec<DataType>,
-    partition_rows: RowConverter,
-    order_by: Vec<Arc<dyn PhysicalExpr>>,
-    order_types: Vec<DataType>,
-    order_rows: RowConverter,
-    /// All input columns, to keep rows in state and decode them back.
-    input_rows: RowConverter,
+    state: OrderedPartitions,
     spec: TopNSpec,
     append_only: bool,
     schema: SchemaRef,
-    partitions: HashMap<Vec<u8>, Partition, RandomState>,
     stats: OperatorStats,
 }
 
@@ -119,40 +108,11 @@ impl TopNOperator {
                 schema.fields().len()
             )));
         }
-        let partition_types = partition_by
-            .iter()
-            .map(|e| Ok(e.data_type(input)?))
-            .collect::<Result<Vec<_>>>()?;
-        let partition_rows = RowConverter::new(
-            partition_types
-                .iter()
-                .map(|t| SortField::new(t.clone()))
-                .collect(),
-        )?;
-        let order_types = order_by
-            .iter()
-            .map(|(e, _)| Ok(e.data_type(input)?))
-            .collect::<Result<Vec<_>>>()?;
-        let order_rows = RowConverter::new(
-            order_types
-                .iter()
-                .zip(&order_by)
-                .map(|(t, (_, o))| SortField::new_with_options(t.clone(), *o))
-                .collect(),
-        )?;
-        let input_rows = super::change::row_converter(input)?;
         Ok(Self {
-            partition_by,
-            partition_types,
-            partition_rows,
-            order_by: order_by.into_iter().map(|(e, _)| e).collect(),
-            order_types,
-            order_rows,
-            input_rows,
+            state: OrderedPartitions::try_new(input, partition_by, order_by)?,
             spec,
             append_only,
             schema,
-            partitions: HashMap::with_hasher(RandomState::default()),
             stats: OperatorStats::default(),
         })
     }
@@ -260,8 +220,8 @@ impl Operator for TopNOperator {
         format!(
             "TopN ranks {}{last} by {} within {} partition keys{}",
             self.spec.first,
-            self.order_by.len(),
-            self.partition_by.len(),
+            self.state.order_key_count(),
+            self.state.partition_key_count(),
             match self.spec.ranking {
                 Some(r) => format!(", numbered by {r:?}"),
                 None => String::new(),
@@ -289,52 +249,19 @@ impl Operator for TopNOperator {
             return Ok(None);
         }
         self.stats.rows_in += delta.num_rows() as u64;
-        let data = delta.data();
-        // Without partition keys every row is in the one partition (the
-        // row format of no columns holds no rows to index).
-        let partition_keys = if self.partition_by.is_empty() {
-            None
-        } else {
-            let keys = evaluate_keys(&self.partition_by, &self.partition_types, data)?;
-            Some(self.partition_rows.convert_columns(&keys)?)
-        };
-        let order_keys = evaluate_keys(&self.order_by, &self.order_types, data)?;
-        let order_keys = self.order_rows.convert_columns(&order_keys)?;
-        let rows = self.input_rows.convert_columns(data.columns())?;
-
-        // The delta's rows, by partition, in arrival order.
-        let mut touched: HashMap<&[u8], Vec<usize>, RandomState> =
-            HashMap::with_hasher(RandomState::default());
-        for i in 0..delta.num_rows() {
-            let key: &[u8] = match &partition_keys {
-                Some(keys) => keys.row(i).data(),
-                None => &[],
-            };
-            touched.entry(key).or_default().push(i);
-        }
-        let weights = delta.weights().values();
+        let encoded = self.state.encode(delta)?;
         let mut changes: Vec<Ranked> = Vec::new();
-        for (key, indices) in touched {
-            let partition = self.partitions.entry(key.to_vec()).or_default();
+        for (key, indices) in encoded.by_partition() {
+            let partition = self.state.partitions.entry(key.to_vec()).or_default();
             let before = Self::ranked(&self.spec, partition);
-            for &i in &indices {
-                let entry = (
-                    order_keys.row(i).data().to_vec(),
-                    rows.row(i).data().to_vec(),
-                );
-                let weight = partition.entry(entry.clone()).or_insert(0);
-                *weight += weights[i];
-                if *weight == 0 {
-                    partition.remove(&entry);
-                }
-            }
+            encoded.apply(partition, &indices);
             self.stats.state_touched += indices.len() as u64;
             let after = Self::ranked(&self.spec, partition);
             if self.append_only {
                 Self::trim(&self.spec, partition);
             }
             if partition.is_empty() {
-                self.partitions.remove(key);
+                self.state.partitions.remove(key);
             }
             // after - before, as weights per (row, rank).
             let mut diff: HashMap<(Vec<u8>, u64), i64, RandomState> =
@@ -354,8 +281,9 @@ impl Operator for TopNOperator {
         if changes.is_empty() {
             return Ok(None);
         }
-        let parser = self.input_rows.parser();
+        let parser = self.state.input_rows.parser();
         let mut columns: Vec<ArrayRef> = self
+            .state
             .input_rows
             .convert_rows(changes.iter().map(|(row, _, _)| parser.parse(row)))?;
         if self.spec.ranking.is_some() {
@@ -479,7 +407,7 @@ mod tests {
     fn append_only_inputs_keep_only_the_top_rows() {
         let mut op = operator(Some(Ranking::RowNumber), 1, 2, true);
         step(&mut op, "I I\n 1 1 +1\n 1 2 +1\n 1 3 +1\n 1 4 +1");
-        let kept: usize = op.partitions.values().map(|p| p.len()).sum();
+        let kept: usize = op.state.partitions.values().map(|p| p.len()).sum();
         assert_eq!(kept, 2);
         let mut out = step(&mut op, "I I\n 1 5 +1");
         out.sort();

@@ -1,0 +1,156 @@
+//! Ordered partitions: the state of operators that look at each partition's
+//! rows in order (top-N, window functions), and the encoding of a delta
+//! into it.
+//!
+//! A partition maps (order key, row), both in Arrow's row format, to the
+//! row's summed weight. The order key's byte order is the `ORDER BY` order
+//! (directions and NULL placement included), and ties are broken by the
+//! row's own bytes, so iteration order is deterministic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::hash_utils::RandomState;
+use datafusion::physical_expr::PhysicalExpr;
+
+use super::change::{evaluate_keys, row_converter, ChangeBatch};
+use crate::error::Result;
+
+/// The ordered rows of one partition: (order key, row) to summed weight.
+pub type Partition = BTreeMap<(Vec<u8>, Vec<u8>), i64>;
+
+/// Every partition's ordered rows, and how rows are keyed and ordered.
+pub struct OrderedPartitions {
+    partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    partition_types: Vec<DataType>,
+    partition_rows: RowConverter,
+    order_by: Vec<Arc<dyn PhysicalExpr>>,
+    order_types: Vec<DataType>,
+    order_rows: RowConverter,
+    /// All input columns, to keep rows in state and decode them back.
+    pub input_rows: RowConverter,
+    /// The partitions, by partition key.
+    pub partitions: HashMap<Vec<u8>, Partition, RandomState>,
+}
+
+/// A delta encoded for [`OrderedPartitions`]: each row's partition key,
+/// order key and row bytes.
+pub struct EncodedDelta {
+    partition_keys: Option<Rows>,
+    order_keys: Option<Rows>,
+    rows: Rows,
+    weights: Vec<i64>,
+}
+
+impl OrderedPartitions {
+    /// Partitions of rows of `input` by `partition_by`, each ordered by
+    /// `order_by`.
+    pub fn try_new(
+        input: &SchemaRef,
+        partition_by: Vec<Arc<dyn PhysicalExpr>>,
+        order_by: Vec<(Arc<dyn PhysicalExpr>, SortOptions)>,
+    ) -> Result<Self> {
+        let partition_types = partition_by
+            .iter()
+            .map(|e| Ok(e.data_type(input)?))
+            .collect::<Result<Vec<_>>>()?;
+        let partition_rows = RowConverter::new(
+            partition_types
+                .iter()
+                .map(|t| SortField::new(t.clone()))
+                .collect(),
+        )?;
+        let order_types = order_by
+            .iter()
+            .map(|(e, _)| Ok(e.data_type(input)?))
+            .collect::<Result<Vec<_>>>()?;
+        let order_rows = RowConverter::new(
+            order_types
+                .iter()
+                .zip(&order_by)
+                .map(|(t, (_, o))| SortField::new_with_options(t.clone(), *o))
+                .collect(),
+        )?;
+        Ok(Self {
+            partition_by,
+            partition_types,
+            partition_rows,
+            order_by: order_by.into_iter().map(|(e, _)| e).collect(),
+            order_types,
+            order_rows,
+            input_rows: row_converter(input)?,
+            partitions: HashMap::with_hasher(RandomState::default()),
+        })
+    }
+
+    /// How many expressions partition the rows.
+    pub fn partition_key_count(&self) -> usize {
+        self.partition_by.len()
+    }
+
+    /// How many expressions order a partition.
+    pub fn order_key_count(&self) -> usize {
+        self.order_by.len()
+    }
+
+    /// Encodes a delta's keys and rows, once per batch.
+    pub fn encode(&self, delta: &ChangeBatch) -> Result<EncodedDelta> {
+        let data = delta.data();
+        // The row format of no columns holds no rows to index: without
+        // keys, every row gets the empty key.
+        let partition_keys = if self.partition_by.is_empty() {
+            None
+        } else {
+            let keys = evaluate_keys(&self.partition_by, &self.partition_types, data)?;
+            Some(self.partition_rows.convert_columns(&keys)?)
+        };
+        let order_keys = if self.order_by.is_empty() {
+            None
+        } else {
+            let keys = evaluate_keys(&self.order_by, &self.order_types, data)?;
+            Some(self.order_rows.convert_columns(&keys)?)
+        };
+        Ok(EncodedDelta {
+            partition_keys,
+            order_keys,
+            rows: self.input_rows.convert_columns(data.columns())?,
+            weights: delta.weights().values().to_vec(),
+        })
+    }
+}
+
+impl EncodedDelta {
+    /// The delta's row indices, by partition key, in arrival order.
+    pub fn by_partition(&self) -> HashMap<&[u8], Vec<usize>, RandomState> {
+        let mut touched: HashMap<&[u8], Vec<usize>, RandomState> =
+            HashMap::with_hasher(RandomState::default());
+        for i in 0..self.rows.num_rows() {
+            let key: &[u8] = match &self.partition_keys {
+                Some(keys) => keys.row(i).data(),
+                None => &[],
+            };
+            touched.entry(key).or_default().push(i);
+        }
+        touched
+    }
+
+    /// Adds the weights of rows `indices` to `partition`, dropping rows
+    /// whose weight sums to zero.
+    pub fn apply(&self, partition: &mut Partition, indices: &[usize]) {
+        for &i in indices {
+            let order = match &self.order_keys {
+                Some(o) => o.row(i).data().to_vec(),
+                None => vec![],
+            };
+            let entry = (order, self.rows.row(i).data().to_vec());
+            let weight = partition.entry(entry.clone()).or_insert(0);
+            *weight += self.weights[i];
+            if *weight == 0 {
+                partition.remove(&entry);
+            }
+        }
+    }
+}
