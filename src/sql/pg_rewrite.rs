@@ -1835,8 +1835,22 @@ mod tests {
     fn array_subqueries_become_array_agg() {
         assert_eq!(
             rewritten("SELECT array(SELECT x FROM unnest(a) x ORDER BY 1) FROM s"),
-            "SELECT (SELECT array_agg(x ORDER BY x) AS \"array\" FROM UNNEST(a) x) AS \"array\" FROM s"
+            "SELECT (SELECT array_agg(x ORDER BY x) AS \"array\" FROM UNNEST(a) x (x)) AS \"array\" FROM s"
         );
+    }
+
+    #[test]
+    fn a_function_alias_names_its_one_column() {
+        assert_eq!(
+            rewritten("SELECT g FROM generate_series(1, 3) g"),
+            "SELECT g FROM generate_series(1, 3) g (g)"
+        );
+        // Column names given, or a relation: left alone.
+        assert_eq!(
+            rewritten("SELECT n FROM generate_series(1, 3) AS g(n)"),
+            "SELECT n FROM generate_series(1, 3) AS g (n)"
+        );
+        assert_eq!(rewritten("SELECT t.a FROM t"), "SELECT t.a FROM t");
     }
 
     #[test]
