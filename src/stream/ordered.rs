@@ -137,6 +137,15 @@ impl EncodedDelta {
         touched
     }
 
+    /// Row `i`'s order key, row bytes and weight.
+    pub fn entry(&self, i: usize) -> (&[u8], &[u8], i64) {
+        let order: &[u8] = match &self.order_keys {
+            Some(o) => o.row(i).data(),
+            None => &[],
+        };
+        (order, self.rows.row(i).data(), self.weights[i])
+    }
+
     /// Adds the weights of rows `indices` to `partition`, dropping rows
     /// whose weight sums to zero.
     pub fn apply(&self, partition: &mut Partition, indices: &[usize]) {

@@ -172,6 +172,42 @@ impl TopNOperator {
         out
     }
 
+    /// Whether a new row (order key, row, weight) would rank past the range
+    /// of a partition holding only positive weights (an append-only input,
+    /// trimmed): the range is full and the row sorts after its last entry
+    /// (after its last order key, for `RANK` and `DENSE_RANK`, whose ties
+    /// share a rank).
+    fn ranks_past_range(spec: &TopNSpec, partition: &Partition, row: (&[u8], &[u8], i64)) -> bool {
+        let (order, bytes, weight) = row;
+        let Some(((last_order, last_row), _)) = partition.last_key_value() else {
+            return false;
+        };
+        if weight <= 0 || partition.values().any(|w| *w <= 0) {
+            return false;
+        }
+        let full = match spec.ranking {
+            Some(Ranking::DenseRank) => {
+                let mut keys = 0u64;
+                let mut previous: Option<&[u8]> = None;
+                for (o, _) in partition.keys() {
+                    if previous != Some(o.as_slice()) {
+                        keys += 1;
+                        previous = Some(o);
+                    }
+                }
+                keys >= spec.last
+            }
+            _ => partition.values().map(|w| *w as u64).sum::<u64>() >= spec.last,
+        };
+        if !full {
+            return false;
+        }
+        match spec.ranking {
+            Some(Ranking::Rank) | Some(Ranking::DenseRank) => order > last_order.as_slice(),
+            _ => (order, bytes) >= (last_order.as_slice(), last_row.as_slice()),
+        }
+    }
+
     /// Drops rows that can never be ranked within the range again: over an
     /// append-only input, those ranked past `last`.
     fn trim(spec: &TopNSpec, partition: &mut Partition) {
@@ -251,7 +287,20 @@ impl Operator for TopNOperator {
         self.stats.rows_in += delta.num_rows() as u64;
         let encoded = self.state.encode(delta)?;
         let mut changes: Vec<Ranked> = Vec::new();
-        for (key, indices) in encoded.by_partition() {
+        for (key, mut indices) in encoded.by_partition() {
+            // Over an append-only input, a row that ranks past a full range
+            // now can never enter it: it is dropped before it touches the
+            // state (most bids of a busy auction, for a top 10).
+            if self.append_only {
+                if let Some(partition) = self.state.partitions.get(key) {
+                    indices.retain(|&i| {
+                        !Self::ranks_past_range(&self.spec, partition, encoded.entry(i))
+                    });
+                }
+                if indices.is_empty() {
+                    continue;
+                }
+            }
             let partition = self.state.partitions.entry(key.to_vec()).or_default();
             let before = Self::ranked(&self.spec, partition);
             encoded.apply(partition, &indices);
@@ -401,6 +450,26 @@ mod tests {
         let mut out = step(&mut op, "I I\n 1 3 -1");
         out.sort();
         assert_eq!(out, vec!["1 1 | +1", "1 3 | -1"]);
+    }
+
+    #[test]
+    fn rows_past_a_full_range_are_dropped_before_they_touch_the_state() {
+        let mut op = operator(Some(Ranking::Rank), 1, 2, true);
+        step(&mut op, "I I\n 1 9 +1\n 1 8 +1");
+        // 1 ranks past a full range: nothing changes, nothing is kept.
+        assert!(step(&mut op, "I I\n 1 1 +1").is_empty());
+        let kept: usize = op.state.partitions.values().map(|p| p.len()).sum();
+        assert_eq!(kept, 2);
+        // A tie with the last rank still enters: ties share it.
+        assert_eq!(step(&mut op, "I I\n 1 8 +1"), vec!["1 8 2 | +1"]);
+        // With row numbers, a tie with the last row is past the range.
+        let mut numbered = operator(Some(Ranking::RowNumber), 1, 1, true);
+        step(&mut numbered, "I I\n 1 9 +1");
+        assert!(step(&mut numbered, "I I\n 1 9 +1").is_empty());
+        assert_eq!(
+            step(&mut numbered, "I I\n 1 10 +1"),
+            vec!["1 10 1 | +1", "1 9 1 | -1"]
+        );
     }
 
     #[test]
