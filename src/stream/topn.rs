@@ -16,8 +16,10 @@
 //!
 //! State: every row of every partition, ordered, since a deletion in the top
 //! rows pulls the next row in. Over an input that only grows (an
-//! append-only source), rows past the range can never re-enter it, and are
-//! dropped after each epoch, so the state stays `last` rows per partition.
+//! append-only source), rows past the range can never re-enter it: they are
+//! dropped after each epoch, and a new row that would rank past a full
+//! range is dropped before it touches the state, so the state stays `last`
+//! rows per partition.
 
 use std::collections::HashMap;
 use std::sync::Arc;
