@@ -2725,3 +2725,24 @@ pub fn column_type_name(field: &Field) -> String {
         field.metadata().get(SQL_TYPE_KEY).map(|s| s.as_str()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_options_mask_secrets_for_the_catalog() {
+        let (connector, options) = source_options(
+            "CREATE SOURCE s (a bigint) WITH (connector = 'kafka', topic = 't', \
+             properties.bootstrap.server = 'b:9092', properties.sasl.password = 'hunter2', \
+             properties.ssl.key.password = 'k')",
+        )
+        .expect("a source");
+        assert_eq!(connector, "kafka");
+        assert!(options.contains(&"topic=t".to_string()), "{options:?}");
+        assert!(options.contains(&"properties.sasl.password=********".to_string()));
+        assert!(options.contains(&"properties.ssl.key.password=********".to_string()));
+        assert!(!options.iter().any(|o| o.contains("hunter2")), "{options:?}");
+        assert!(source_options("CREATE TABLE t (a bigint)").is_none());
+    }
+}

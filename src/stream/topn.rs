@@ -174,40 +174,52 @@ impl TopNOperator {
         out
     }
 
-    /// Whether a new row (order key, row, weight) would rank past the range
-    /// of a partition holding only positive weights (an append-only input,
-    /// trimmed): the range is full and the row sorts after its last entry
-    /// (after its last order key, for `RANK` and `DENSE_RANK`, whose ties
-    /// share a rank).
-    fn ranks_past_range(spec: &TopNSpec, partition: &Partition, row: (&[u8], &[u8], i64)) -> bool {
-        let (order, bytes, weight) = row;
-        let Some(((last_order, last_row), _)) = partition.last_key_value() else {
-            return false;
-        };
-        if weight <= 0 || partition.values().any(|w| *w <= 0) {
-            return false;
+    /// The last entry of a full range, over a partition holding only
+    /// positive weights (an append-only input, trimmed): a new row sorting
+    /// after it (after its order key, for `RANK` and `DENSE_RANK`, whose
+    /// ties share a rank) can never enter the range. `None` while the range
+    /// has room, or has no end.
+    fn full_range_end<'p>(
+        spec: &TopNSpec,
+        partition: &'p Partition,
+    ) -> Option<(&'p [u8], &'p [u8])> {
+        if spec.last == u64::MAX {
+            return None;
         }
-        let full = match spec.ranking {
-            Some(Ranking::DenseRank) => {
-                let mut keys = 0u64;
-                let mut previous: Option<&[u8]> = None;
-                for (o, _) in partition.keys() {
-                    if previous != Some(o.as_slice()) {
-                        keys += 1;
-                        previous = Some(o);
-                    }
-                }
-                keys >= spec.last
+        let mut copies = 0u64;
+        let mut keys = 0u64;
+        let mut previous: Option<&[u8]> = None;
+        for ((order, _), &weight) in partition {
+            if weight <= 0 {
+                return None;
             }
-            _ => partition.values().map(|w| *w as u64).sum::<u64>() >= spec.last,
+            copies += weight as u64;
+            if previous != Some(order.as_slice()) {
+                keys += 1;
+                previous = Some(order);
+            }
+        }
+        let counted = match spec.ranking {
+            Some(Ranking::DenseRank) => keys,
+            _ => copies,
         };
-        if !full {
-            return false;
+        if counted < spec.last {
+            return None;
         }
-        match spec.ranking {
-            Some(Ranking::Rank) | Some(Ranking::DenseRank) => order > last_order.as_slice(),
-            _ => (order, bytes) >= (last_order.as_slice(), last_row.as_slice()),
-        }
+        partition
+            .last_key_value()
+            .map(|((order, row), _)| (order.as_slice(), row.as_slice()))
+    }
+
+    /// Whether a new row (order key, row, weight) ranks past a full range
+    /// ending at `end` (see [`TopNOperator::full_range_end`]).
+    fn ranks_past(spec: &TopNSpec, end: (&[u8], &[u8]), row: (&[u8], &[u8], i64)) -> bool {
+        let (order, bytes, weight) = row;
+        weight > 0
+            && match spec.ranking {
+                Some(Ranking::Rank) | Some(Ranking::DenseRank) => order > end.0,
+                _ => (order, bytes) >= end,
+            }
     }
 
     /// Drops rows that can never be ranked within the range again: over an
@@ -294,10 +306,13 @@ impl Operator for TopNOperator {
             // now can never enter it: it is dropped before it touches the
             // state (most bids of a busy auction, for a top 10).
             if self.append_only {
-                if let Some(partition) = self.state.partitions.get(key) {
-                    indices.retain(|&i| {
-                        !Self::ranks_past_range(&self.spec, partition, encoded.entry(i))
-                    });
+                let end = self
+                    .state
+                    .partitions
+                    .get(key)
+                    .and_then(|p| Self::full_range_end(&self.spec, p));
+                if let Some(end) = end {
+                    indices.retain(|&i| !Self::ranks_past(&self.spec, end, encoded.entry(i)));
                 }
                 if indices.is_empty() {
                     continue;
