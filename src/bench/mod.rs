@@ -201,9 +201,7 @@ pub async fn run_single(name: &str, events: u64, verify: bool, feed: &Feed) -> R
                     let done = sources.iter().all(|(s, _)| {
                         engine.source_readers(s).iter().all(|p| match feed {
                             Feed::Generator => {
-                                p.finished.load(Ordering::SeqCst)
-                                    && p.ingested.load(Ordering::SeqCst)
-                                        >= p.produced.load(Ordering::SeqCst)
+                                p.closed.load(Ordering::SeqCst)
                             }
                             Feed::Kafka { records, .. } => {
                                 p.ingested.load(Ordering::SeqCst)

@@ -186,6 +186,9 @@ pub struct SourceProgress {
     pub errors: AtomicU64,
     /// The generator has produced its last row.
     pub finished: AtomicBool,
+    /// Every produced row is committed and, for a stream that ended, so is
+    /// its end.
+    pub closed: AtomicBool,
     /// The source has been asked to stop.
     pub stop: AtomicBool,
     /// The generator thread is running.

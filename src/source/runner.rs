@@ -33,6 +33,10 @@ pub trait SourceSink: Send + Sync + 'static {
         batches: Vec<ChangeBatch>,
         more_pending: bool,
     ) -> Result<()>;
+
+    /// `source`'s stream for `view` has ended: no batch follows, so its
+    /// watermark can go to the end and close every window.
+    async fn finish(&self, source: &str, view: &str) -> Result<()>;
 }
 
 /// Starts `generators` (one thread each, each producing its own part of
@@ -98,6 +102,14 @@ pub fn spawn_source(
             }
             progress.ingested.fetch_add(rows as u64, Ordering::SeqCst);
         }
+        // Every generator returned: a bounded stream has ended (a stopped
+        // source has not).
+        if !progress.stop.load(Ordering::Relaxed) {
+            if let Err(e) = sink.finish(&source, &view).await {
+                warn!(%source, error = %e, "end of stream not committed");
+            }
+        }
+        progress.closed.store(true, Ordering::SeqCst);
     });
 }
 

@@ -37,7 +37,8 @@ use super::catalog::{decode_entry, rows_namespace, CatalogEntry, Comments, CATAL
 use super::pg_catalog::{self, PgCatalogInfo, PgRelation, SharedCatalog};
 use super::snapshot::{RelationProvider, Snapshot, SourceProvider};
 use super::statement::{
-    parse_statement, split_statements, Command, CreateSink, CreateSource, ObjectKind, StatementText,
+    parse_statement, split_statements, take_time_clauses, Command, CreateSink, CreateSource,
+    ObjectKind, StatementText, WatermarkClause,
 };
 use super::table::TableState;
 use super::types::{arrow_to_sql_name, sql_to_arrow, SQL_TYPE_KEY};
@@ -49,7 +50,11 @@ use crate::source::{
     SourceReader, SourceSink, SourceSpec,
 };
 use crate::storage::{StateStore, WriteBatch};
-use crate::stream::lower::{is_append_only, lower_plan};
+use crate::stream::lower::{is_append_only, lower_plan_marked};
+use crate::stream::watermark::{
+    watermark_type_supported, Mark, RelationMarks, WatermarkEntry, WatermarkProgress,
+    WatermarkSpec, WatermarkTracker, Watermarks,
+};
 use crate::stream::materialize::Contents;
 use crate::stream::operator::OperatorStats;
 use crate::stream::{ChangeBatch, Dataflow};
@@ -104,6 +109,8 @@ struct MaterializedView {
     inputs: Vec<String>,
     contents: Contents,
     append_only: bool,
+    /// `EMIT ON WINDOW CLOSE`: rows appear once their window closes.
+    emit_on_window_close: bool,
 }
 
 /// While source batches are queued, the longest a committed epoch waits
@@ -133,6 +140,19 @@ struct EngineState {
     pg_info: Option<Arc<PgCatalogInfo>>,
     /// Names and schemas of the system relations.
     system_relations: Vec<(String, SchemaRef)>,
+    /// Declared watermarks of sources and tables, by relation.
+    declared_watermarks: HashMap<String, Arc<WatermarkSpec>>,
+    /// The watermark of each table that declares one; changes behind it
+    /// are refused (deletes) or dropped (inserts).
+    table_watermarks: HashMap<String, WatermarkTracker>,
+}
+
+/// One declared watermark as `millrace_catalog.watermarks` lists it: a
+/// table's own, or the one a view's dataflow applies to what it reads.
+#[derive(Debug, Clone)]
+struct WatermarkRow {
+    view: Option<String>,
+    entry: WatermarkEntry,
 }
 
 /// How many epochs a `SUBSCRIBE` may fall behind before it is ended, so
@@ -182,6 +202,8 @@ pub struct Engine {
     readers: std::sync::Mutex<Vec<SourceReader>>,
     /// Open subscriptions, for `millrace_catalog.subscriptions`.
     subscriptions: std::sync::Mutex<Vec<SubscriptionEntry>>,
+    /// Declared watermarks in use, for `millrace_catalog.watermarks`.
+    watermarks: std::sync::Mutex<Vec<WatermarkRow>>,
     published: RwLock<Arc<Snapshot>>,
     base_state: SessionState,
     /// The latest catalog, for catalog functions.
@@ -265,6 +287,7 @@ impl Engine {
             me: me.clone(),
             readers: std::sync::Mutex::new(Vec::new()),
             subscriptions: std::sync::Mutex::new(Vec::new()),
+            watermarks: std::sync::Mutex::new(Vec::new()),
             writer: tokio::sync::Mutex::new(EngineState::default()),
             published: RwLock::new(Arc::new(Snapshot::default())),
             base_state,
@@ -319,6 +342,15 @@ impl Engine {
                 }
                 table.contents.set_rows(rows);
                 table.rebuild_key_index()?;
+                // The table's watermark, from the rows it holds.
+                let st = &mut *state;
+                if let Some(tracker) = st.table_watermarks.get_mut(&entry.name) {
+                    if let Some(t) = st.tables.get(&entry.name) {
+                        for chunk in t.contents.as_change_batches()? {
+                            tracker.observe(&chunk)?;
+                        }
+                    }
+                }
             }
         }
         state.replaying = false;
@@ -730,16 +762,18 @@ impl Engine {
     ) -> Result<QueryOutput> {
         match stmt {
             Statement::Query(_) => self.run_query(stmt, params, None).await,
-            Statement::CreateTable(ct) => self.create_table(state, ct),
+            Statement::CreateTable(ct) => self.create_table(state, ct, &text.text),
             Statement::CreateView(cv) => {
                 if cv.materialized {
-                    self.create_materialized_view(state, cv).await
+                    self.create_materialized_view(state, cv, &text.text).await
                 } else {
                     self.create_view(state, cv).await
                 }
             }
             Statement::Explain { statement, .. } => match *statement {
-                Statement::CreateView(cv) if cv.materialized => self.explain_view(state, cv).await,
+                Statement::CreateView(cv) if cv.materialized => {
+                    self.explain_view(state, cv, &text.text).await
+                }
                 other => self.run_query(other, params, None).await,
             },
             Statement::Insert(_) => self.insert(state, stmt, params).await,
@@ -868,8 +902,14 @@ impl Engine {
         Ok(())
     }
 
-    fn create_table(&self, state: &mut EngineState, ct: CreateTable) -> Result<QueryOutput> {
+    fn create_table(
+        &self,
+        state: &mut EngineState,
+        ct: CreateTable,
+        text: &str,
+    ) -> Result<QueryOutput> {
         let name = lower_name(&ct.name)?;
+        let (_, clauses) = take_time_clauses(text)?;
         if state.catalog.contains_key(&name) {
             if ct.if_not_exists {
                 return Ok(QueryOutput::command("CREATE TABLE"));
@@ -962,18 +1002,42 @@ impl Engine {
             fields[i] = f;
         }
         let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let watermark = clauses
+            .watermark
+            .as_ref()
+            .map(|w| self.watermark_spec(&name, w, &schema))
+            .transpose()?;
         let id = state.next_id;
         let entry = CatalogEntry {
             id,
             name: name.clone(),
             kind: ObjectKind::Table,
             schema: schema.clone(),
-            create_sql: Statement::CreateTable(ct).to_string(),
+            // The WATERMARK clause is not in sqlparser's syntax tree.
+            create_sql: match &watermark {
+                Some(_) => text.trim().to_string(),
+                None => Statement::CreateTable(ct).to_string(),
+            },
             depends_on: vec![],
             comments: Comments::default(),
         };
         let table = TableState::try_new(name.clone(), id, schema.clone(), primary_key)?;
         self.register(state, entry)?;
+        if let Some(spec) = watermark {
+            let progress = Arc::new(WatermarkProgress::default());
+            self.lock_watermarks().push(WatermarkRow {
+                view: None,
+                entry: WatermarkEntry {
+                    relation: name.clone(),
+                    spec: spec.clone(),
+                    progress: progress.clone(),
+                },
+            });
+            state
+                .table_watermarks
+                .insert(name.clone(), WatermarkTracker::new(spec.clone(), progress));
+            state.declared_watermarks.insert(name.clone(), spec);
+        }
         self.schema.register_table(
             name.clone(),
             Arc::new(RelationProvider::new(name.clone(), schema, TableType::Base)),
@@ -981,6 +1045,80 @@ impl Engine {
         state.tables.insert(name, table);
         self.publish(state);
         Ok(QueryOutput::command("CREATE TABLE"))
+    }
+
+    /// Plans a relation's `WATERMARK FOR column AS expr` against its schema.
+    fn watermark_spec(
+        &self,
+        relation: &str,
+        clause: &WatermarkClause,
+        schema: &SchemaRef,
+    ) -> Result<Arc<WatermarkSpec>> {
+        let column = schema.index_of(&clause.column).map_err(|_| MillraceError::Data {
+            sqlstate: "42703",
+            message: format!(
+                "WATERMARK FOR names column \"{}\", which \"{relation}\" does not have",
+                clause.column
+            ),
+        })?;
+        let data_type = schema.field(column).data_type().clone();
+        if !watermark_type_supported(&data_type) {
+            return Err(MillraceError::not_supported(format!(
+                "a watermark on column \"{}\" of type {} (timestamps, dates and integers)",
+                clause.column,
+                column_type_name(schema.field(column))
+            )));
+        }
+        let df_schema = datafusion::common::DFSchema::try_from(schema.as_ref().clone())?;
+        let logical = self
+            .base_state
+            .create_logical_expr(&clause.expr, &df_schema)
+            .map_err(|e| {
+                MillraceError::plan(format!("in WATERMARK FOR {}: {e}", clause.column))
+            })?;
+        if logical.is_volatile() {
+            return Err(MillraceError::plan(format!(
+                "the watermark expression {} must not be volatile",
+                clause.expr
+            )));
+        }
+        let expr = self
+            .base_state
+            .create_physical_expr(logical, &df_schema)
+            .map_err(|e| {
+                MillraceError::plan(format!("in WATERMARK FOR {}: {e}", clause.column))
+            })?;
+        let expr_type = expr.data_type(schema)?;
+        if expr_type != data_type {
+            return Err(MillraceError::plan(format!(
+                "the watermark expression {} is of type {expr_type}, but column \"{}\" is of type {data_type}",
+                clause.expr, clause.column
+            )));
+        }
+        Ok(Arc::new(WatermarkSpec {
+            column,
+            column_name: clause.column.clone(),
+            expr,
+            text: clause.expr.clone(),
+        }))
+    }
+
+    fn lock_watermarks(&self) -> std::sync::MutexGuard<'_, Vec<WatermarkRow>> {
+        match self.watermarks.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Lists the declared watermarks `dataflow` applies for `view`,
+    /// replacing the view's earlier ones.
+    fn register_view_watermarks(&self, view: &str, dataflow: &Dataflow) {
+        let mut rows = self.lock_watermarks();
+        rows.retain(|r| r.view.as_deref() != Some(view));
+        rows.extend(dataflow.watermark_entries().iter().map(|e| WatermarkRow {
+            view: Some(view.to_string()),
+            entry: e.clone(),
+        }));
     }
 
     /// Plans a view's query against the current catalog: the raw plan (for
@@ -1075,13 +1213,14 @@ impl Engine {
 
     async fn build_view(
         &self,
-        growing: &std::collections::HashSet<String>,
+        inputs: &ViewInputs,
         cv: &CreateView,
         name: &str,
+        emit_on_window_close: bool,
     ) -> Result<(LogicalPlan, Vec<String>, SchemaRef, Dataflow)> {
         let (raw, depends_on, schema) = self.plan_view_query(cv, name).await?;
         let plan = self.base_state.optimize(&raw)?;
-        let dataflow = lower_plan(&plan, &|r| growing.contains(r))?;
+        let dataflow = inputs.lower(&plan, emit_on_window_close)?;
         Ok((plan, depends_on, schema, dataflow))
     }
 
@@ -1089,8 +1228,10 @@ impl Engine {
         &self,
         state: &mut EngineState,
         cv: CreateView,
+        text: &str,
     ) -> Result<QueryOutput> {
         let name = lower_name(&cv.name)?;
+        let emit_on_window_close = take_time_clauses(text)?.1.emit_on_window_close;
         if state.catalog.contains_key(&name) && (cv.if_not_exists || state.replaying) {
             return Ok(QueryOutput::command("CREATE MATERIALIZED VIEW"));
         }
@@ -1101,7 +1242,7 @@ impl Engine {
         }
         self.ensure_absent(state, &name)?;
         let (plan, depends_on, schema, mut dataflow) = self
-            .build_view(&growing_relations(state), &cv, &name)
+            .build_view(&ViewInputs::of(state), &cv, &name, emit_on_window_close)
             .await?;
         let inputs = dataflow.relations();
         let append_only = is_append_only(&plan, &|r| relation_grows(state, r));
@@ -1118,7 +1259,15 @@ impl Engine {
             name: name.clone(),
             kind: ObjectKind::MaterializedView,
             schema: schema.clone(),
-            create_sql: Statement::CreateView(cv).to_string(),
+            create_sql: format!(
+                "{}{}",
+                Statement::CreateView(cv),
+                if emit_on_window_close {
+                    " EMIT ON WINDOW CLOSE"
+                } else {
+                    ""
+                }
+            ),
             depends_on,
             comments: Comments::default(),
         };
@@ -1128,6 +1277,7 @@ impl Engine {
             Arc::new(RelationProvider::new(name.clone(), schema, TableType::View)),
         )?;
         info!(view = %name, rows = contents.distinct_rows(), "materialized view created");
+        self.register_view_watermarks(&name, &dataflow);
         state.views.push(MaterializedView {
             name,
             plan,
@@ -1135,6 +1285,7 @@ impl Engine {
             inputs: inputs.clone(),
             contents,
             append_only,
+            emit_on_window_close,
         });
         self.publish(state);
         if !state.replaying {
@@ -1150,10 +1301,16 @@ impl Engine {
         Ok(QueryOutput::command("CREATE MATERIALIZED VIEW"))
     }
 
-    async fn explain_view(&self, state: &mut EngineState, cv: CreateView) -> Result<QueryOutput> {
+    async fn explain_view(
+        &self,
+        state: &mut EngineState,
+        cv: CreateView,
+        text: &str,
+    ) -> Result<QueryOutput> {
         let name = lower_name(&cv.name)?;
+        let emit_on_window_close = take_time_clauses(text)?.1.emit_on_window_close;
         let (_, _, _, dataflow) = self
-            .build_view(&growing_relations(state), &cv, &name)
+            .build_view(&ViewInputs::of(state), &cv, &name, emit_on_window_close)
             .await?;
         let mut lines = vec![vec![format!("Materialize {name}")]];
         lines.extend(
@@ -1176,7 +1333,10 @@ impl Engine {
 
     /// Re-creates one view's dataflow and contents from its inputs.
     fn rebuild_view(&self, state: &mut EngineState, i: usize) -> Result<()> {
-        let mut dataflow = lower_plan(&state.views[i].plan, &|r| relation_grows(state, r))?;
+        let mut dataflow = ViewInputs::of(state).lower(
+            &state.views[i].plan,
+            state.views[i].emit_on_window_close,
+        )?;
         let schema = state.views[i].contents.schema().clone();
         let mut contents = if state.views[i].append_only {
             Contents::try_new_append_only(schema)?
@@ -1186,6 +1346,7 @@ impl Engine {
         let inputs = state.views[i].inputs.clone();
         backfill(state, &mut dataflow, &inputs, &mut contents)?;
         let view = &mut state.views[i];
+        self.register_view_watermarks(&view.name, &dataflow);
         view.dataflow = dataflow;
         view.contents = contents;
         Ok(())
@@ -1212,7 +1373,25 @@ impl Engine {
         // Check constraints before touching anything.
         let mut checked = Vec::new();
         for (table, delta) in changes {
-            let delta = delta.consolidate()?;
+            let mut delta = delta.consolidate()?;
+            if let Some(tracker) = state.table_watermarks.get_mut(&table) {
+                // Inserts behind the table's watermark are dropped (and
+                // counted); deletes there would change what can no longer
+                // change, and are refused.
+                let (kept, late) = tracker.admit(&delta)?;
+                if late.deletes > 0 {
+                    let spec = tracker.spec();
+                    return Err(MillraceError::Data {
+                        sqlstate: "22000",
+                        message: format!(
+                            "cannot delete or update rows of \"{table}\" whose \"{}\" is behind its watermark ({})",
+                            spec.column_name,
+                            tracker.mark().map(|m| m.to_string()).unwrap_or_default()
+                        ),
+                    });
+                }
+                delta = kept;
+            }
             if delta.is_empty() {
                 continue;
             }
@@ -1239,6 +1418,16 @@ impl Engine {
         let saved_views: Vec<_> = state.views.iter().map(|v| v.contents.save()).collect();
 
         let mut deltas: HashMap<String, ChangeBatch> = HashMap::new();
+        // Watermarks of the views' outputs, and of a source that ended.
+        let mut marks = view_watermarks(state);
+        let mut marks_moved: HashSet<String> = HashSet::new();
+        if let Some(s) = streamed.as_ref().filter(|s| s.ended) {
+            if let Some(spec) = state.declared_watermarks.get(&s.source) {
+                let mut end = Watermarks::none();
+                end.advance(spec.column, Mark::End);
+                marks.insert(s.source.clone(), end);
+            }
+        }
         let mut writes = WriteBatch::default();
         let mut failure: Option<(usize, MillraceError)> = None;
         let mut stepped: Vec<usize> = Vec::new();
@@ -1268,7 +1457,12 @@ impl Engine {
         if failure.is_none() {
             for (i, view) in state.views.iter_mut().enumerate() {
                 let fed = streamed.as_ref().filter(|s| s.view == view.name);
-                if fed.is_none() && !view.inputs.iter().any(|r| deltas.contains_key(r)) {
+                if fed.is_none()
+                    && !view
+                        .inputs
+                        .iter()
+                        .any(|r| deltas.contains_key(r) || marks_moved.contains(r))
+                {
                     continue;
                 }
                 stepped.push(i);
@@ -1287,7 +1481,7 @@ impl Engine {
                 let append_only = view.append_only;
                 let result = view
                     .dataflow
-                    .step(inputs)
+                    .step_marked(inputs, &marks)
                     .and_then(|out| {
                         out.map(|o| if append_only { Ok(o) } else { o.consolidate() })
                             .transpose()
@@ -1305,6 +1499,11 @@ impl Engine {
                         failure = Some((i, e));
                         break;
                     }
+                }
+                let after = view.dataflow.output_watermarks();
+                if !after.is_empty() && marks.get(&view.name) != Some(&after) {
+                    marks_moved.insert(view.name.clone());
+                    marks.insert(view.name.clone(), after);
                 }
             }
         }
@@ -1345,6 +1544,11 @@ impl Engine {
                 }
             }
             return Err(err);
+        }
+        for (table, tracker) in state.table_watermarks.iter_mut() {
+            if let Some(delta) = deltas.get(table) {
+                tracker.observe(delta)?;
+            }
         }
         for sink in state.sinks.values() {
             if let Some(change) = deltas.get(&sink.relation) {
@@ -1934,9 +2138,33 @@ impl Engine {
                 }),
             )),
         )?;
+        let watermarks = Arc::new(Schema::new(vec![
+            Field::new("relation", DataType::Utf8, false),
+            Field::new("view", DataType::Utf8, true),
+            Field::new("column", DataType::Utf8, false),
+            Field::new("expression", DataType::Utf8, false),
+            Field::new("watermark", DataType::Utf8, true),
+            Field::new("late_rows", DataType::Int64, false),
+        ]));
+        let me = self.me.clone();
+        let rows_schema = watermarks.clone();
+        system.register_table(
+            "watermarks".into(),
+            Arc::new(SystemRelation::new(
+                watermarks.clone(),
+                Box::new(move |_| {
+                    let rows = me
+                        .upgrade()
+                        .map(|e| e.lock_watermarks().clone())
+                        .unwrap_or_default();
+                    watermark_batch(&rows_schema, &rows)
+                }),
+            )),
+        )?;
         Ok(vec![
             ("source_partitions".to_string(), schema),
             ("subscriptions".to_string(), subscriptions),
+            ("watermarks".to_string(), watermarks),
         ])
     }
 
@@ -1978,17 +2206,28 @@ impl Engine {
     /// Waits until every row the running sources produced so far is
     /// committed.
     async fn wait_for_sources(&self) -> Result<()> {
-        let targets: Vec<(String, Arc<SourceProgress>, u64)> = self
+        let targets: Vec<(String, Arc<SourceProgress>, u64, bool)> = self
             .readers()
             .into_iter()
             .map(|r| {
+                // A stream that has ended is waited for until its end is
+                // committed too (closing its windows).
+                let ended = r.progress.finished.load(Ordering::SeqCst);
                 let target = r.progress.produced.load(Ordering::SeqCst);
-                (r.source, r.progress, target)
+                (r.source, r.progress, target, ended)
             })
             .collect();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        for (name, p, target) in targets {
-            while p.ingested.load(Ordering::SeqCst) < target && !p.stop.load(Ordering::SeqCst) {
+        for (name, p, target, ended) in targets {
+            let done = |p: &SourceProgress| {
+                p.stop.load(Ordering::SeqCst)
+                    || if ended {
+                        p.closed.load(Ordering::SeqCst)
+                    } else {
+                        p.ingested.load(Ordering::SeqCst) >= target
+                    }
+            };
+            while !done(&p) {
                 if std::time::Instant::now() > deadline {
                     return Err(MillraceError::execution(format!(
                         "FLUSH timed out waiting for source \"{name}\""
@@ -2061,6 +2300,11 @@ impl Engine {
             validate: !state.replaying,
         })?;
         let schema = spec.schema.clone();
+        let watermark = cs
+            .watermark
+            .as_ref()
+            .map(|w| self.watermark_spec(&cs.name, w, &schema))
+            .transpose()?;
         let entry = CatalogEntry {
             id: state.next_id,
             name: cs.name.clone(),
@@ -2075,6 +2319,9 @@ impl Engine {
             cs.name.clone(),
             Arc::new(SourceProvider::new(cs.name.clone(), schema)),
         )?;
+        if let Some(w) = watermark {
+            state.declared_watermarks.insert(cs.name.clone(), w);
+        }
         state.sources.insert(cs.name, spec);
         Ok(QueryOutput::command("CREATE SOURCE"))
     }
@@ -2269,6 +2516,11 @@ impl Engine {
             }
             state.views.retain(|v| &v.name != name);
             state.sources.remove(name);
+            state.declared_watermarks.remove(name);
+            state.table_watermarks.remove(name);
+            self.lock_watermarks().retain(|r| {
+                &r.entry.relation != name && r.view.as_deref() != Some(name.as_str())
+            });
             state.sinks.remove(name);
             state.subscribers.retain(|s| &s.relation != name);
             self.readers_mut().retain(|r| {
@@ -2382,6 +2634,53 @@ fn view_query_text(create_sql: &str) -> Option<String> {
     }
 }
 
+/// What lowering a view needs to know about the relations it may read.
+struct ViewInputs {
+    growing: std::collections::HashSet<String>,
+    marks: HashMap<String, RelationMarks>,
+}
+
+impl ViewInputs {
+    fn of(state: &EngineState) -> Self {
+        let mut marks: HashMap<String, RelationMarks> = state
+            .declared_watermarks
+            .iter()
+            .map(|(name, spec)| (name.clone(), RelationMarks::Declared(spec.clone())))
+            .collect();
+        for v in &state.views {
+            let columns = v.dataflow.output_marked_columns();
+            if !columns.is_empty() {
+                marks.insert(v.name.clone(), RelationMarks::Columns(columns));
+            }
+        }
+        Self {
+            growing: growing_relations(state),
+            marks,
+        }
+    }
+
+    fn lower(&self, plan: &LogicalPlan, emit_on_window_close: bool) -> Result<Dataflow> {
+        lower_plan_marked(
+            plan,
+            &|r| self.growing.contains(r),
+            &|r| self.marks.get(r).cloned().unwrap_or(RelationMarks::None),
+            emit_on_window_close,
+        )
+    }
+}
+
+/// The current watermarks of every view whose output carries one.
+fn view_watermarks(state: &EngineState) -> HashMap<String, Watermarks> {
+    state
+        .views
+        .iter()
+        .filter_map(|v| {
+            let marks = v.dataflow.output_watermarks();
+            (!marks.is_empty()).then(|| (v.name.clone(), marks))
+        })
+        .collect()
+}
+
 fn growing_relations(state: &EngineState) -> std::collections::HashSet<String> {
     let names = state
         .sources
@@ -2422,12 +2721,67 @@ impl SourceSink for Engine {
             source: source.to_string(),
             view: view.to_string(),
             delta,
+            ended: false,
         };
         // Under a backlog, epochs become visible every PUBLISH_INTERVAL
         // rather than each: a published view's contents are shared with
         // readers, so the next change to them copies the parts it touches.
         self.commit_epoch(&mut state, vec![], Some(streamed), !more_pending)
     }
+
+    async fn finish(&self, source: &str, view: &str) -> Result<()> {
+        let mut state = self.writer.lock().await;
+        let Some(spec) = state.sources.get(source) else {
+            return Ok(());
+        };
+        if !state.views.iter().any(|v| v.name == view) {
+            return Ok(());
+        }
+        let streamed = Streamed {
+            source: source.to_string(),
+            view: view.to_string(),
+            delta: ChangeBatch::empty(spec.schema.clone()),
+            ended: true,
+        };
+        self.commit_epoch(&mut state, vec![], Some(streamed), true)
+    }
+}
+
+/// The rows of `millrace_catalog.watermarks`.
+fn watermark_batch(schema: &SchemaRef, rows: &[WatermarkRow]) -> Result<RecordBatch> {
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    let relation: StringArray = rows
+        .iter()
+        .map(|r| Some(r.entry.relation.as_str()))
+        .collect();
+    let view: StringArray = rows.iter().map(|r| r.view.as_deref()).collect();
+    let column: StringArray = rows
+        .iter()
+        .map(|r| Some(r.entry.spec.column_name.as_str()))
+        .collect();
+    let expression: StringArray = rows
+        .iter()
+        .map(|r| Some(r.entry.spec.text.as_str()))
+        .collect();
+    let watermark: StringArray = rows
+        .iter()
+        .map(|r| r.entry.progress.mark().map(|m| m.to_string()))
+        .collect();
+    let late: Int64Array = rows
+        .iter()
+        .map(|r| Some(r.entry.progress.late_rows() as i64))
+        .collect();
+    Ok(RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(relation),
+            Arc::new(view),
+            Arc::new(column),
+            Arc::new(expression),
+            Arc::new(watermark),
+            Arc::new(late),
+        ],
+    )?)
 }
 
 /// The rows of `millrace_catalog.source_partitions`.
@@ -2478,6 +2832,8 @@ struct Streamed {
     source: String,
     view: String,
     delta: ChangeBatch,
+    /// The source's stream has ended: nothing follows.
+    ended: bool,
 }
 
 /// Feeds the full contents of `inputs` through a new dataflow.
@@ -2488,9 +2844,10 @@ fn backfill(
     contents: &mut Contents,
 ) -> Result<()> {
     let mut outputs = Vec::new();
+    let marks = view_watermarks(state);
     // The first step runs even without input: constants and global
     // aggregates emit their initial rows.
-    if let Some(out) = dataflow.step(&HashMap::new())? {
+    if let Some(out) = dataflow.step_marked(&HashMap::new(), &marks)? {
         outputs.push(out);
     }
     for input in inputs {
@@ -2510,9 +2867,16 @@ fn backfill(
                     .map(|v| &v.contents)
             })
             .ok_or_else(|| MillraceError::UnknownRelation(input.clone()))?;
-        for chunk in source.as_change_batches()? {
+        let mut chunks = source.as_change_batches()?;
+        // A relation with a declared watermark goes in as one change, so
+        // that none of its rows is late relative to another.
+        if state.declared_watermarks.contains_key(input) && chunks.len() > 1 {
+            let schema = chunks[0].schema();
+            chunks = vec![ChangeBatch::concat(schema, &chunks)?];
+        }
+        for chunk in chunks {
             let deltas = HashMap::from([(input.clone(), chunk)]);
-            if let Some(out) = dataflow.step(&deltas)? {
+            if let Some(out) = dataflow.step_marked(&deltas, &marks)? {
                 outputs.push(out);
             }
         }

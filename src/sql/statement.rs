@@ -216,6 +216,8 @@ pub struct CreateSource {
     /// `INCLUDE key | partition | offset | timestamp | header 'name' [AS
     /// column [type]]` clauses, in order.
     pub includes: Vec<IncludeClause>,
+    /// `WATERMARK FOR column AS expr` among the column definitions.
+    pub watermark: Option<WatermarkClause>,
     /// The statement's text, as written.
     pub sql: String,
 }
@@ -231,6 +233,179 @@ pub struct StatementText {
 
 fn tokenizer_error(sql: &str, e: impl std::fmt::Display) -> MillraceError {
     parse_error(Some(sql), ParserError::TokenizerError(e.to_string()))
+}
+
+/// `WATERMARK FOR column AS expression` in the column list of `CREATE
+/// TABLE` or `CREATE SOURCE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatermarkClause {
+    /// The event-time column, lower-cased unless quoted.
+    pub column: String,
+    /// The watermark expression as written.
+    pub expr: String,
+}
+
+/// The clauses about event time that sqlparser does not know, taken out of
+/// a statement's text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimeClauses {
+    /// `WATERMARK FOR ...` of a table or source.
+    pub watermark: Option<WatermarkClause>,
+    /// `EMIT ON WINDOW CLOSE` at the end of `CREATE MATERIALIZED VIEW`.
+    pub emit_on_window_close: bool,
+}
+
+/// Byte offsets of `sql`'s tokens (without whitespace and comments), with
+/// the tokens.
+fn located_tokens(sql: &str) -> Result<Vec<(Token, usize, usize)>> {
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| tokenizer_error(sql, e))?;
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let to_byte = |line: u64, col: u64| -> usize {
+        let start = line_starts
+            .get((line as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(sql.len());
+        sql[start..]
+            .char_indices()
+            .nth((col as usize).saturating_sub(1))
+            .map(|(i, _)| start + i)
+            .unwrap_or(sql.len())
+    };
+    Ok(tokens
+        .into_iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .map(|t| {
+            let start = to_byte(t.span.start.line, t.span.start.column);
+            let end = to_byte(t.span.end.line, t.span.end.column);
+            (t.token, start, end)
+        })
+        .collect())
+}
+
+/// Takes `WATERMARK FOR column AS expr` out of the column list of a `CREATE
+/// TABLE` or `CREATE SOURCE`, and a trailing `EMIT ON WINDOW CLOSE` off a
+/// `CREATE MATERIALIZED VIEW`; returns the remaining text and the clauses.
+/// Other statements come back unchanged.
+pub fn take_time_clauses(sql: &str) -> Result<(String, TimeClauses)> {
+    let tokens = located_tokens(sql)?;
+    let mut clauses = TimeClauses::default();
+    let words: Vec<&Token> = tokens.iter().map(|(t, _, _)| t).collect();
+    // `EXPLAIN CREATE ...` too.
+    let create = words
+        .iter()
+        .take(2)
+        .any(|t| keyword(t) == Some(Keyword::CREATE));
+    if !create {
+        return Ok((sql.to_string(), clauses));
+    }
+    let mut text = sql.to_string();
+    // EMIT ON WINDOW CLOSE, last.
+    let n = words.len();
+    if n >= 4
+        && is_word(words[n - 4], "EMIT")
+        && is_word(words[n - 3], "ON")
+        && is_word(words[n - 2], "WINDOW")
+        && is_word(words[n - 1], "CLOSE")
+    {
+        clauses.emit_on_window_close = true;
+        text.truncate(tokens[n - 4].1);
+    }
+    let creates_columns = words
+        .iter()
+        .take(4)
+        .any(|t| is_word(t, "TABLE") || is_word(t, "SOURCE"));
+    if !creates_columns {
+        return Ok((text, clauses));
+    }
+    // The first parenthesised list is the column list.
+    let Some(open) = tokens.iter().position(|(t, _, _)| *t == Token::LParen) else {
+        return Ok((text, clauses));
+    };
+    let mut depth = 0usize;
+    let mut element_start = open + 1;
+    let mut found: Option<(usize, usize)> = None;
+    let mut close = None;
+    for (i, (t, _, _)) in tokens.iter().enumerate().skip(open) {
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(i);
+                    break;
+                }
+            }
+            Token::Comma if depth == 1 => element_start = i + 1,
+            _ if depth == 1
+                && i == element_start
+                && is_word(t, "WATERMARK")
+                && tokens.get(i + 1).is_some_and(|(n, _, _)| keyword(n) == Some(Keyword::FOR)) =>
+            {
+                if found.is_some() {
+                    return Err(MillraceError::Parse {
+                        message: "only one WATERMARK FOR clause is allowed".into(),
+                        position: None,
+                    });
+                }
+                found = Some((i, 0));
+            }
+            _ => {}
+        }
+        if let Some((start, 0)) = found {
+            // The clause ends before the next comma or the closing paren.
+            let next = tokens.get(i + 1).map(|(t, _, _)| t);
+            if depth == 1 && matches!(next, Some(Token::Comma) | Some(Token::RParen)) {
+                found = Some((start, i));
+            }
+        }
+    }
+    let (Some((start, last)), Some(close)) = (found, close) else {
+        return Ok((text, clauses));
+    };
+    if last == 0 {
+        return Err(MillraceError::Parse {
+            message: "Expected: WATERMARK FOR column AS expression".into(),
+            position: None,
+        });
+    }
+    let clause = &tokens[start..=last];
+    let column = match clause.get(2).map(|(t, _, _)| t) {
+        Some(Token::Word(w)) => match w.quote_style {
+            Some(_) => w.value.clone(),
+            None => w.value.to_ascii_lowercase(),
+        },
+        _ => {
+            return Err(MillraceError::Parse {
+                message: "Expected: a column name after WATERMARK FOR".into(),
+                position: None,
+            })
+        }
+    };
+    if clause.len() < 5 || keyword(&clause[3].0) != Some(Keyword::AS) {
+        return Err(MillraceError::Parse {
+            message: format!("Expected: WATERMARK FOR {column} AS expression"),
+            position: None,
+        });
+    }
+    let expr = sql[clause[4].1..clause[clause.len() - 1].2].trim().to_string();
+    // Cut the clause with the comma before it (or after it, when first).
+    let (cut_from, cut_to) = if start > open + 1 {
+        (tokens[start - 1].1, clause[clause.len() - 1].2)
+    } else if last + 1 < close {
+        (tokens[start].1, tokens[last + 2].1)
+    } else {
+        (tokens[start].1, clause[clause.len() - 1].2)
+    };
+    let mut stripped = String::with_capacity(text.len());
+    stripped.push_str(&text[..cut_from]);
+    stripped.push_str(&text[cut_to.min(text.len())..]);
+    clauses.watermark = Some(WatermarkClause { column, expr });
+    Ok((stripped, clauses))
 }
 
 /// Splits `sql` at top-level semicolons.
@@ -391,10 +566,12 @@ pub fn parse_statement(whole: &str, stmt: &StatementText) -> Result<Command> {
         _ => None,
     });
     let fetch_form = words(&stmt.text).and_then(|tokens| fetch_with_from(&tokens));
+    // Event-time clauses are read again by the engine from the text.
+    let (timeless, _) = take_time_clauses(&stmt.text).map_err(relocate)?;
     let text = role_form
         .as_deref()
         .or(fetch_form.as_deref())
-        .unwrap_or(&stmt.text);
+        .unwrap_or(&timeless);
     let dialect = PostgreSqlDialect {};
     let mut statements = Parser::new(&dialect)
         .try_with_sql(text)
@@ -445,7 +622,9 @@ fn fetch_with_from(tokens: &[Token]) -> Option<String> {
 
 /// Parses `CREATE SOURCE [IF NOT EXISTS] name [(columns)] WITH (key = value,
 /// ...) [FORMAT f ENCODE e]`, where keys may be dotted (`fields.id.kind`).
-fn parse_create_source(text: &str) -> Result<Command> {
+fn parse_create_source(written: &str) -> Result<Command> {
+    let (stripped, clauses) = take_time_clauses(written)?;
+    let text = stripped.as_str();
     // The generic dialect also parses `STRUCT<field type, ...>` column types,
     // which map nested JSON objects.
     let dialect = datafusion::sql::sqlparser::dialect::GenericDialect {};
@@ -559,7 +738,8 @@ fn parse_create_source(text: &str) -> Result<Command> {
         encode_options,
         primary_key,
         includes,
-        sql: text.trim().to_string(),
+        watermark: clauses.watermark,
+        sql: written.trim().to_string(),
     })))
 }
 
@@ -846,6 +1026,42 @@ mod tests {
             parse_statement(bad, &parts[0]),
             Err(MillraceError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn time_clauses_are_taken_out_of_the_text() {
+        let (rest, c) = take_time_clauses(
+            "CREATE TABLE t (id int, ts timestamp, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)",
+        )
+        .unwrap();
+        assert_eq!(rest, "CREATE TABLE t (id int, ts timestamp)");
+        assert_eq!(
+            c.watermark,
+            Some(WatermarkClause {
+                column: "ts".into(),
+                expr: "ts - INTERVAL '5' SECOND".into()
+            })
+        );
+        let (rest, c) = take_time_clauses(
+            "CREATE SOURCE s (WATERMARK FOR \"Ts\" AS \"Ts\", id int) WITH (connector = 'x')",
+        )
+        .unwrap();
+        assert_eq!(rest, "CREATE SOURCE s (id int) WITH (connector = 'x')");
+        assert_eq!(c.watermark.unwrap().column, "Ts");
+        let (rest, c) =
+            take_time_clauses("CREATE SOURCE s (WATERMARK FOR ts AS ts) WITH (a = 1)").unwrap();
+        assert_eq!(rest, "CREATE SOURCE s () WITH (a = 1)");
+        assert!(c.watermark.is_some());
+        let (rest, c) = take_time_clauses(
+            "CREATE MATERIALIZED VIEW v AS SELECT 1 FROM t GROUP BY x EMIT ON WINDOW CLOSE",
+        )
+        .unwrap();
+        assert_eq!(rest.trim_end(), "CREATE MATERIALIZED VIEW v AS SELECT 1 FROM t GROUP BY x");
+        assert!(c.emit_on_window_close && c.watermark.is_none());
+        let (rest, c) = take_time_clauses("SELECT watermark FROM t").unwrap();
+        assert_eq!((rest.as_str(), c), ("SELECT watermark FROM t", TimeClauses::default()));
+        assert!(take_time_clauses("CREATE TABLE t (a int, WATERMARK FOR a)").is_err());
+        assert!(take_time_clauses("CREATE TABLE t (a int, WATERMARK FOR ts AS a, WATERMARK FOR a AS a)").is_err());
     }
 
     #[test]

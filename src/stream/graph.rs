@@ -8,6 +8,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 
 use super::change::ChangeBatch;
 use super::operator::{Operator, OperatorStats};
+use super::watermark::{WatermarkEntry, WatermarkRule, Watermarks};
 use crate::error::{MillraceError, Result};
 
 /// Where a node's input comes from.
@@ -22,6 +23,12 @@ pub enum NodeInput {
 struct Node {
     operator: Box<dyn Operator>,
     inputs: Vec<NodeInput>,
+    /// How the output's watermarks follow from the inputs'.
+    rules: Vec<WatermarkRule>,
+    /// The output columns that can carry a watermark.
+    marked_columns: Vec<usize>,
+    /// The output's watermarks after the last epoch.
+    marks: Watermarks,
 }
 
 /// A DAG of operators. Nodes are stored in topological order: a node only
@@ -29,6 +36,11 @@ struct Node {
 #[derive(Default)]
 pub struct Dataflow {
     nodes: Vec<Node>,
+    /// Whether any node can carry a watermark; graphs without skip the
+    /// watermark work.
+    watermarked: bool,
+    /// The declared watermarks the graph's scans apply.
+    watermark_entries: Vec<WatermarkEntry>,
 }
 
 impl Dataflow {
@@ -39,6 +51,18 @@ impl Dataflow {
 
     /// Adds an operator reading `inputs`; returns its node id.
     pub fn add(&mut self, operator: Box<dyn Operator>, inputs: Vec<NodeInput>) -> Result<usize> {
+        self.add_marked(operator, inputs, vec![], vec![])
+    }
+
+    /// Adds an operator whose output watermarks follow `rules`, plus those
+    /// it sets itself on columns `own` (see [`Operator::own_watermarks`]).
+    pub fn add_marked(
+        &mut self,
+        operator: Box<dyn Operator>,
+        inputs: Vec<NodeInput>,
+        rules: Vec<WatermarkRule>,
+        own: Vec<usize>,
+    ) -> Result<usize> {
         let id = self.nodes.len();
         for input in &inputs {
             if let NodeInput::Node(n) = input {
@@ -47,8 +71,52 @@ impl Dataflow {
                 }
             }
         }
-        self.nodes.push(Node { operator, inputs });
+        let mut marked_columns: Vec<usize> = rules.iter().map(|r| r.output).chain(own).collect();
+        marked_columns.sort_unstable();
+        marked_columns.dedup();
+        self.watermarked |= !marked_columns.is_empty();
+        self.nodes.push(Node {
+            operator,
+            inputs,
+            rules,
+            marked_columns,
+            marks: Watermarks::none(),
+        });
         Ok(id)
+    }
+
+    /// Records the declared watermarks the graph's scans apply.
+    pub fn set_watermark_entries(&mut self, entries: Vec<WatermarkEntry>) {
+        self.watermark_entries = entries;
+    }
+
+    /// The declared watermarks the graph's scans apply, with their state.
+    pub fn watermark_entries(&self) -> &[WatermarkEntry] {
+        &self.watermark_entries
+    }
+
+    /// The output columns of node `id` that can carry a watermark.
+    pub fn marked_columns(&self, id: usize) -> &[usize] {
+        self.nodes
+            .get(id)
+            .map(|n| n.marked_columns.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// The output node's watermarks after the last epoch.
+    pub fn output_watermarks(&self) -> Watermarks {
+        self.nodes
+            .last()
+            .map(|n| n.marks.clone())
+            .unwrap_or_default()
+    }
+
+    /// The output columns that can carry a watermark.
+    pub fn output_marked_columns(&self) -> Vec<usize> {
+        self.nodes
+            .last()
+            .map(|n| n.marked_columns.clone())
+            .unwrap_or_default()
     }
 
     /// Schema of the output node.
@@ -75,8 +143,23 @@ impl Dataflow {
     /// Runs one epoch: `deltas` holds the change of every relation that
     /// changed. Returns the change of the output node.
     pub fn step(&mut self, deltas: &HashMap<String, ChangeBatch>) -> Result<Option<ChangeBatch>> {
+        self.step_marked(deltas, &HashMap::new())
+    }
+
+    /// Runs one epoch with the input relations' watermarks `marks` (of
+    /// views read by this one, and of sources that ended).
+    pub fn step_marked(
+        &mut self,
+        deltas: &HashMap<String, ChangeBatch>,
+        marks: &HashMap<String, Watermarks>,
+    ) -> Result<Option<ChangeBatch>> {
+        let none = Watermarks::none();
         let mut outputs: Vec<Option<ChangeBatch>> = Vec::with_capacity(self.nodes.len());
-        for node in self.nodes.iter_mut() {
+        for index in 0..self.nodes.len() {
+            let (earlier, rest) = self.nodes.split_at_mut(index);
+            let Some(node) = rest.first_mut() else {
+                break;
+            };
             let inputs: Vec<Option<ChangeBatch>> = node
                 .inputs
                 .iter()
@@ -85,7 +168,31 @@ impl Dataflow {
                     NodeInput::Node(n) => outputs.get(*n).cloned().flatten(),
                 })
                 .collect();
-            let out = node.operator.step(&inputs)?;
+            let mut out = node.operator.step(&inputs)?;
+            if self.watermarked {
+                let input_marks: Vec<&Watermarks> = node
+                    .inputs
+                    .iter()
+                    .map(|i| match i {
+                        NodeInput::Relation(r) => marks.get(r).unwrap_or(&none),
+                        NodeInput::Node(n) => earlier.get(*n).map(|e| &e.marks).unwrap_or(&none),
+                    })
+                    .collect();
+                for rule in &node.rules {
+                    if let Some(mark) = rule.evaluate(&input_marks)? {
+                        node.marks.advance(rule.output, mark);
+                    }
+                }
+                for (column, mark) in node.operator.own_watermarks().iter() {
+                    node.marks.advance(*column, mark.clone());
+                }
+                if let Some(released) = node.operator.advance(&input_marks, &node.marks)? {
+                    out = match out {
+                        Some(o) => Some(ChangeBatch::concat(o.schema(), &[o, released])?),
+                        None => Some(released),
+                    };
+                }
+            }
             outputs.push(out.filter(|b| !b.is_empty()));
         }
         Ok(outputs.pop().flatten())

@@ -32,6 +32,9 @@ use super::project::ProjectOperator;
 use super::scan::ScanOperator;
 use super::topn::{Ranking, TopNOperator, TopNSpec};
 use super::union::UnionOperator;
+use super::watermark::{
+    MarkMap, RelationMarks, WatermarkEntry, WatermarkProgress, WatermarkRule, WatermarkTracker,
+};
 use crate::error::{MillraceError, Result};
 
 /// Worker threads each keyed stateful operator is split across, unless
@@ -52,16 +55,109 @@ pub fn workers() -> usize {
 /// `relation_grows` says which relations only ever grow (see
 /// [`is_append_only`]); operators over growing inputs keep less state.
 pub fn lower_plan(plan: &LogicalPlan, relation_grows: &dyn Fn(&str) -> bool) -> Result<Dataflow> {
+    lower_plan_marked(plan, relation_grows, &|_| RelationMarks::None, false)
+}
+
+/// [`lower_plan`] for inputs that may carry watermarks: `relation_marks`
+/// says which relations declare one and which columns of the views read
+/// carry one. With `emit_on_window_close`, the view's rows are held back
+/// until the watermark of a window column of its output passes them;
+/// refused when its output has no such column.
+pub fn lower_plan_marked(
+    plan: &LogicalPlan,
+    relation_grows: &dyn Fn(&str) -> bool,
+    relation_marks: &dyn Fn(&str) -> RelationMarks,
+    emit_on_window_close: bool,
+) -> Result<Dataflow> {
     reject_volatile(plan)?;
     let mut lowering = Lowering {
         graph: Dataflow::new(),
         props: ExecutionProps::new(),
         workers: workers(),
         relation_grows,
+        relation_marks,
+        trackers: Vec::new(),
         rank_bounds: Vec::new(),
     };
-    lowering.node(plan)?;
-    Ok(lowering.graph)
+    let output = lowering.node(plan)?;
+    if emit_on_window_close {
+        let columns = lowering.graph.marked_columns(output).to_vec();
+        let Some(&column) = columns.first() else {
+            return Err(MillraceError::plan(
+                "EMIT ON WINDOW CLOSE needs a column of the view's output that carries a watermark: select the window_start or window_end of a TUMBLE or HOP over a relation declared with WATERMARK FOR, and group by it",
+            ));
+        };
+        let op = super::emit::EmitOnCloseOperator::try_new(arrow_schema(plan.schema()), column)?;
+        let rules = columns
+            .iter()
+            .map(|&c| WatermarkRule::identity(c, 0, c))
+            .collect();
+        lowering
+            .graph
+            .add_marked(Box::new(op), vec![NodeInput::Node(output)], rules, vec![])?;
+    }
+    let Lowering {
+        mut graph,
+        trackers,
+        ..
+    } = lowering;
+    graph.set_watermark_entries(trackers);
+    Ok(graph)
+}
+
+/// The one column `e` is non-decreasing in, and whether `e` is that column
+/// itself: a column, a cast of it to a time or integer type, plus or minus
+/// a constant, `date_bin(constant, it [, constant])` or
+/// `date_trunc(constant, it)`.
+fn monotone_in(e: &Expr, schema: &DFSchema) -> Option<(usize, bool)> {
+    use datafusion::logical_expr::Operator as BinaryOp;
+    let constant = |e: &Expr| matches!(e, Expr::Literal(..));
+    match e {
+        Expr::Column(c) => schema.index_of_column(c).ok().map(|i| (i, true)),
+        Expr::Alias(a) => monotone_in(&a.expr, schema),
+        Expr::Cast(c) if order_preserving_target(c.field.data_type()) => {
+            monotone_in(&c.expr, schema).map(|(i, _)| (i, false))
+        }
+        Expr::BinaryExpr(b) => match b.op {
+            BinaryOp::Plus if constant(&b.right) => {
+                monotone_in(&b.left, schema).map(|(i, _)| (i, false))
+            }
+            BinaryOp::Plus if constant(&b.left) => {
+                monotone_in(&b.right, schema).map(|(i, _)| (i, false))
+            }
+            BinaryOp::Minus if constant(&b.right) => {
+                monotone_in(&b.left, schema).map(|(i, _)| (i, false))
+            }
+            _ => None,
+        },
+        Expr::ScalarFunction(f) => {
+            let name = f.func.name().to_ascii_lowercase();
+            let args = &f.args;
+            let time = match name.as_str() {
+                "date_bin" if (2..=3).contains(&args.len()) => 1,
+                "date_trunc" if args.len() == 2 => 1,
+                _ => return None,
+            };
+            let others_constant = args
+                .iter()
+                .enumerate()
+                .all(|(i, a)| i == time || constant(a));
+            if !others_constant {
+                return None;
+            }
+            monotone_in(&args[time], schema).map(|(i, _)| (i, false))
+        }
+        _ => None,
+    }
+}
+
+/// Whether casting a time or integer value to `t` keeps its order.
+fn order_preserving_target(t: &datafusion::arrow::datatypes::DataType) -> bool {
+    use datafusion::arrow::datatypes::DataType;
+    matches!(
+        t,
+        DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 | DataType::Int64
+    )
 }
 
 /// Pass: refuses volatile functions (`random()`...), whose re-evaluation on a
@@ -96,6 +192,9 @@ struct Lowering<'a> {
     props: ExecutionProps,
     workers: usize,
     relation_grows: &'a dyn Fn(&str) -> bool,
+    relation_marks: &'a dyn Fn(&str) -> RelationMarks,
+    /// The declared watermarks this graph applies, one per relation.
+    trackers: Vec<WatermarkEntry>,
     /// Rank ranges found in filters over window nodes, by the window
     /// node's address, for the window's top-N operator to keep only them.
     rank_bounds: Vec<(*const LogicalPlan, (u64, u64))>,
@@ -133,10 +232,48 @@ impl Lowering<'_> {
                     .unwrap_or_else(|| (0..full.fields().len()).collect());
                 let schema = arrow_schema(&scan.projected_schema);
                 let relation = scan.table_name.table().to_string();
-                let op = ScanOperator::try_new(relation.clone(), projection, schema.clone())?;
-                let mut id = self
-                    .graph
-                    .add(Box::new(op), vec![NodeInput::Relation(relation)])?;
+                let mut op =
+                    ScanOperator::try_new(relation.clone(), projection.clone(), schema.clone())?;
+                let mut rules = Vec::new();
+                let mut own = Vec::new();
+                match (self.relation_marks)(&relation) {
+                    RelationMarks::None => {}
+                    RelationMarks::Declared(spec) => {
+                        // Several scans of one relation apply the same
+                        // watermark to the same rows: only the first one's
+                        // late rows are counted.
+                        let progress = if self.trackers.iter().any(|t| t.relation == relation) {
+                            Arc::new(WatermarkProgress::default())
+                        } else {
+                            let progress = Arc::new(WatermarkProgress::default());
+                            self.trackers.push(WatermarkEntry {
+                                relation: relation.clone(),
+                                spec: spec.clone(),
+                                progress: progress.clone(),
+                            });
+                            progress
+                        };
+                        op = op.with_watermark(WatermarkTracker::new(spec.clone(), progress));
+                        if let Some(c) = op.marked_column() {
+                            own.push(c);
+                            // The end of the relation's stream.
+                            rules.push(WatermarkRule::identity(c, 0, spec.column));
+                        }
+                    }
+                    RelationMarks::Columns(columns) => {
+                        for (out, source) in projection.iter().enumerate() {
+                            if columns.contains(source) {
+                                rules.push(WatermarkRule::identity(out, 0, *source));
+                            }
+                        }
+                    }
+                }
+                let mut id = self.graph.add_marked(
+                    Box::new(op),
+                    vec![NodeInput::Relation(relation)],
+                    rules,
+                    own,
+                )?;
                 if let Some(predicate) = scan
                     .filters
                     .iter()
@@ -145,7 +282,7 @@ impl Lowering<'_> {
                 {
                     let p = self.expr(&predicate, &scan.projected_schema)?;
                     let op = FilterOperator::try_new(p, schema)?;
-                    id = self.graph.add(Box::new(op), vec![NodeInput::Node(id)])?;
+                    id = self.add_passthrough(Box::new(op), id)?;
                 }
                 Ok(id)
             }
@@ -156,8 +293,10 @@ impl Lowering<'_> {
                     .iter()
                     .map(|e| self.expr(e, p.input.schema()))
                     .collect::<Result<Vec<_>>>()?;
-                let op = ProjectOperator::try_new(exprs, arrow_schema(&p.schema))?;
-                self.graph.add(Box::new(op), vec![NodeInput::Node(input)])
+                let op = ProjectOperator::try_new(exprs.clone(), arrow_schema(&p.schema))?;
+                let rules = self.monotone_rules(input, &p.expr, &exprs, p.input.schema());
+                self.graph
+                    .add_marked(Box::new(op), vec![NodeInput::Node(input)], rules, vec![])
             }
             LogicalPlan::Filter(f) => {
                 if let Some((window, bounds)) = rank_filter(f) {
@@ -167,7 +306,7 @@ impl Lowering<'_> {
                 let input = self.node(&f.input)?;
                 let predicate = self.expr(&f.predicate, f.input.schema())?;
                 let op = FilterOperator::try_new(predicate, arrow_schema(f.input.schema()))?;
-                self.graph.add(Box::new(op), vec![NodeInput::Node(input)])
+                self.add_passthrough(Box::new(op), input)
             }
             LogicalPlan::Aggregate(a) if first_row_order(a).is_some() => self.first_rows(a),
             LogicalPlan::Aggregate(a) => {
@@ -192,14 +331,20 @@ impl Lowering<'_> {
                     .collect::<Result<Vec<_>>>()?;
                 let input_schema = arrow_schema(in_schema);
                 let append_only = is_append_only(&a.input, self.relation_grows);
+                let rules = self.monotone_rules(input, &a.group_expr, &group_exprs, in_schema);
+                let expiry_column = rules.first().map(|r| r.output);
                 let make = || -> Result<Box<dyn Operator>> {
-                    Ok(Box::new(AggregateOperator::try_new(
+                    let op = AggregateOperator::try_new(
                         group_exprs.clone(),
                         aggregates.clone(),
                         &input_schema,
                         arrow_schema(&a.schema),
                         append_only,
-                    )?))
+                    )?;
+                    Ok(Box::new(match expiry_column {
+                        Some(c) => op.with_watermark_column(c)?,
+                        None => op,
+                    }))
                 };
                 let op = self.maybe_partitioned(
                     make,
@@ -207,7 +352,8 @@ impl Lowering<'_> {
                     &group_exprs,
                     &input_schema,
                 )?;
-                self.graph.add(op, vec![NodeInput::Node(input)])
+                self.graph
+                    .add_marked(op, vec![NodeInput::Node(input)], rules, vec![])
             }
             LogicalPlan::Distinct(Distinct::All(input)) => {
                 let id = self.node(input)?;
@@ -312,7 +458,22 @@ impl Lowering<'_> {
                     .map(|i| Ok(NodeInput::Node(self.node(i)?)))
                     .collect::<Result<Vec<_>>>()?;
                 let op = UnionOperator::try_new(arrow_schema(&u.schema))?;
-                self.graph.add(Box::new(op), inputs)
+                // A column carries the least watermark of its inputs', when
+                // every input has one.
+                let rules = (0..u.schema.fields().len())
+                    .filter_map(|c| {
+                        let all = inputs.iter().all(|i| match i {
+                            NodeInput::Node(n) => self.graph.marked_columns(*n).contains(&c),
+                            NodeInput::Relation(_) => false,
+                        });
+                        all.then(|| WatermarkRule {
+                            output: c,
+                            sources: (0..inputs.len()).map(|i| (i, c)).collect(),
+                            map: None,
+                        })
+                    })
+                    .collect();
+                self.graph.add_marked(Box::new(op), inputs, rules, vec![])
             }
             LogicalPlan::SubqueryAlias(s) => self.node(&s.input),
             LogicalPlan::Sort(s) => match s.fetch {
@@ -390,6 +551,53 @@ impl Lowering<'_> {
                 other.display()
             ))),
         }
+    }
+
+    /// Adds `op`, which keeps its input's columns and rows' values (a
+    /// filter), over node `input`: the input's watermarks pass through.
+    fn add_passthrough(&mut self, op: Box<dyn Operator>, input: usize) -> Result<usize> {
+        let rules = self
+            .graph
+            .marked_columns(input)
+            .iter()
+            .map(|&c| WatermarkRule::identity(c, 0, c))
+            .collect();
+        self.graph
+            .add_marked(op, vec![NodeInput::Node(input)], rules, vec![])
+    }
+
+    /// Watermark rules for output columns computed by `exprs` (`physical`,
+    /// the same planned) over node `input`: an expression non-decreasing in
+    /// one column that carries a watermark carries the watermark mapped by
+    /// it.
+    fn monotone_rules(
+        &self,
+        input: usize,
+        exprs: &[Expr],
+        physical: &[Arc<dyn PhysicalExpr>],
+        schema: &DFSchema,
+    ) -> Vec<WatermarkRule> {
+        let marked = self.graph.marked_columns(input);
+        if marked.is_empty() {
+            return Vec::new();
+        }
+        let input_schema = arrow_schema(schema);
+        exprs
+            .iter()
+            .zip(physical)
+            .enumerate()
+            .filter_map(|(out, (e, p))| {
+                let (column, plain) = monotone_in(e, schema)?;
+                if !marked.contains(&column) {
+                    return None;
+                }
+                Some(WatermarkRule {
+                    output: out,
+                    sources: vec![(0, column)],
+                    map: (!plain).then(|| MarkMap::new(p.clone(), &input_schema, column)),
+                })
+            })
+            .collect()
     }
 
     /// `make()` split into `self.workers` copies by `keys` (one key list per

@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod change;
 pub mod constant;
+pub mod emit;
 pub mod filter;
 pub mod graph;
 pub mod join;
@@ -19,6 +20,7 @@ pub mod project;
 pub mod scan;
 pub mod topn;
 pub mod union;
+pub mod watermark;
 
 pub use change::ChangeBatch;
 pub use graph::Dataflow;

@@ -10,6 +10,7 @@
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::change::ChangeBatch;
+use super::watermark::Watermarks;
 use crate::error::Result;
 
 /// Counters an operator keeps about its work, used by tests and `EXPLAIN`.
@@ -38,6 +39,26 @@ pub trait Operator: Send {
 
     /// Work counters since creation.
     fn stats(&self) -> OperatorStats;
+
+    /// Called once per epoch after [`Operator::step`] when the graph carries
+    /// watermarks, with each input's watermarks and this operator's output
+    /// watermarks after the epoch. A stateful operator drops the state no
+    /// future change can touch; one that holds rows back (`EMIT ON WINDOW
+    /// CLOSE`) returns the rows the watermark released. The default does
+    /// nothing.
+    fn advance(
+        &mut self,
+        _inputs: &[&Watermarks],
+        _output: &Watermarks,
+    ) -> Result<Option<ChangeBatch>> {
+        Ok(None)
+    }
+
+    /// The watermarks this operator itself sets on its output (a scan of a
+    /// relation with a declared watermark), after the last step.
+    fn own_watermarks(&self) -> Watermarks {
+        Watermarks::none()
+    }
 
     /// True when the operator keeps state between epochs.
     fn is_stateful(&self) -> bool {

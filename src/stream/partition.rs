@@ -15,6 +15,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::change::{evaluate_keys, ChangeBatch};
 use super::operator::{Operator, OperatorStats};
+use super::watermark::Watermarks;
 use crate::error::{MillraceError, Result};
 
 /// `n` copies of an operator, each owning the keys that hash to it.
@@ -153,5 +154,22 @@ impl Operator for PartitionedOperator {
 
     fn is_stateful(&self) -> bool {
         self.shards.iter().any(|s| s.is_stateful())
+    }
+
+    fn advance(
+        &mut self,
+        inputs: &[&Watermarks],
+        output: &Watermarks,
+    ) -> Result<Option<ChangeBatch>> {
+        let mut parts = Vec::new();
+        for shard in &mut self.shards {
+            if let Some(b) = shard.advance(inputs, output)? {
+                parts.push(b);
+            }
+        }
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(ChangeBatch::concat(self.schema.clone(), &parts)?))
     }
 }

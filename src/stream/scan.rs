@@ -2,11 +2,17 @@
 //!
 //! Weights: passes every row through with its weight unchanged, keeping only
 //! the projected columns (`out(r[proj]) += in(r)`).
+//!
+//! A scan of a relation with a declared watermark (`WATERMARK FOR ts AS
+//! ...`) first drops the changes whose event time is behind the watermark
+//! (weight set to 0, counted as late), then advances the watermark over the
+//! rows it let through (see [`super::watermark`]).
 
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::change::{batch_from_columns, ChangeBatch};
 use super::operator::{Operator, OperatorStats};
+use super::watermark::{Mark, WatermarkTracker, Watermarks};
 use crate::error::Result;
 
 /// Reads a relation's delta, keeping the projected columns.
@@ -15,6 +21,8 @@ pub struct ScanOperator {
     projection: Vec<usize>,
     schema: SchemaRef,
     stats: OperatorStats,
+    /// The relation's declared watermark, applied to its changes.
+    tracker: Option<WatermarkTracker>,
 }
 
 impl ScanOperator {
@@ -25,7 +33,21 @@ impl ScanOperator {
             projection,
             schema,
             stats: OperatorStats::default(),
+            tracker: None,
         })
+    }
+
+    /// The same scan applying the relation's declared watermark.
+    pub fn with_watermark(mut self, tracker: WatermarkTracker) -> Self {
+        self.tracker = Some(tracker);
+        self
+    }
+
+    /// The output position of the relation's event-time column, when the
+    /// scan has a declared watermark and keeps that column.
+    pub fn marked_column(&self) -> Option<usize> {
+        let column = self.tracker.as_ref()?.spec().column;
+        self.projection.iter().position(|&c| c == column)
     }
 }
 
@@ -49,6 +71,15 @@ impl Operator for ScanOperator {
             return Ok(None);
         };
         self.stats.rows_in += delta.num_rows() as u64;
+        let admitted;
+        let delta = match &mut self.tracker {
+            Some(tracker) => {
+                admitted = tracker.admit(delta)?.0;
+                tracker.observe(&admitted)?;
+                &admitted
+            }
+            None => delta,
+        };
         self.stats.rows_out += delta.num_rows() as u64;
         let columns = self
             .projection
@@ -61,5 +92,35 @@ impl Operator for ScanOperator {
 
     fn stats(&self) -> OperatorStats {
         self.stats
+    }
+
+    fn advance(
+        &mut self,
+        inputs: &[&Watermarks],
+        _output: &Watermarks,
+    ) -> Result<Option<ChangeBatch>> {
+        // The relation's stream ended: its watermark goes to the end.
+        if let Some(tracker) = &mut self.tracker {
+            let column = tracker.spec().column;
+            let ended = inputs
+                .first()
+                .and_then(|m| m.get(column))
+                .is_some_and(|m| *m == Mark::End);
+            if ended && tracker.mark() != Some(&Mark::End) {
+                tracker.end();
+            }
+        }
+        Ok(None)
+    }
+
+    fn own_watermarks(&self) -> Watermarks {
+        let mut marks = Watermarks::none();
+        if let (Some(column), Some(mark)) = (
+            self.marked_column(),
+            self.tracker.as_ref().and_then(|t| t.mark()),
+        ) {
+            marks.advance(column, mark.clone());
+        }
+        marks
     }
 }

@@ -21,13 +21,21 @@
 //! dense ids ([`groups`]), state is one vector per aggregate indexed by id
 //! ([`accumulator`]), and the old and new outputs of all touched groups are
 //! read out as whole Arrow arrays and compared column-wise.
+//!
+//! When a group column carries a watermark (the `window_start` of a
+//! `TUMBLE`), a group whose value in it falls behind the watermark can
+//! receive no more changes: its state is dropped, without emitting
+//! anything, so an endless windowed aggregation keeps only its open
+//! windows. A min-heap of each group's value finds them without a scan.
 
 mod accumulator;
 mod groups;
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, UInt32Array};
 use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute::kernels::cmp::distinct;
 use datafusion::arrow::compute::{concat, take};
@@ -40,6 +48,7 @@ use self::groups::GroupTable;
 use super::change::{batch_from_columns, ChangeBatch};
 use super::filter::evaluate_predicate;
 use super::operator::{Operator, OperatorStats};
+use super::watermark::{Mark, Watermarks};
 use crate::error::{MillraceError, Result};
 
 /// The aggregate functions the operator maintains.
@@ -97,6 +106,18 @@ pub struct AggregateOperator {
     stamp: u32,
     schema: SchemaRef,
     stats: OperatorStats,
+    /// Groups by their value in the group column that carries a watermark.
+    expiry: Option<Expiry>,
+}
+
+/// The groups of an aggregate ordered by their value in one group column
+/// (as `i64`), to drop those the column's watermark has passed.
+struct Expiry {
+    column: usize,
+    heap: BinaryHeap<Reverse<(i64, u32, u32)>>,
+    /// Per group id, bumped each time the id is freed, so that a heap entry
+    /// of an earlier group with the same id is recognised as stale.
+    generation: Vec<u32>,
 }
 
 impl AggregateOperator {
@@ -159,6 +180,7 @@ impl AggregateOperator {
             stamp: 0,
             schema,
             stats: OperatorStats::default(),
+            expiry: None,
         };
         if op.is_global() {
             // The one group of a global aggregate has id 0 and is never
@@ -166,6 +188,65 @@ impl AggregateOperator {
             op.push_group();
         }
         Ok(op)
+    }
+
+    /// The same aggregate dropping groups once the watermark of group column
+    /// `column` passes their value in it.
+    pub fn with_watermark_column(mut self, column: usize) -> Result<Self> {
+        if column >= self.group_exprs.len() {
+            return Err(MillraceError::plan(
+                "a watermark column of an aggregate must be a group column",
+            ));
+        }
+        self.expiry = Some(Expiry {
+            column,
+            heap: BinaryHeap::new(),
+            generation: Vec::new(),
+        });
+        Ok(self)
+    }
+
+    /// Removes group `g`: its id and state are free for a new group.
+    fn remove_group(&mut self, g: u32) {
+        self.groups.remove(g);
+        self.counts[g as usize] = 0;
+        for c in &mut self.columns {
+            c.empty_group(g);
+        }
+        if let Some(e) = &mut self.expiry {
+            if let Some(gen) = e.generation.get_mut(g as usize) {
+                *gen = gen.wrapping_add(1);
+            }
+        }
+    }
+
+    /// Records the watermark-column values of groups created from rows
+    /// `created` of `keys`.
+    fn track_new_groups(&mut self, keys: &[ArrayRef], created: &[(u32, u32)]) -> Result<()> {
+        let Some(e) = &mut self.expiry else {
+            return Ok(());
+        };
+        if created.is_empty() {
+            return Ok(());
+        }
+        let rows = UInt32Array::from_iter_values(created.iter().map(|(row, _)| *row));
+        let values = take(&keys[e.column], &rows, None)?;
+        let values = datafusion::arrow::compute::cast(&values, &DataType::Int64)?;
+        let values = values
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| MillraceError::execution("watermark column is not numeric"))?;
+        for (i, &(_, g)) in created.iter().enumerate() {
+            if e.generation.len() <= g as usize {
+                e.generation.resize(g as usize + 1, 0);
+            }
+            // A NULL never falls behind a watermark.
+            if values.is_valid(i) {
+                e.heap
+                    .push(Reverse((values.value(i), g, e.generation[g as usize])));
+            }
+        }
+        Ok(())
     }
 
     /// Number of groups currently held.
@@ -204,14 +285,21 @@ impl AggregateOperator {
         let rows = conv.convert_columns(&keys)?;
         self.groups.hash_batch(&keys, n)?;
         let mut ids = Vec::with_capacity(n);
+        let mut created: Vec<(u32, u32)> = Vec::new();
+        let tracking = self.expiry.is_some();
         for row in 0..n {
+            let live = self.groups.len();
             let id = self.groups.intern(&rows, row);
             if id as usize == self.counts.len() {
                 // A new id past the last: state for it.
                 self.push_group();
             }
+            if tracking && self.groups.len() > live {
+                created.push((row as u32, id));
+            }
             ids.push(id);
         }
+        self.track_new_groups(&keys, &created)?;
         Ok(ids)
     }
 
@@ -420,15 +508,53 @@ impl Operator for AggregateOperator {
         if !global {
             for (&g, &is) in touched.iter().zip(&new_exists) {
                 if !is {
-                    self.groups.remove(g);
-                    self.counts[g as usize] = 0;
-                    for c in &mut self.columns {
-                        c.empty_group(g);
-                    }
+                    self.remove_group(g);
                 }
             }
         }
         Ok(result)
+    }
+
+    fn advance(
+        &mut self,
+        _inputs: &[&Watermarks],
+        output: &Watermarks,
+    ) -> Result<Option<ChangeBatch>> {
+        let Some(column) = self.expiry.as_ref().map(|e| e.column) else {
+            return Ok(None);
+        };
+        let Some(mark) = output.get(column) else {
+            return Ok(None);
+        };
+        // The watermark as an i64 of the column's type.
+        let bound = match mark {
+            Mark::End => i64::MAX,
+            Mark::Value(v) => {
+                let data_type = self.schema.field(column).data_type();
+                match v.cast_to(data_type)?.cast_to(&DataType::Int64)? {
+                    datafusion::common::ScalarValue::Int64(Some(b)) => b,
+                    _ => return Ok(None),
+                }
+            }
+        };
+        let everything = matches!(mark, Mark::End);
+        let mut expired = Vec::new();
+        if let Some(e) = &mut self.expiry {
+            while let Some(Reverse((value, g, gen))) = e.heap.peek().copied() {
+                if value >= bound && !everything {
+                    break;
+                }
+                e.heap.pop();
+                if e.generation.get(g as usize) == Some(&gen) {
+                    expired.push(g);
+                }
+            }
+        }
+        self.stats.state_touched += expired.len() as u64;
+        for g in expired {
+            self.remove_group(g);
+        }
+        Ok(None)
     }
 
     fn stats(&self) -> OperatorStats {
