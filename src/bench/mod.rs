@@ -200,9 +200,7 @@ pub async fn run_single(name: &str, events: u64, verify: bool, feed: &Feed) -> R
                 loop {
                     let done = sources.iter().all(|(s, _)| {
                         engine.source_readers(s).iter().all(|p| match feed {
-                            Feed::Generator => {
-                                p.closed.load(Ordering::SeqCst)
-                            }
+                            Feed::Generator => p.closed.load(Ordering::SeqCst),
                             Feed::Kafka { records, .. } => {
                                 p.ingested.load(Ordering::SeqCst)
                                     + p.bad_records.load(Ordering::SeqCst)

@@ -51,12 +51,12 @@ use crate::source::{
 };
 use crate::storage::{StateStore, WriteBatch};
 use crate::stream::lower::{is_append_only, lower_plan_marked};
+use crate::stream::materialize::Contents;
+use crate::stream::operator::OperatorStats;
 use crate::stream::watermark::{
     watermark_type_supported, Mark, RelationMarks, WatermarkEntry, WatermarkProgress,
     WatermarkSpec, WatermarkTracker, Watermarks,
 };
-use crate::stream::materialize::Contents;
-use crate::stream::operator::OperatorStats;
 use crate::stream::{ChangeBatch, Dataflow};
 
 /// Catalog name DataFusion resolves unqualified names in.
@@ -1054,13 +1054,15 @@ impl Engine {
         clause: &WatermarkClause,
         schema: &SchemaRef,
     ) -> Result<Arc<WatermarkSpec>> {
-        let column = schema.index_of(&clause.column).map_err(|_| MillraceError::Data {
-            sqlstate: "42703",
-            message: format!(
-                "WATERMARK FOR names column \"{}\", which \"{relation}\" does not have",
-                clause.column
-            ),
-        })?;
+        let column = schema
+            .index_of(&clause.column)
+            .map_err(|_| MillraceError::Data {
+                sqlstate: "42703",
+                message: format!(
+                    "WATERMARK FOR names column \"{}\", which \"{relation}\" does not have",
+                    clause.column
+                ),
+            })?;
         let data_type = schema.field(column).data_type().clone();
         if !watermark_type_supported(&data_type) {
             return Err(MillraceError::not_supported(format!(
@@ -1073,9 +1075,7 @@ impl Engine {
         let logical = self
             .base_state
             .create_logical_expr(&clause.expr, &df_schema)
-            .map_err(|e| {
-                MillraceError::plan(format!("in WATERMARK FOR {}: {e}", clause.column))
-            })?;
+            .map_err(|e| MillraceError::plan(format!("in WATERMARK FOR {}: {e}", clause.column)))?;
         if logical.is_volatile() {
             return Err(MillraceError::plan(format!(
                 "the watermark expression {} must not be volatile",
@@ -1085,9 +1085,7 @@ impl Engine {
         let expr = self
             .base_state
             .create_physical_expr(logical, &df_schema)
-            .map_err(|e| {
-                MillraceError::plan(format!("in WATERMARK FOR {}: {e}", clause.column))
-            })?;
+            .map_err(|e| MillraceError::plan(format!("in WATERMARK FOR {}: {e}", clause.column)))?;
         let expr_type = expr.data_type(schema)?;
         if expr_type != data_type {
             return Err(MillraceError::plan(format!(
@@ -1333,10 +1331,8 @@ impl Engine {
 
     /// Re-creates one view's dataflow and contents from its inputs.
     fn rebuild_view(&self, state: &mut EngineState, i: usize) -> Result<()> {
-        let mut dataflow = ViewInputs::of(state).lower(
-            &state.views[i].plan,
-            state.views[i].emit_on_window_close,
-        )?;
+        let mut dataflow = ViewInputs::of(state)
+            .lower(&state.views[i].plan, state.views[i].emit_on_window_close)?;
         let schema = state.views[i].contents.schema().clone();
         let mut contents = if state.views[i].append_only {
             Contents::try_new_append_only(schema)?
@@ -2518,9 +2514,8 @@ impl Engine {
             state.sources.remove(name);
             state.declared_watermarks.remove(name);
             state.table_watermarks.remove(name);
-            self.lock_watermarks().retain(|r| {
-                &r.entry.relation != name && r.view.as_deref() != Some(name.as_str())
-            });
+            self.lock_watermarks()
+                .retain(|r| &r.entry.relation != name && r.view.as_deref() != Some(name.as_str()));
             state.sinks.remove(name);
             state.subscribers.retain(|s| &s.relation != name);
             self.readers_mut().retain(|r| {
@@ -3106,7 +3101,10 @@ mod tests {
         assert!(options.contains(&"topic=t".to_string()), "{options:?}");
         assert!(options.contains(&"properties.sasl.password=********".to_string()));
         assert!(options.contains(&"properties.ssl.key.password=********".to_string()));
-        assert!(!options.iter().any(|o| o.contains("hunter2")), "{options:?}");
+        assert!(
+            !options.iter().any(|o| o.contains("hunter2")),
+            "{options:?}"
+        );
         assert!(source_options("CREATE TABLE t (a bigint)").is_none());
     }
 }

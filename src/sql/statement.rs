@@ -344,7 +344,9 @@ pub fn take_time_clauses(sql: &str) -> Result<(String, TimeClauses)> {
             _ if depth == 1
                 && i == element_start
                 && is_word(t, "WATERMARK")
-                && tokens.get(i + 1).is_some_and(|(n, _, _)| keyword(n) == Some(Keyword::FOR)) =>
+                && tokens
+                    .get(i + 1)
+                    .is_some_and(|(n, _, _)| keyword(n) == Some(Keyword::FOR)) =>
             {
                 if found.is_some() {
                     return Err(MillraceError::Parse {
@@ -392,7 +394,9 @@ pub fn take_time_clauses(sql: &str) -> Result<(String, TimeClauses)> {
             position: None,
         });
     }
-    let expr = sql[clause[4].1..clause[clause.len() - 1].2].trim().to_string();
+    let expr = sql[clause[4].1..clause[clause.len() - 1].2]
+        .trim()
+        .to_string();
     // Cut the clause with the comma before it (or after it, when first).
     let (cut_from, cut_to) = if start > open + 1 {
         (tokens[start - 1].1, clause[clause.len() - 1].2)
@@ -1056,12 +1060,21 @@ mod tests {
             "CREATE MATERIALIZED VIEW v AS SELECT 1 FROM t GROUP BY x EMIT ON WINDOW CLOSE",
         )
         .unwrap();
-        assert_eq!(rest.trim_end(), "CREATE MATERIALIZED VIEW v AS SELECT 1 FROM t GROUP BY x");
+        assert_eq!(
+            rest.trim_end(),
+            "CREATE MATERIALIZED VIEW v AS SELECT 1 FROM t GROUP BY x"
+        );
         assert!(c.emit_on_window_close && c.watermark.is_none());
         let (rest, c) = take_time_clauses("SELECT watermark FROM t").unwrap();
-        assert_eq!((rest.as_str(), c), ("SELECT watermark FROM t", TimeClauses::default()));
+        assert_eq!(
+            (rest.as_str(), c),
+            ("SELECT watermark FROM t", TimeClauses::default())
+        );
         assert!(take_time_clauses("CREATE TABLE t (a int, WATERMARK FOR a)").is_err());
-        assert!(take_time_clauses("CREATE TABLE t (a int, WATERMARK FOR ts AS a, WATERMARK FOR a AS a)").is_err());
+        assert!(take_time_clauses(
+            "CREATE TABLE t (a int, WATERMARK FOR ts AS a, WATERMARK FOR a AS a)"
+        )
+        .is_err());
     }
 
     #[test]

@@ -147,7 +147,7 @@ mod tests {
         let second = from_pretty("I I\n 0 1 -1\n 0 2 +1").unwrap();
         op.step(&[Some(second)]).unwrap();
         let out = op.advance(&[&marks(5)], &marks(5)).unwrap().unwrap();
-        assert_eq!(to_pretty_lines(&out).unwrap(), vec!["0 | 2 | 1"]);
+        assert_eq!(to_pretty_lines(&out).unwrap(), vec!["0 2 | +1"]);
         assert_eq!(op.pending_rows(), 1);
         // Nothing new behind the watermark: nothing emitted.
         assert!(op.advance(&[&marks(6)], &marks(6)).unwrap().is_none());
@@ -157,7 +157,7 @@ mod tests {
             m
         };
         let out = op.advance(&[&end], &end).unwrap().unwrap();
-        assert_eq!(to_pretty_lines(&out).unwrap(), vec!["10 | 1 | 1"]);
+        assert_eq!(to_pretty_lines(&out).unwrap(), vec!["10 1 | +1"]);
         assert_eq!(op.pending_rows(), 0);
     }
 }

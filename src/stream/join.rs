@@ -23,8 +23,17 @@
 //! the same per-key comparison as the padding of an outer join (the anti
 //! join's output is exactly the padded rows, without the padding; the semi
 //! join's is the complement within `P`).
+//!
+//! An inner join may drop state that watermarks show can no longer match:
+//! when the condition implies `x >= y` for a column `x` of side `X` and `y`
+//! of side `Y` (an equal key, or an interval bound such as `b.ts >=
+//! w.window_start`), a row of `X` with `x` below both `X`'s watermark on `x`
+//! and `Y`'s on `y` can meet no future row of `Y` and will not change any
+//! more itself, so it leaves the state (see [`StateBound`]). Nothing is
+//! emitted for it: its joined rows stay as they are.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{new_null_array, Array, ArrayRef, Int64Array, UInt32Array};
@@ -36,7 +45,8 @@ use datafusion::physical_expr::PhysicalExpr;
 use super::change::{batch_from_columns, evaluate_keys, row_converter, ChangeBatch};
 use super::filter::evaluate_predicate;
 use super::operator::{Operator, OperatorStats};
-use crate::error::Result;
+use super::watermark::{Mark, WatermarkRule, Watermarks};
+use crate::error::{MillraceError, Result};
 
 /// Rows (row format) with their weights, sharing one join key.
 type Bucket = HashMap<Box<[u8]>, i64>;
@@ -47,6 +57,28 @@ struct JoinSide {
     rows: RowConverter,
     index: HashMap<Box<[u8]>, Bucket>,
     schema: SchemaRef,
+}
+
+/// A bound on the state of one side of an inner join: rows of that side
+/// whose `column` is below the least watermark of the `by` columns (input
+/// 0 is the left side, 1 the right) are dropped. Sound when the join
+/// condition implies `column >= y` for some `y` of the other side, and
+/// `by` holds both this column's own watermark and `y`'s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateBound {
+    /// The side whose rows are dropped: left when true.
+    pub left: bool,
+    /// The column of that side compared.
+    pub column: usize,
+    /// The `(input, column)` watermarks whose least value is the bound.
+    pub by: Vec<(usize, usize)>,
+}
+
+/// A [`StateBound`] in force: the keys of the side's rows by their value
+/// in the bounded column (as `i64`), smallest first.
+struct Expiry {
+    bound: StateBound,
+    heap: BinaryHeap<Reverse<(i64, Box<[u8]>)>>,
 }
 
 /// Which sides of a join keep their unmatched rows.
@@ -104,6 +136,7 @@ pub struct JoinOperator {
     filter: Option<Arc<dyn PhysicalExpr>>,
     schema: SchemaRef,
     stats: OperatorStats,
+    expiries: Vec<Expiry>,
 }
 
 /// Key rows of one delta: `None` for a row whose key never matches.
@@ -156,7 +189,128 @@ impl JoinOperator {
             filter,
             schema,
             stats: OperatorStats::default(),
+            expiries: Vec::new(),
         })
+    }
+
+    /// The same join dropping state by `bounds` as watermarks advance;
+    /// only an inner join takes them (an outer join's padding depends on
+    /// every row of the other side).
+    pub fn with_state_bounds(mut self, bounds: Vec<StateBound>) -> Result<Self> {
+        if bounds.is_empty() {
+            return Ok(self);
+        }
+        if self.kind != JoinKind::Inner {
+            return Err(MillraceError::plan(
+                "state bounds apply to inner joins only",
+            ));
+        }
+        for b in &bounds {
+            let side = self.side(b.left);
+            if b.column >= side.schema.fields().len() {
+                return Err(MillraceError::plan("state bound column out of range"));
+            }
+        }
+        self.expiries = bounds
+            .into_iter()
+            .map(|bound| Expiry {
+                bound,
+                heap: BinaryHeap::new(),
+            })
+            .collect();
+        Ok(self)
+    }
+
+    /// Rows held on each side (left, right), counting each distinct row
+    /// once.
+    pub fn state_rows(&self) -> (usize, usize) {
+        let count = |s: &JoinSide| s.index.values().map(HashMap::len).sum();
+        (count(&self.left), count(&self.right))
+    }
+
+    /// Records the bounded-column values of the rows `delta` inserts on
+    /// side `left`, for the expiries of that side.
+    fn track(&mut self, delta: &ChangeBatch, keys: &KeyRows, left: bool) -> Result<()> {
+        for e in self.expiries.iter_mut().filter(|e| e.bound.left == left) {
+            let values = datafusion::arrow::compute::cast(
+                delta.data().column(e.bound.column),
+                &DataType::Int64,
+            )?;
+            let values = values
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| MillraceError::execution("state bound column is not numeric"))?;
+            for (i, (key, w)) in keys.iter().zip(delta.weights().values()).enumerate() {
+                if let (Some(key), true, true) = (key, *w > 0, values.is_valid(i)) {
+                    e.heap.push(Reverse((values.value(i), key.clone())));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the rows of every bounded side that the inputs' watermarks
+    /// put behind their bound.
+    fn expire(&mut self, inputs: &[&Watermarks]) -> Result<()> {
+        for i in 0..self.expiries.len() {
+            let bound = &self.expiries[i].bound;
+            let rule = WatermarkRule {
+                output: 0,
+                sources: bound.by.clone(),
+                map: None,
+            };
+            let Some(mark) = rule.evaluate(inputs)? else {
+                continue;
+            };
+            let (left, column) = (bound.left, bound.column);
+            let data_type = self.side(left).schema.field(column).data_type().clone();
+            let limit = match &mark {
+                Mark::End => None,
+                Mark::Value(v) => match v.cast_to(&data_type)?.cast_to(&DataType::Int64)? {
+                    datafusion::common::ScalarValue::Int64(Some(b)) => Some(b),
+                    _ => continue,
+                },
+            };
+            let mut keys: HashSet<Box<[u8]>> = HashSet::new();
+            let heap = &mut self.expiries[i].heap;
+            while let Some(Reverse((value, _))) = heap.peek() {
+                if limit.is_some_and(|l| *value >= l) {
+                    break;
+                }
+                if let Some(Reverse((_, key))) = heap.pop() {
+                    keys.insert(key);
+                }
+            }
+            if keys.is_empty() {
+                continue;
+            }
+            let side = if left {
+                &mut self.left
+            } else {
+                &mut self.right
+            };
+            for key in keys {
+                let Some(bucket) = side.index.get_mut(&key) else {
+                    continue;
+                };
+                let rows: Vec<Box<[u8]>> = bucket.keys().cloned().collect();
+                let parser = side.rows.parser();
+                let columns = side
+                    .rows
+                    .convert_rows(rows.iter().map(|r| parser.parse(r)))?;
+                let behind = mark.behind(&columns[column], false)?;
+                for (row, gone) in rows.iter().zip(behind.values().iter()) {
+                    if gone {
+                        bucket.remove(row);
+                    }
+                }
+                self.stats.state_touched += rows.len() as u64;
+                if bucket.is_empty() {
+                    side.index.remove(&key);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The same join keeping unmatched rows as `kind` says. Outer joins
@@ -475,10 +629,23 @@ impl Operator for JoinOperator {
             .map(|(l, r)| format!("{l} = {r}"))
             .collect();
         let kind = format!("{:?}", self.kind).to_lowercase();
-        match &self.filter {
+        let mut text = match &self.filter {
             Some(f) => format!("Join {kind} on=[{}] filter={f}", on.join(", ")),
             None => format!("Join {kind} on=[{}]", on.join(", ")),
+        };
+        if !self.expiries.is_empty() {
+            let bounded: Vec<String> = self
+                .expiries
+                .iter()
+                .map(|e| {
+                    let side = if e.bound.left { "left" } else { "right" };
+                    let name = self.side(e.bound.left).schema.field(e.bound.column).name();
+                    format!("{side}.{name}")
+                })
+                .collect();
+            text.push_str(&format!(" expires=[{}]", bounded.join(", ")));
         }
+        text
     }
 
     fn schema(&self) -> SchemaRef {
@@ -510,6 +677,7 @@ impl Operator for JoinOperator {
                 parts.push(out);
             }
             self.absorb(dl, &lkeys, true)?;
+            self.track(dl, &lkeys, true)?;
         }
         if let Some(dr) = &dr {
             self.stats.rows_in += dr.num_rows() as u64;
@@ -517,6 +685,7 @@ impl Operator for JoinOperator {
                 parts.push(out);
             }
             self.absorb(dr, &rkeys, false)?;
+            self.track(dr, &rkeys, false)?;
         }
         if let Some(filter) = &self.filter {
             if !parts.is_empty() {
@@ -551,6 +720,17 @@ impl Operator for JoinOperator {
 
     fn is_stateful(&self) -> bool {
         true
+    }
+
+    fn advance(
+        &mut self,
+        inputs: &[&Watermarks],
+        _output: &Watermarks,
+    ) -> Result<Option<ChangeBatch>> {
+        if !self.expiries.is_empty() {
+            self.expire(inputs)?;
+        }
+        Ok(None)
     }
 }
 
@@ -595,6 +775,70 @@ mod tests {
 
     fn join() -> JoinOperator {
         join_of(JoinKind::Inner)
+    }
+
+    #[test]
+    fn an_interval_join_drops_rows_that_can_no_longer_match() {
+        use crate::stream::watermark::{Mark, Watermarks};
+        use datafusion::common::ScalarValue;
+        use datafusion::logical_expr::Operator as BinaryOp;
+        use datafusion::physical_expr::expressions::binary;
+        // Left (k, t), right (k, start): left.t >= right.start.
+        let left = from_pretty("I I").unwrap().schema();
+        let right = from_pretty("I I").unwrap().schema();
+        let fields: Vec<Field> = left
+            .fields()
+            .iter()
+            .chain(right.fields().iter())
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        let filter = binary(
+            Arc::new(Column::new("c1", 1)),
+            BinaryOp::GtEq,
+            Arc::new(Column::new("c1", 3)),
+            &schema,
+        )
+        .unwrap();
+        let mut op = JoinOperator::try_new(
+            &left,
+            &right,
+            vec![Arc::new(Column::new("c0", 0))],
+            vec![Arc::new(Column::new("c0", 0))],
+            false,
+            Some(filter),
+            schema,
+        )
+        .unwrap()
+        .with_state_bounds(vec![StateBound {
+            left: true,
+            column: 1,
+            by: vec![(0, 1), (1, 1)],
+        }])
+        .unwrap();
+        step(
+            &mut op,
+            Some("I I\n 1 5 +1\n 1 15 +1"),
+            Some("I I\n 1 0 +1"),
+        );
+        assert_eq!(op.state_rows(), (2, 1));
+        let mark = |v: i64| {
+            let mut m = Watermarks::none();
+            m.advance(1, Mark::Value(ScalarValue::Int64(Some(v))));
+            m
+        };
+        // Right has no watermark yet: nothing can go.
+        op.advance(&[&mark(20), &Watermarks::none()], &Watermarks::none())
+            .unwrap();
+        assert_eq!(op.state_rows(), (2, 1));
+        // Left rows before 10 can meet no right row from now on.
+        op.advance(&[&mark(20), &mark(10)], &Watermarks::none())
+            .unwrap();
+        assert_eq!(op.state_rows(), (1, 1));
+        assert_eq!(
+            step(&mut op, None, Some("I I\n 1 12 +1")),
+            vec!["1 15 1 12 | +1"]
+        );
     }
 
     fn step(op: &mut JoinOperator, left: Option<&str>, right: Option<&str>) -> Vec<String> {

@@ -24,7 +24,7 @@ use super::change::batch_from_columns;
 use super::constant::ConstantOperator;
 use super::filter::FilterOperator;
 use super::graph::{Dataflow, NodeInput};
-use super::join::{JoinKind, JoinOperator};
+use super::join::{JoinKind, JoinOperator, StateBound};
 use super::operator::Operator;
 use super::over::OverOperator;
 use super::partition::PartitionedOperator;
@@ -428,6 +428,11 @@ impl Lowering<'_> {
                     .map(|f| self.expr(f, &j.schema))
                     .transpose()?;
                 let left_schema = arrow_schema(j.left.schema());
+                let (rules, bounds) = if kind == JoinKind::Inner {
+                    self.join_watermarks(j, left, right)
+                } else {
+                    (vec![], vec![])
+                };
                 let make = || -> Result<Box<dyn Operator>> {
                     Ok(Box::new(
                         JoinOperator::try_new(
@@ -439,7 +444,8 @@ impl Lowering<'_> {
                             filter.clone(),
                             arrow_schema(&j.schema),
                         )?
-                        .with_kind(kind)?,
+                        .with_kind(kind)?
+                        .with_state_bounds(bounds.clone())?,
                     ))
                 };
                 let op = self.maybe_partitioned(
@@ -448,8 +454,12 @@ impl Lowering<'_> {
                     &left_keys,
                     &left_schema,
                 )?;
-                self.graph
-                    .add(op, vec![NodeInput::Node(left), NodeInput::Node(right)])
+                self.graph.add_marked(
+                    op,
+                    vec![NodeInput::Node(left), NodeInput::Node(right)],
+                    rules,
+                    vec![],
+                )
             }
             LogicalPlan::Union(u) => {
                 let inputs = u
@@ -551,6 +561,113 @@ impl Lowering<'_> {
                 other.display()
             ))),
         }
+    }
+
+    /// The watermarks of an inner join's output and the bounds on its
+    /// state. An equal-key pair of columns that both carry watermarks gives
+    /// both output columns the least of the two. Every comparison the
+    /// condition implies, `x >= y` for `x` of one side and `y` of the other
+    /// (each side of an equal key, `>=`, `>`, and the flipped `<=`, `<`),
+    /// bounds `x`'s side when both carry watermarks.
+    fn join_watermarks(
+        &self,
+        j: &datafusion::logical_expr::Join,
+        left: usize,
+        right: usize,
+    ) -> (Vec<WatermarkRule>, Vec<StateBound>) {
+        use datafusion::logical_expr::Operator as BinaryOp;
+        let left_marked = self.graph.marked_columns(left);
+        let right_marked = self.graph.marked_columns(right);
+        if left_marked.is_empty() || right_marked.is_empty() {
+            return (vec![], vec![]);
+        }
+        let nl = j.left.schema().fields().len();
+        let column_of = |e: &Expr, schema: &DFSchema| match e {
+            Expr::Column(c) => schema.index_of_column(c).ok(),
+            _ => None,
+        };
+        let mut rules = Vec::new();
+        // (x on the left?, x, y): the condition implies x >= y.
+        let mut at_least: Vec<(bool, usize, usize)> = Vec::new();
+        for (l, r) in &j.on {
+            let (Some(lc), Some(rc)) = (
+                column_of(l, j.left.schema()),
+                column_of(r, j.right.schema()),
+            ) else {
+                continue;
+            };
+            at_least.push((true, lc, rc));
+            at_least.push((false, rc, lc));
+            if left_marked.contains(&lc) && right_marked.contains(&rc) {
+                let sources = vec![(0, lc), (1, rc)];
+                for output in [lc, nl + rc] {
+                    rules.push(WatermarkRule {
+                        output,
+                        sources: sources.clone(),
+                        map: None,
+                    });
+                }
+            }
+        }
+        if let Some(filter) = &j.filter {
+            for conjunct in datafusion::logical_expr::utils::split_conjunction(filter) {
+                let Expr::BinaryExpr(b) = conjunct else {
+                    continue;
+                };
+                let (Some(a), Some(c)) = (
+                    column_of(&b.left, &j.schema),
+                    column_of(&b.right, &j.schema),
+                ) else {
+                    continue;
+                };
+                // Columns from opposite sides only, as (greater, smaller).
+                let (big, small) = match b.op {
+                    BinaryOp::Gt | BinaryOp::GtEq => (a, c),
+                    BinaryOp::Lt | BinaryOp::LtEq => (c, a),
+                    BinaryOp::Eq => {
+                        for (x, y) in [(a, c), (c, a)] {
+                            if (x < nl) != (y < nl) {
+                                let side = |i: usize| if i < nl { i } else { i - nl };
+                                at_least.push((x < nl, side(x), side(y)));
+                            }
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                if (big < nl) == (small < nl) {
+                    continue;
+                }
+                let side = |i: usize| if i < nl { i } else { i - nl };
+                at_least.push((big < nl, side(big), side(small)));
+            }
+        }
+        let mut bounds: Vec<StateBound> = Vec::new();
+        for (x_left, x, y) in at_least {
+            let (own, other) = if x_left {
+                ((0, x), (1, y))
+            } else {
+                ((1, x), (0, y))
+            };
+            let marked = |(input, column): (usize, usize)| {
+                if input == 0 {
+                    left_marked.contains(&column)
+                } else {
+                    right_marked.contains(&column)
+                }
+            };
+            if marked(own) && marked(other) {
+                let bound = StateBound {
+                    left: x_left,
+                    column: x,
+                    by: vec![own, other],
+                };
+                if !bounds.contains(&bound) {
+                    bounds.push(bound);
+                }
+            }
+        }
+        (rules, bounds)
     }
 
     /// Adds `op`, which keeps its input's columns and rows' values (a

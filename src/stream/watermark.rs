@@ -444,7 +444,10 @@ fn largest(array: &ArrayRef) -> Result<Option<ScalarValue>> {
     }
     match array.data_type() {
         DataType::Timestamp(TimeUnit::Second, tz) => {
-            max_of!(TimestampSecondArray, |v| ScalarValue::TimestampSecond(Some(v), tz.clone()))
+            max_of!(TimestampSecondArray, |v| ScalarValue::TimestampSecond(
+                Some(v),
+                tz.clone()
+            ))
         }
         DataType::Timestamp(TimeUnit::Millisecond, tz) => {
             max_of!(TimestampMillisecondArray, |v| {

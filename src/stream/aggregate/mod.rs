@@ -760,6 +760,50 @@ mod tests {
     }
 
     #[test]
+    fn groups_behind_the_watermark_are_dropped_without_output() {
+        use crate::stream::watermark::{Mark, Watermarks};
+        use datafusion::common::ScalarValue;
+        let input = from_pretty("I I").unwrap().schema();
+        let out = Arc::new(Schema::new(vec![
+            Field::new("w", DataType::Int64, true),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        let mut op = AggregateOperator::try_new(
+            vec![col("c0", 0)],
+            vec![spec(AggregateKind::Count, None)],
+            &input,
+            out,
+            false,
+        )
+        .unwrap()
+        .with_watermark_column(0)
+        .unwrap();
+        step(&mut op, "I I\n 0 1 +1\n 10 1 +1\n 20 1 +1\n 0 2 +1");
+        assert_eq!(op.group_count(), 3);
+        let mut marks = Watermarks::none();
+        marks.advance(0, Mark::Value(ScalarValue::Int64(Some(10))));
+        assert!(op
+            .advance(&[&Watermarks::none()], &marks)
+            .unwrap()
+            .is_none());
+        assert_eq!(op.group_count(), 2, "window 0 is closed");
+        // A group removed and created again under a reused id is tracked
+        // by its own value, not the stale entry of the id.
+        step(&mut op, "I I\n 10 1 -1");
+        step(&mut op, "I I\n 30 1 +1");
+        marks.advance(0, Mark::Value(ScalarValue::Int64(Some(25))));
+        op.advance(&[&Watermarks::none()], &marks).unwrap();
+        assert_eq!(op.group_count(), 1, "only 30 is open");
+        assert_eq!(
+            step(&mut op, "I I\n 30 1 +1"),
+            vec!["30 1 | -1", "30 2 | +1"]
+        );
+        marks.advance(0, Mark::End);
+        op.advance(&[&Watermarks::none()], &marks).unwrap();
+        assert_eq!(op.group_count(), 0);
+    }
+
+    #[test]
     fn removed_groups_free_their_state_for_new_groups() {
         let mut op = grouped();
         step(&mut op, "T I\n a 1 +1\n b 9 +1");
