@@ -1,5 +1,5 @@
 -- Nexmark q5: the auctions with the most bids in each 10-second window sliding every 2 seconds.
-CREATE SOURCE bid WITH (connector = 'nexmark', nexmark.table.type = 'bid', nexmark.event.num = '10000', nexmark.min.event.gap.in.ns = '0');
+CREATE SOURCE bid (WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) WITH (connector = 'nexmark', nexmark.table.type = 'bid', nexmark.event.num = '10000', nexmark.min.event.gap.in.ns = '0');
 CREATE MATERIALIZED VIEW nexmark_q5 AS
 SELECT a.auction, a.num, m.max_num, a.window_start, a.window_end
 FROM (SELECT auction, count(*) AS num, window_start, window_end

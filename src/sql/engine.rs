@@ -767,7 +767,7 @@ impl Engine {
                 if cv.materialized {
                     self.create_materialized_view(state, cv, &text.text).await
                 } else {
-                    self.create_view(state, cv).await
+                    self.create_view(state, cv, &text.text).await
                 }
             }
             Statement::Explain { statement, .. } => match *statement {
@@ -1181,7 +1181,12 @@ impl Engine {
         Ok((raw, depends_on, schema))
     }
 
-    async fn create_view(&self, state: &mut EngineState, cv: CreateView) -> Result<QueryOutput> {
+    async fn create_view(
+        &self,
+        state: &mut EngineState,
+        cv: CreateView,
+        text: &str,
+    ) -> Result<QueryOutput> {
         let name = lower_name(&cv.name)?;
         if state.catalog.contains_key(&name) && (cv.if_not_exists || state.replaying) {
             return Ok(QueryOutput::command("CREATE VIEW"));
@@ -1197,7 +1202,7 @@ impl Engine {
             name: name.clone(),
             kind: ObjectKind::View,
             schema,
-            create_sql: Statement::CreateView(cv).to_string(),
+            create_sql: text.trim().to_string(),
             depends_on,
             comments: Comments::default(),
         };
@@ -1257,15 +1262,9 @@ impl Engine {
             name: name.clone(),
             kind: ObjectKind::MaterializedView,
             schema: schema.clone(),
-            create_sql: format!(
-                "{}{}",
-                Statement::CreateView(cv),
-                if emit_on_window_close {
-                    " EMIT ON WINDOW CLOSE"
-                } else {
-                    ""
-                }
-            ),
+            // As written: window table functions and EMIT ON WINDOW CLOSE
+            // are rewritten or taken out before the syntax tree exists.
+            create_sql: text.trim().to_string(),
             depends_on,
             comments: Comments::default(),
         };
@@ -2623,8 +2622,12 @@ fn source_options(create_sql: &str) -> Option<(String, Vec<String>)> {
 
 /// The query of a `CREATE [MATERIALIZED] VIEW` statement, as SQL text.
 fn view_query_text(create_sql: &str) -> Option<String> {
-    match parse_one(create_sql).ok()? {
-        Statement::CreateView(cv) => Some(cv.query.to_string()),
+    let parts = split_statements(create_sql).ok()?;
+    match parse_statement(create_sql, parts.first()?).ok()? {
+        Command::Sql(stmt) => match *stmt {
+            Statement::CreateView(cv) => Some(cv.query.to_string()),
+            _ => None,
+        },
         _ => None,
     }
 }

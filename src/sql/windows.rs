@@ -14,6 +14,15 @@
 //! `UNION ALL` of that many projections, the `i`-th starting `i` slides
 //! before `date_bin(slide, ts)`. Windows are aligned to the Unix epoch.
 //!
+//! `SESSION(t, ts, gap [, key, ...])` puts each row in the session of its
+//! key: rows of one key less than `gap` apart, in `ts` order, share one, so
+//! a session is `[first ts, last ts + gap)`, as in Flink. A row's session
+//! depends on its neighbours, so it becomes window functions: `lag(ts)`
+//! marks the rows that start a session, a running `sum` of the marks
+//! numbers the sessions, and `min(ts)`/`max(ts)` over each numbered
+//! session give its bounds. A late row that bridges two sessions merges
+//! them: both are retracted and the merged one inserted.
+//!
 //! Because the result is ordinary SQL (a projection, or a union of them),
 //! every operator the engine maintains incrementally applies unchanged:
 //! an insert, update or delete of a row changes exactly the windows that
@@ -65,11 +74,7 @@ impl VisitorMut for Rewriter {
         let kind = match function.as_str() {
             "tumble" => WindowKind::Tumble,
             "hop" => WindowKind::Hop,
-            "session" => {
-                return ControlFlow::Break(MillraceError::not_supported(
-                    "SESSION windows (TUMBLE and HOP are supported)",
-                ))
-            }
+            "session" => WindowKind::Session,
             _ => return ControlFlow::Continue(()),
         };
         match derived_table(kind, &args.args, alias.take()) {
@@ -86,6 +91,7 @@ impl VisitorMut for Rewriter {
 enum WindowKind {
     Tumble,
     Hop,
+    Session,
 }
 
 impl WindowKind {
@@ -93,6 +99,7 @@ impl WindowKind {
         match self {
             WindowKind::Tumble => "TUMBLE",
             WindowKind::Hop => "HOP",
+            WindowKind::Session => "SESSION",
         }
     }
 
@@ -100,6 +107,7 @@ impl WindowKind {
         match self {
             WindowKind::Tumble => "TUMBLE(table, time_column, size)",
             WindowKind::Hop => "HOP(table, time_column, slide, size)",
+            WindowKind::Session => "SESSION(table, time_column, gap [, key_column, ...])",
         }
     }
 }
@@ -172,11 +180,13 @@ fn derived_table(
     args: &[FunctionArg],
     alias: Option<TableAlias>,
 ) -> Result<TableFactor> {
+    let exprs: Vec<&Expr> = args.iter().filter_map(positional).collect();
     let expected = match kind {
         WindowKind::Tumble => 3,
         WindowKind::Hop => 4,
+        // Keys after the gap.
+        WindowKind::Session => exprs.len().max(3),
     };
-    let exprs: Vec<&Expr> = args.iter().filter_map(positional).collect();
     if exprs.len() != expected || args.len() != expected {
         return Err(MillraceError::plan(format!(
             "{} takes {expected} arguments: {}",
@@ -223,8 +233,58 @@ fn derived_table(
                 .collect::<Vec<_>>()
                 .join(" UNION ALL ")
         }
+        WindowKind::Session => {
+            let gap = exprs[2];
+            interval_micros(kind, "gap", gap)?;
+            let mut keys = Vec::new();
+            for k in &exprs[3..] {
+                match k {
+                    Expr::Identifier(_) | Expr::CompoundIdentifier(_) => keys.push(k.to_string()),
+                    other => {
+                        return Err(MillraceError::plan(format!(
+                            "the keys of SESSION must be columns, not {other}"
+                        )))
+                    }
+                }
+            }
+            let partition = |extra: &str| {
+                let mut all = keys.clone();
+                if !extra.is_empty() {
+                    all.push(extra.to_string());
+                }
+                if all.is_empty() {
+                    String::new()
+                } else {
+                    format!("PARTITION BY {} ", all.join(", "))
+                }
+            };
+            let by_key = partition("");
+            let by_session = partition("__session_id");
+            // A row starts a session when the previous row of its key is
+            // `gap` or more before it (or there is none). Of rows with equal
+            // times at most the first, in whatever order, starts one; a
+            // running sum over a RANGE frame numbers them all alike.
+            format!(
+                "SELECT * EXCLUDE (__session_starts, __session_id), \
+                 min({time}) OVER ({by_session}) AS window_start, \
+                 max({time}) OVER ({by_session}) + {gap} AS window_end \
+                 FROM (SELECT *, sum(__session_starts) OVER ({by_key}ORDER BY {time} \
+                 RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __session_id \
+                 FROM (SELECT *, CASE WHEN lag({time}) OVER ({by_key}ORDER BY {time}) IS NULL \
+                 OR {time} - lag({time}) OVER ({by_key}ORDER BY {time}) >= {gap} \
+                 THEN 1 ELSE 0 END AS __session_starts \
+                 FROM {table}) AS __session_marked) AS __session_numbered"
+            )
+        }
     };
-    let subquery = parse_query(&sql)?;
+    let subquery = match kind {
+        // `* EXCLUDE` is outside PostgreSQL's syntax.
+        WindowKind::Session => parse_query_with(
+            &sql,
+            &datafusion::sql::sqlparser::dialect::GenericDialect {},
+        )?,
+        _ => parse_query(&sql)?,
+    };
     // Keep the table's own name for qualified references (`bid.price`).
     let alias = alias.or_else(|| {
         table
@@ -247,8 +307,14 @@ fn derived_table(
 }
 
 fn parse_query(sql: &str) -> Result<Query> {
-    let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect)
+    parse_query_with(sql, &PostgreSqlDialect {})
+}
+
+fn parse_query_with(
+    sql: &str,
+    dialect: &dyn datafusion::sql::sqlparser::dialect::Dialect,
+) -> Result<Query> {
+    let mut parser = Parser::new(dialect)
         .try_with_sql(sql)
         .map_err(|e| MillraceError::plan(format!("window rewrite: {e}")))?;
     let query = parser
@@ -307,7 +373,11 @@ mod tests {
         assert!(
             err("SELECT * FROM TUMBLE(1, t, INTERVAL '1' SECOND)").contains("must name a table")
         );
-        assert!(err("SELECT * FROM SESSION(bid, t, INTERVAL '1' SECOND)").contains("SESSION"));
+        assert!(err("SELECT * FROM SESSION(bid, t)").contains("SESSION(table, time_column, gap"));
+        assert!(
+            err("SELECT * FROM SESSION(bid, t, INTERVAL '1' SECOND, a + 1)")
+                .contains("keys of SESSION must be columns")
+        );
     }
 
     #[test]
