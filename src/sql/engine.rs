@@ -145,6 +145,9 @@ struct EngineState {
     /// The watermark of each table that declares one; changes behind it
     /// are refused (deletes) or dropped (inserts).
     table_watermarks: HashMap<String, WatermarkTracker>,
+    /// Sources with `INCLUDE proctime`, with the schema their readers
+    /// produce (without that column, which the engine appends).
+    proctime_sources: HashMap<String, SchemaRef>,
 }
 
 /// One declared watermark as `millrace_catalog.watermarks` lists it: a
@@ -2261,7 +2264,26 @@ impl Engine {
             Some(Arc::new(Schema::new(fields)))
         };
         let mut includes = Vec::new();
+        let mut proctime: Option<String> = None;
         for inc in &cs.includes {
+            if inc.what == "proctime" {
+                // Filled by the engine, for any connector.
+                let timestamptz = DataType::Timestamp(
+                    datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                    Some(Arc::from(super::types::UTC)),
+                );
+                if let Some(t) = &inc.data_type {
+                    if sql_to_arrow(t)?.0 != timestamptz {
+                        return Err(MillraceError::plan(format!(
+                            "INCLUDE proctime is of type timestamptz, not {t}"
+                        )));
+                    }
+                }
+                if proctime.replace(inc.column.clone()).is_some() {
+                    return Err(MillraceError::plan("INCLUDE proctime given twice"));
+                }
+                continue;
+            }
             let what = match (inc.what.as_str(), &inc.header) {
                 ("key", _) => IncludeKind::Key,
                 ("partition", _) => IncludeKind::Partition,
@@ -2270,7 +2292,7 @@ impl Engine {
                 ("header", Some(h)) => IncludeKind::Header(h.clone()),
                 (other, _) => {
                     return Err(MillraceError::not_supported(format!(
-                        "INCLUDE {other} (key, partition, offset, timestamp or header 'name')"
+                        "INCLUDE {other} (key, partition, offset, timestamp, header 'name' or proctime)"
                     )))
                 }
             };
@@ -2284,7 +2306,7 @@ impl Engine {
                 data_type,
             });
         }
-        let spec = build_declared(&SourceDecl {
+        let mut spec = build_declared(&SourceDecl {
             name: &cs.name,
             declared,
             options: &cs.options,
@@ -2294,6 +2316,29 @@ impl Engine {
             includes,
             validate: !state.replaying,
         })?;
+        if let Some(column) = proctime {
+            if spec.schema.index_of(&column).is_ok() {
+                return Err(MillraceError::plan(format!(
+                    "INCLUDE proctime AS {column}: the source already has a column \"{column}\""
+                )));
+            }
+            let produced = spec.schema.clone();
+            let mut fields: Vec<Field> = produced
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.push(Field::new(
+                column,
+                DataType::Timestamp(
+                    datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                    Some(Arc::from(super::types::UTC)),
+                ),
+                false,
+            ));
+            spec.schema = Arc::new(Schema::new(fields));
+            state.proctime_sources.insert(cs.name.clone(), produced);
+        }
         let schema = spec.schema.clone();
         let watermark = cs
             .watermark
@@ -2512,6 +2557,7 @@ impl Engine {
             state.views.retain(|v| &v.name != name);
             state.sources.remove(name);
             state.declared_watermarks.remove(name);
+            state.proctime_sources.remove(name);
             state.table_watermarks.remove(name);
             self.lock_watermarks()
                 .retain(|r| &r.entry.relation != name && r.view.as_deref() != Some(name.as_str()));
@@ -2713,8 +2759,13 @@ impl SourceSink for Engine {
         if !state.views.iter().any(|v| v.name == view) {
             return Ok(());
         }
-        let schema = spec.schema.clone();
-        let delta = ChangeBatch::concat(schema, &batches)?;
+        let delta = match state.proctime_sources.get(source) {
+            None => ChangeBatch::concat(spec.schema.clone(), &batches)?,
+            Some(produced) => {
+                let delta = ChangeBatch::concat(produced.clone(), &batches)?;
+                with_processing_time(&delta, &spec.schema)?
+            }
+        };
         let streamed = Streamed {
             source: source.to_string(),
             view: view.to_string(),
@@ -2743,6 +2794,23 @@ impl SourceSink for Engine {
         };
         self.commit_epoch(&mut state, vec![], Some(streamed), true)
     }
+}
+
+/// `delta` with one more column, last in `schema`: the current time (one
+/// value for the whole epoch), for `INCLUDE proctime`.
+fn with_processing_time(delta: &ChangeBatch, schema: &SchemaRef) -> Result<ChangeBatch> {
+    use datafusion::arrow::array::TimestampMicrosecondArray;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    let n = delta.num_rows();
+    let mut columns = delta.data().columns().to_vec();
+    columns.push(Arc::new(
+        TimestampMicrosecondArray::from_value(now, n).with_timezone(super::types::UTC),
+    ));
+    let data = crate::stream::change::batch_from_columns(schema.clone(), columns, n)?;
+    delta.with_data(data)
 }
 
 /// The rows of `millrace_catalog.watermarks`.
