@@ -482,6 +482,10 @@ impl BatchGenerator for Datagen {
         )))
     }
 
+    fn in_lockstep(&self) -> bool {
+        true
+    }
+
     fn rows_per_second(&self) -> Option<f64> {
         self.rows_per_second
     }

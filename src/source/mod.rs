@@ -40,6 +40,16 @@ pub trait BatchGenerator: Send {
 
     /// Rows per second to pace at, or `None` for as fast as possible.
     fn rows_per_second(&self) -> Option<f64>;
+
+    /// Whether this generator is one of several that split one ordered
+    /// stream between them (each taking every n-th event), so that their
+    /// batches must be committed in turn to keep event time in order: a
+    /// generator thread that ran ahead of the others would make their rows
+    /// late for the watermark. Readers of independent inputs (Kafka
+    /// partitions) are not, and are committed as they come.
+    fn in_lockstep(&self) -> bool {
+        false
+    }
 }
 
 /// Builds a source's generators (see [`SourceSpec::make_generators`]).

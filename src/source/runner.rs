@@ -49,14 +49,20 @@ pub fn spawn_source(
     progress: Arc<SourceProgress>,
     sink: Arc<dyn SourceSink>,
 ) {
-    let (tx, mut rx) = mpsc::channel::<ChangeBatch>(CHANNEL_BATCHES * generators.len().max(1));
+    let lockstep = generators.len() > 1 && generators.iter().all(|g| g.in_lockstep());
+    // Generators splitting one ordered stream each get a channel, read in
+    // turn; independent readers share one, read as batches come.
+    let channels = if lockstep { generators.len() } else { 1 };
+    let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..channels)
+        .map(|_| mpsc::channel::<ChangeBatch>(CHANNEL_BATCHES * generators.len().max(1)))
+        .unzip();
     progress.started.store(true, Ordering::Relaxed);
     let live = Arc::new(AtomicUsize::new(generators.len()));
     if generators.is_empty() {
         progress.finished.store(true, Ordering::SeqCst);
     }
     for (part, generator) in generators.into_iter().enumerate() {
-        let tx = tx.clone();
+        let tx = senders[part % channels].clone();
         let thread_progress = progress.clone();
         let thread_live = live.clone();
         let name = source.clone();
@@ -76,24 +82,39 @@ pub fn spawn_source(
             }
         }
     }
-    drop(tx);
+    drop(senders);
     tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
+        // The channel whose batch comes next; in lockstep, strictly in turn.
+        let mut turn = 0usize;
+        while let Some(first) = next_in_turn(&mut receivers, &mut turn).await {
             let mut rows = first.num_rows();
             let mut batches = vec![first];
-            while rows < MAX_EPOCH_ROWS {
-                match rx.try_recv() {
-                    Ok(b) => {
+            // An epoch holds whole rounds (one batch of every split), so
+            // that no split's rows are late relative to another's.
+            while turn % receivers.len().max(1) != 0 {
+                match next_in_turn(&mut receivers, &mut turn).await {
+                    Some(b) => {
                         rows += b.num_rows();
                         batches.push(b);
                     }
-                    Err(_) => break,
+                    None => break,
+                }
+            }
+            while rows < MAX_EPOCH_ROWS && receivers.iter().all(|rx| !rx.is_empty()) {
+                for _ in 0..receivers.len() {
+                    match try_next_in_turn(&mut receivers, &mut turn) {
+                        Some(b) => {
+                            rows += b.num_rows();
+                            batches.push(b);
+                        }
+                        None => break,
+                    }
                 }
             }
             if progress.stop.load(Ordering::Relaxed) {
                 break;
             }
-            let more_pending = !rx.is_empty();
+            let more_pending = receivers.iter().any(|rx| !rx.is_empty());
             if let Err(e) = sink.ingest(&source, &view, batches, more_pending).await {
                 let n = progress.errors.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
@@ -111,6 +132,50 @@ pub fn spawn_source(
         }
         progress.closed.store(true, Ordering::SeqCst);
     });
+}
+
+/// Waits for the batch of the channel whose turn it is, skipping channels
+/// whose generator has ended; `None` once all have.
+async fn next_in_turn(
+    receivers: &mut Vec<mpsc::Receiver<ChangeBatch>>,
+    turn: &mut usize,
+) -> Option<ChangeBatch> {
+    while !receivers.is_empty() {
+        let i = *turn % receivers.len();
+        match receivers[i].recv().await {
+            Some(b) => {
+                *turn = i + 1;
+                return Some(b);
+            }
+            None => {
+                receivers.remove(i);
+                *turn = i;
+            }
+        }
+    }
+    None
+}
+
+/// The batch of the channel whose turn it is, if one is already waiting.
+fn try_next_in_turn(
+    receivers: &mut Vec<mpsc::Receiver<ChangeBatch>>,
+    turn: &mut usize,
+) -> Option<ChangeBatch> {
+    while !receivers.is_empty() {
+        let i = *turn % receivers.len();
+        match receivers[i].try_recv() {
+            Ok(b) => {
+                *turn = i + 1;
+                return Some(b);
+            }
+            Err(mpsc::error::TryRecvError::Empty) => return None,
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                receivers.remove(i);
+                *turn = i;
+            }
+        }
+    }
+    None
 }
 
 /// Runs one generator until it ends, the source stops or the engine goes

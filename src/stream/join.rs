@@ -32,14 +32,14 @@
 //! more itself, so it leaves the state (see [`StateBound`]). Nothing is
 //! emitted for it: its joined rows stay as they are.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{new_null_array, Array, ArrayRef, Int64Array, UInt32Array};
 use datafusion::arrow::compute::{concat, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::hash_utils::RandomState;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::change::{batch_from_columns, evaluate_keys, row_converter, ChangeBatch};
@@ -75,10 +75,11 @@ pub struct StateBound {
 }
 
 /// A [`StateBound`] in force: the keys of the side's rows by their value
-/// in the bounded column (as `i64`), smallest first.
+/// in the bounded column (as `i64`). Rows with equal values (one
+/// timestamp) share an entry.
 struct Expiry {
     bound: StateBound,
-    heap: BinaryHeap<Reverse<(i64, Box<[u8]>)>>,
+    by_value: BTreeMap<i64, Vec<Box<[u8]>>>,
 }
 
 /// Which sides of a join keep their unmatched rows.
@@ -215,7 +216,7 @@ impl JoinOperator {
             .into_iter()
             .map(|bound| Expiry {
                 bound,
-                heap: BinaryHeap::new(),
+                by_value: BTreeMap::new(),
             })
             .collect();
         Ok(self)
@@ -240,9 +241,20 @@ impl JoinOperator {
                 .as_any()
                 .downcast_ref::<Int64Array>()
                 .ok_or_else(|| MillraceError::execution("state bound column is not numeric"))?;
+            let mut last: Option<(i64, &mut Vec<Box<[u8]>>)> = None;
             for (i, (key, w)) in keys.iter().zip(delta.weights().values()).enumerate() {
-                if let (Some(key), true, true) = (key, *w > 0, values.is_valid(i)) {
-                    e.heap.push(Reverse((values.value(i), key.clone())));
+                let (Some(key), true, true) = (key, *w > 0, values.is_valid(i)) else {
+                    continue;
+                };
+                let value = values.value(i);
+                // Consecutive rows mostly share a time: one map lookup each.
+                match &mut last {
+                    Some((v, keys)) if *v == value => keys.push(key.clone()),
+                    _ => {
+                        let keys = e.by_value.entry(value).or_default();
+                        keys.push(key.clone());
+                        last = Some((value, keys));
+                    }
                 }
             }
         }
@@ -271,19 +283,20 @@ impl JoinOperator {
                     _ => continue,
                 },
             };
-            let mut keys: HashSet<Box<[u8]>> = HashSet::new();
-            let heap = &mut self.expiries[i].heap;
-            while let Some(Reverse((value, _))) = heap.peek() {
-                if limit.is_some_and(|l| *value >= l) {
-                    break;
+            let by_value = &mut self.expiries[i].by_value;
+            let expired = match limit {
+                None => std::mem::take(by_value),
+                Some(l) => {
+                    let kept = by_value.split_off(&l);
+                    std::mem::replace(by_value, kept)
                 }
-                if let Some(Reverse((_, key))) = heap.pop() {
-                    keys.insert(key);
-                }
-            }
-            if keys.is_empty() {
+            };
+            if expired.is_empty() {
                 continue;
             }
+            let mut keys: HashSet<Box<[u8]>, RandomState> =
+                HashSet::with_hasher(RandomState::default());
+            keys.extend(expired.into_values().flatten());
             let side = if left {
                 &mut self.left
             } else {

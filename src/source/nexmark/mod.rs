@@ -393,6 +393,10 @@ impl BatchGenerator for NexmarkGenerator {
         )))
     }
 
+    fn in_lockstep(&self) -> bool {
+        true
+    }
+
     fn rows_per_second(&self) -> Option<f64> {
         (self.settings.gap_ns > 0)
             .then(|| 1e9 / self.settings.gap_ns as f64 / self.settings.split.max(1) as f64)
