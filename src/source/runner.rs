@@ -91,7 +91,7 @@ pub fn spawn_source(
             let mut batches = vec![first];
             // An epoch holds whole rounds (one batch of every split), so
             // that no split's rows are late relative to another's.
-            while turn % receivers.len().max(1) != 0 {
+            while !turn.is_multiple_of(receivers.len().max(1)) {
                 match next_in_turn(&mut receivers, &mut turn).await {
                     Some(b) => {
                         rows += b.num_rows();
