@@ -59,7 +59,16 @@ impl Operator for ScanOperator {
             .iter()
             .map(|f| f.name().as_str())
             .collect();
-        format!("Scan {} [{}]", self.relation, cols.join(", "))
+        match &self.tracker {
+            Some(t) => format!(
+                "Scan {} [{}] watermark={}: {}",
+                self.relation,
+                cols.join(", "),
+                t.spec().column_name,
+                t.spec().text
+            ),
+            None => format!("Scan {} [{}]", self.relation, cols.join(", ")),
+        }
     }
 
     fn schema(&self) -> SchemaRef {
