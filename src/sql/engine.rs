@@ -1225,6 +1225,8 @@ impl Engine {
         emit_on_window_close: bool,
     ) -> Result<(LogicalPlan, Vec<String>, SchemaRef, Dataflow)> {
         let (raw, depends_on, schema) = self.plan_view_query(cv, name).await?;
+        // Checked before the optimizer folds `now()` into the creation time.
+        crate::stream::lower::reject_clock(&raw)?;
         let plan = self.base_state.optimize(&raw)?;
         let dataflow = inputs.lower(&plan, emit_on_window_close)?;
         Ok((plan, depends_on, schema, dataflow))

@@ -181,6 +181,51 @@ pub fn reject_volatile(plan: &LogicalPlan) -> Result<()> {
     }
 }
 
+/// Functions that read the clock. They are stable within one query, so the
+/// optimizer folds them into the time the view was created, which would
+/// freeze a filter like `ts > now() - INTERVAL '1' HOUR` at that moment.
+const CLOCK_FUNCTIONS: &[&str] = &[
+    "now",
+    "current_timestamp",
+    "current_date",
+    "current_time",
+    "localtimestamp",
+    "localtime",
+    "statement_timestamp",
+    "transaction_timestamp",
+    "clock_timestamp",
+];
+
+/// Pass (on the plan before optimization): refuses functions that read the
+/// clock, whose value in a view would be the creation time forever.
+pub fn reject_clock(plan: &LogicalPlan) -> Result<()> {
+    let mut found: Option<String> = None;
+    plan.apply_with_subqueries(|node| {
+        for e in node.expressions() {
+            e.apply(|x| {
+                if let Expr::ScalarFunction(f) = x {
+                    let name = f.func.name().to_ascii_lowercase();
+                    if CLOCK_FUNCTIONS.contains(&name.as_str()) {
+                        found = Some(name);
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+            if found.is_some() {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    match found {
+        Some(f) => Err(MillraceError::not_supported(format!(
+            "{f}() in a materialized view: it would be evaluated once, when the view is created, and never again (filters that move with the clock are not supported; filter on event time with a watermark, or apply now() in the SELECT that reads the view)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Sort expressions with their directions.
 type SortKeys = Vec<(
     Arc<dyn PhysicalExpr>,
