@@ -414,31 +414,12 @@ pub fn take_time_clauses(sql: &str) -> Result<(String, TimeClauses)> {
 
 /// Splits `sql` at top-level semicolons.
 pub fn split_statements(sql: &str) -> Result<Vec<StatementText>> {
-    let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, sql)
-        .tokenize_with_location()
-        .map_err(|e| tokenizer_error(sql, e))?;
-    let line_starts: Vec<usize> = std::iter::once(0)
-        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
-        .collect();
-    let to_byte = |line: u64, col: u64| -> usize {
-        let start = line_starts
-            .get((line as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(sql.len());
-        sql[start..]
-            .char_indices()
-            .nth((col as usize).saturating_sub(1))
-            .map(|(i, _)| start + i)
-            .unwrap_or(sql.len())
-    };
     let mut out = Vec::new();
     let mut start = 0usize;
-    for t in &tokens {
-        if t.token == Token::SemiColon {
-            let end = to_byte(t.span.start.line, t.span.start.column);
-            push_statement(&mut out, sql, start, end);
-            start = end + 1;
+    for (token, at, _) in located_tokens(sql)? {
+        if token == Token::SemiColon {
+            push_statement(&mut out, sql, start, at);
+            start = at + 1;
         }
     }
     push_statement(&mut out, sql, start, sql.len());
