@@ -757,6 +757,17 @@ mod tests {
     use super::*;
     use crate::stream::pretty::{from_pretty, to_pretty_lines};
 
+    /// Left columns then right columns.
+    fn joined_schema(left: &SchemaRef, right: &SchemaRef) -> SchemaRef {
+        let fields: Vec<Field> = left
+            .fields()
+            .iter()
+            .chain(right.fields().iter())
+            .map(|f| f.as_ref().clone())
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+
     /// A join of `I T` and `I I` batches on their first columns.
     fn join_of(kind: JoinKind) -> JoinOperator {
         let left = from_pretty("I T").unwrap().schema();
@@ -764,13 +775,7 @@ mod tests {
         let schema = if kind.filtering().is_some() {
             left.clone()
         } else {
-            let fields: Vec<Field> = left
-                .fields()
-                .iter()
-                .chain(right.fields().iter())
-                .map(|f| f.as_ref().clone())
-                .collect();
-            Arc::new(Schema::new(fields))
+            joined_schema(&left, &right)
         };
         JoinOperator::try_new(
             &left,
@@ -799,13 +804,7 @@ mod tests {
         // Left (k, t), right (k, start): left.t >= right.start.
         let left = from_pretty("I I").unwrap().schema();
         let right = from_pretty("I I").unwrap().schema();
-        let fields: Vec<Field> = left
-            .fields()
-            .iter()
-            .chain(right.fields().iter())
-            .map(|f| f.as_ref().clone())
-            .collect();
-        let schema = Arc::new(Schema::new(fields));
+        let schema = joined_schema(&left, &right);
         let filter = binary(
             Arc::new(Column::new("c1", 1)),
             BinaryOp::GtEq,
