@@ -422,6 +422,70 @@ async fn malformed_records_are_skipped_and_counted_exactly() {
     assert_eq!(rows(&client, "SELECT 1").await, vec!["1"]);
 }
 
+/// A source's watermark: a record behind it is dropped by every view and
+/// counted, and a window closes once a later record moves the watermark
+/// past its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_behind_the_watermark_are_dropped_and_counted() {
+    let (broker, server) = setup();
+    let topic = broker.unique_topic("late");
+    broker.create_topic(&topic, 1).unwrap();
+    let tx = broker.producer().unwrap();
+    let client = server.connect().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE clicks (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)
+             WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{}')
+             FORMAT PLAIN ENCODE JSON;
+             CREATE MATERIALIZED VIEW all_clicks AS SELECT id, ts FROM clicks;
+             CREATE MATERIALIZED VIEW closed AS
+               SELECT window_start, count(*) AS n, sum(id) AS ids
+               FROM TUMBLE(clicks, ts, INTERVAL '10' SECOND)
+               GROUP BY window_start EMIT ON WINDOW CLOSE;",
+            broker.servers
+        ))
+        .await
+        .unwrap();
+    let click =
+        |id: i64, second: u32| format!(r#"{{"id": {id}, "ts": "2026-01-01T00:00:{second:02}"}}"#);
+    // The watermark becomes 00:00:17.
+    tx.value(&topic, 0, click(1, 22).as_bytes()).unwrap();
+    tx.flush().unwrap();
+    let n = wait_for(&client, "SELECT count(*) FROM all_clicks", |v| v == "1").await;
+    assert_eq!(n, "1");
+    // 00:00:10 is late; 00:00:40 moves the watermark to 00:00:35, which
+    // closes [00:00:20, 00:00:30).
+    tx.value(&topic, 0, click(2, 10).as_bytes()).unwrap();
+    tx.value(&topic, 0, click(3, 40).as_bytes()).unwrap();
+    tx.flush().unwrap();
+    let late = wait_for(
+        &client,
+        "SELECT sum(late_rows) FROM millrace_catalog.watermarks WHERE relation = 'clicks'",
+        |v| v == "2",
+    )
+    .await;
+    assert_eq!(late, "2", "each view drops the late record once");
+    assert_eq!(
+        rows(&client, "SELECT id FROM all_clicks").await,
+        vec!["1", "3"]
+    );
+    assert_eq!(
+        rows(&client, "SELECT window_start, n, ids FROM closed").await,
+        vec!["2026-01-01 00:00:20\t1\t1"]
+    );
+    assert_eq!(
+        rows(
+            &client,
+            "SELECT view, watermark FROM millrace_catalog.watermarks WHERE relation = 'clicks'"
+        )
+        .await,
+        vec![
+            "all_clicks\t2026-01-01 00:00:35",
+            "closed\t2026-01-01 00:00:35"
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_records_decode_by_position() {
     let (broker, server) = setup();

@@ -2754,6 +2754,29 @@ impl SourceSink for Engine {
         batches: Vec<ChangeBatch>,
         more_pending: bool,
     ) -> Result<()> {
+        // Under a backlog, epochs become visible every PUBLISH_INTERVAL
+        // rather than each: a published view's contents are shared with
+        // readers, so the next change to them copies the parts it touches.
+        self.commit_streamed(source, view, batches, false, !more_pending)
+            .await
+    }
+
+    async fn finish(&self, source: &str, view: &str) -> Result<()> {
+        self.commit_streamed(source, view, vec![], true, true).await
+    }
+}
+
+impl Engine {
+    /// Commits `batches` read from `source` for `view` as one epoch (with
+    /// `ended`, the end of the stream after them).
+    async fn commit_streamed(
+        &self,
+        source: &str,
+        view: &str,
+        batches: Vec<ChangeBatch>,
+        ended: bool,
+        publish_now: bool,
+    ) -> Result<()> {
         let mut state = self.writer.lock().await;
         let Some(spec) = state.sources.get(source) else {
             return Ok(());
@@ -2772,29 +2795,9 @@ impl SourceSink for Engine {
             source: source.to_string(),
             view: view.to_string(),
             delta,
-            ended: false,
+            ended,
         };
-        // Under a backlog, epochs become visible every PUBLISH_INTERVAL
-        // rather than each: a published view's contents are shared with
-        // readers, so the next change to them copies the parts it touches.
-        self.commit_epoch(&mut state, vec![], Some(streamed), !more_pending)
-    }
-
-    async fn finish(&self, source: &str, view: &str) -> Result<()> {
-        let mut state = self.writer.lock().await;
-        let Some(spec) = state.sources.get(source) else {
-            return Ok(());
-        };
-        if !state.views.iter().any(|v| v.name == view) {
-            return Ok(());
-        }
-        let streamed = Streamed {
-            source: source.to_string(),
-            view: view.to_string(),
-            delta: ChangeBatch::empty(spec.schema.clone()),
-            ended: true,
-        };
-        self.commit_epoch(&mut state, vec![], Some(streamed), true)
+        self.commit_epoch(&mut state, vec![], Some(streamed), publish_now)
     }
 }
 

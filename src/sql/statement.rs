@@ -504,7 +504,8 @@ pub fn parse_statement(whole: &str, stmt: &StatementText) -> Result<Command> {
         },
         other => other,
     };
-    if let Some(tokens) = words(&stmt.text) {
+    let tokens = words(&stmt.text);
+    if let Some(tokens) = &tokens {
         if tokens.len() >= 2
             && keyword(&tokens[0]) == Some(Keyword::CREATE)
             && is_word(&tokens[1], "SOURCE")
@@ -517,10 +518,10 @@ pub fn parse_statement(whole: &str, stmt: &StatementText) -> Result<Command> {
         {
             return parse_create_sink(&stmt.text).map_err(relocate);
         }
-        if let Some(subscribe) = parse_subscribe(&tokens) {
+        if let Some(subscribe) = parse_subscribe(tokens) {
             return subscribe.map(Command::Subscribe).map_err(relocate);
         }
-        if let Some(cmd) = own_command(&tokens) {
+        if let Some(cmd) = own_command(tokens) {
             return Ok(cmd);
         }
         if tokens.is_empty() {
@@ -530,7 +531,7 @@ pub fn parse_statement(whole: &str, stmt: &StatementText) -> Result<Command> {
     // PostgreSQL's `CREATE USER` / `ALTER USER` are `CREATE ROLE ... LOGIN`
     // / `ALTER ROLE`; sqlparser reads `CREATE USER` in another dialect's
     // syntax, so the role form is parsed.
-    let role_form = words(&stmt.text).and_then(|tokens| match tokens.as_slice() {
+    let role_form = tokens.as_deref().and_then(|tokens| match tokens {
         [first, user, ..]
             if matches!(keyword(first), Some(Keyword::CREATE | Keyword::ALTER))
                 && keyword(user) == Some(Keyword::USER) =>
@@ -550,9 +551,19 @@ pub fn parse_statement(whole: &str, stmt: &StatementText) -> Result<Command> {
         }
         _ => None,
     });
-    let fetch_form = words(&stmt.text).and_then(|tokens| fetch_with_from(&tokens));
-    // Event-time clauses are read again by the engine from the text.
-    let (timeless, _) = take_time_clauses(&stmt.text).map_err(relocate)?;
+    let fetch_form = tokens.as_deref().and_then(fetch_with_from);
+    // Event-time clauses (only in `[EXPLAIN] CREATE ...`) are read again by
+    // the engine from the text.
+    let creates = tokens.as_deref().is_some_and(|t| {
+        t.iter()
+            .take(2)
+            .any(|w| keyword(w) == Some(Keyword::CREATE))
+    });
+    let timeless = if creates {
+        take_time_clauses(&stmt.text).map_err(relocate)?.0
+    } else {
+        stmt.text.clone()
+    };
     let text = role_form
         .as_deref()
         .or(fetch_form.as_deref())

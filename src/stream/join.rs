@@ -45,7 +45,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use super::change::{batch_from_columns, evaluate_keys, row_converter, ChangeBatch};
 use super::filter::evaluate_predicate;
 use super::operator::{Operator, OperatorStats};
-use super::watermark::{Mark, WatermarkRule, Watermarks};
+use super::watermark::{least_mark, values_as_i64, Watermarks};
 use crate::error::{MillraceError, Result};
 
 /// Rows (row format) with their weights, sharing one join key.
@@ -233,14 +233,7 @@ impl JoinOperator {
     /// side `left`, for the expiries of that side.
     fn track(&mut self, delta: &ChangeBatch, keys: &KeyRows, left: bool) -> Result<()> {
         for e in self.expiries.iter_mut().filter(|e| e.bound.left == left) {
-            let values = datafusion::arrow::compute::cast(
-                delta.data().column(e.bound.column),
-                &DataType::Int64,
-            )?;
-            let values = values
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(|| MillraceError::execution("state bound column is not numeric"))?;
+            let values = values_as_i64(delta.data().column(e.bound.column))?;
             let mut last: Option<(i64, &mut Vec<Box<[u8]>>)> = None;
             for (i, (key, w)) in keys.iter().zip(delta.weights().values()).enumerate() {
                 let (Some(key), true, true) = (key, *w > 0, values.is_valid(i)) else {
@@ -266,23 +259,12 @@ impl JoinOperator {
     fn expire(&mut self, inputs: &[&Watermarks]) -> Result<()> {
         for i in 0..self.expiries.len() {
             let bound = &self.expiries[i].bound;
-            let rule = WatermarkRule {
-                output: 0,
-                sources: bound.by.clone(),
-                map: None,
-            };
-            let Some(mark) = rule.evaluate(inputs)? else {
+            let Some(mark) = least_mark(inputs, &bound.by) else {
                 continue;
             };
             let (left, column) = (bound.left, bound.column);
-            let data_type = self.side(left).schema.field(column).data_type().clone();
-            let limit = match &mark {
-                Mark::End => None,
-                Mark::Value(v) => match v.cast_to(&data_type)?.cast_to(&DataType::Int64)? {
-                    datafusion::common::ScalarValue::Int64(Some(b)) => Some(b),
-                    _ => continue,
-                },
-            };
+            // `None`: the streams ended, every row goes.
+            let limit = mark.as_i64(self.side(left).schema.field(column).data_type())?;
             let by_value = &mut self.expiries[i].by_value;
             let expired = match limit {
                 None => std::mem::take(by_value),

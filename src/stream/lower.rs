@@ -631,6 +631,8 @@ impl Lowering<'_> {
             Expr::Column(c) => schema.index_of_column(c).ok(),
             _ => None,
         };
+        // A join output column's position within its own side.
+        let side = |i: usize| if i < nl { i } else { i - nl };
         let mut rules = Vec::new();
         // (x on the left?, x, y): the condition implies x >= y.
         let mut at_least: Vec<(bool, usize, usize)> = Vec::new();
@@ -672,7 +674,6 @@ impl Lowering<'_> {
                     BinaryOp::Eq => {
                         for (x, y) in [(a, c), (c, a)] {
                             if (x < nl) != (y < nl) {
-                                let side = |i: usize| if i < nl { i } else { i - nl };
                                 at_least.push((x < nl, side(x), side(y)));
                             }
                         }
@@ -683,7 +684,6 @@ impl Lowering<'_> {
                 if (big < nl) == (small < nl) {
                     continue;
                 }
-                let side = |i: usize| if i < nl { i } else { i - nl };
                 at_least.push((big < nl, side(big), side(small)));
             }
         }

@@ -20,7 +20,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{
+    new_null_array, Array, ArrayRef, BooleanArray, Int64Array, RecordBatch,
+};
 use datafusion::arrow::compute::kernels::cmp::{lt, lt_eq};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
@@ -86,15 +88,32 @@ impl Mark {
         })
     }
 
-    /// Whether `value` is behind this mark.
-    pub fn passed(&self, value: &ScalarValue) -> bool {
+    /// The mark as an `i64` of a column of `data_type` (see
+    /// [`values_as_i64`]); `None` for [`Mark::End`], behind which everything
+    /// is.
+    pub fn as_i64(&self, data_type: &DataType) -> Result<Option<i64>> {
         match self {
-            Mark::End => true,
-            Mark::Value(w) => {
-                !value.is_null() && value.partial_cmp(w) == Some(std::cmp::Ordering::Less)
-            }
+            Mark::End => Ok(None),
+            Mark::Value(v) => match v.cast_to(data_type)?.cast_to(&DataType::Int64)? {
+                ScalarValue::Int64(Some(b)) => Ok(Some(b)),
+                other => Err(MillraceError::execution(format!(
+                    "watermark {other} has no integer value"
+                ))),
+            },
         }
     }
+}
+
+/// A watermark column's values as `i64`s, whose order is the values'
+/// order (timestamps in their unit, dates in days), for state ordered by
+/// them.
+pub fn values_as_i64(array: &ArrayRef) -> Result<Int64Array> {
+    let values = datafusion::arrow::compute::cast(array, &DataType::Int64)?;
+    values
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .cloned()
+        .ok_or_else(|| MillraceError::execution("watermark column is not numeric"))
 }
 
 impl std::fmt::Display for Mark {
@@ -234,21 +253,25 @@ impl WatermarkRule {
 
     /// The output column's watermark given the inputs' watermarks.
     pub fn evaluate(&self, inputs: &[&Watermarks]) -> Result<Option<Mark>> {
-        let mut least: Option<Mark> = None;
-        for &(input, column) in &self.sources {
-            let Some(mark) = inputs.get(input).and_then(|w| w.get(column)) else {
-                return Ok(None);
-            };
-            least = Some(match least {
-                None => mark.clone(),
-                Some(l) => l.min(mark.clone()),
-            });
-        }
-        match (least, &self.map) {
+        match (least_mark(inputs, &self.sources), &self.map) {
             (Some(mark), Some(map)) => Ok(Some(map.apply(mark)?)),
             (least, _) => Ok(least),
         }
     }
+}
+
+/// The least watermark of the `(input, column)` pairs `sources`, when every
+/// one has a watermark.
+pub fn least_mark(inputs: &[&Watermarks], sources: &[(usize, usize)]) -> Option<Mark> {
+    let mut least: Option<Mark> = None;
+    for &(input, column) in sources {
+        let mark = inputs.get(input).and_then(|w| w.get(column))?.clone();
+        least = Some(match least {
+            None => mark,
+            Some(l) => l.min(mark),
+        });
+    }
+    least
 }
 
 /// A relation's declared watermark: `WATERMARK FOR column AS expr`.
@@ -394,15 +417,14 @@ impl WatermarkTracker {
             .expr
             .evaluate(delta.data())?
             .into_array(delta.num_rows())?;
-        let inserted = BooleanArray::from(
-            delta
-                .weights()
-                .values()
-                .iter()
-                .map(|w| *w > 0)
-                .collect::<Vec<_>>(),
-        );
-        let values = datafusion::arrow::compute::filter(&values, &inserted)?;
+        // Only inserted rows move the watermark (most batches insert only).
+        let weights = delta.weights().values();
+        let values = if weights.iter().all(|w| *w > 0) {
+            values
+        } else {
+            let inserted = BooleanArray::from(weights.iter().map(|w| *w > 0).collect::<Vec<_>>());
+            datafusion::arrow::compute::filter(&values, &inserted)?
+        };
         let Some(largest) = largest(&values)? else {
             return Ok(());
         };
@@ -416,12 +438,6 @@ impl WatermarkTracker {
         Ok(())
     }
 
-    /// Sets the watermark from a saved value (a table's, on restart).
-    pub fn restore(&mut self, mark: Mark) {
-        self.progress.set(&mark);
-        self.mark = Some(mark);
-    }
-
     /// The stream has ended: nothing more will come.
     pub fn end(&mut self) {
         self.progress.set(&Mark::End);
@@ -429,47 +445,19 @@ impl WatermarkTracker {
     }
 }
 
-/// The largest non-NULL value of `array`.
+/// The largest non-NULL value of `array`, of its type.
 fn largest(array: &ArrayRef) -> Result<Option<ScalarValue>> {
-    use datafusion::arrow::array::*;
-    use datafusion::arrow::datatypes::TimeUnit;
-    macro_rules! max_of {
-        ($ty:ty, $scalar:expr) => {{
-            let a = array
-                .as_any()
-                .downcast_ref::<$ty>()
-                .ok_or_else(|| MillraceError::execution("watermark column type mismatch"))?;
-            Ok(datafusion::arrow::compute::max(a).map($scalar))
-        }};
+    if !watermark_type_supported(array.data_type()) {
+        return Err(MillraceError::not_supported(format!(
+            "a watermark on a column of type {} (timestamps, dates and integers)",
+            array.data_type()
+        )));
     }
-    match array.data_type() {
-        DataType::Timestamp(TimeUnit::Second, tz) => {
-            max_of!(TimestampSecondArray, |v| ScalarValue::TimestampSecond(
-                Some(v),
-                tz.clone()
-            ))
-        }
-        DataType::Timestamp(TimeUnit::Millisecond, tz) => {
-            max_of!(TimestampMillisecondArray, |v| {
-                ScalarValue::TimestampMillisecond(Some(v), tz.clone())
-            })
-        }
-        DataType::Timestamp(TimeUnit::Microsecond, tz) => {
-            max_of!(TimestampMicrosecondArray, |v| {
-                ScalarValue::TimestampMicrosecond(Some(v), tz.clone())
-            })
-        }
-        DataType::Timestamp(TimeUnit::Nanosecond, tz) => {
-            max_of!(TimestampNanosecondArray, |v| {
-                ScalarValue::TimestampNanosecond(Some(v), tz.clone())
-            })
-        }
-        DataType::Date32 => max_of!(Date32Array, |v| ScalarValue::Date32(Some(v))),
-        DataType::Int64 => max_of!(Int64Array, |v| ScalarValue::Int64(Some(v))),
-        DataType::Int32 => max_of!(Int32Array, |v| ScalarValue::Int32(Some(v))),
-        other => Err(MillraceError::not_supported(format!(
-            "a watermark on a column of type {other} (timestamps, dates and integers)"
-        ))),
+    match datafusion::arrow::compute::max(&values_as_i64(array)?) {
+        None => Ok(None),
+        Some(m) => Ok(Some(
+            ScalarValue::Int64(Some(m)).cast_to(array.data_type())?,
+        )),
     }
 }
 
@@ -525,6 +513,28 @@ mod tests {
         t.observe(&kept).unwrap();
         assert_eq!(t.mark(), Some(&Mark::Value(ScalarValue::Int64(Some(15)))));
         assert_eq!(t.progress.late_rows(), 2);
+    }
+
+    #[test]
+    fn largest_keeps_the_column_type() {
+        use datafusion::arrow::array::{Date32Array, TimestampMillisecondArray};
+        let ts: ArrayRef = Arc::new(
+            TimestampMillisecondArray::from(vec![Some(5), None, Some(9)]).with_timezone("+00:00"),
+        );
+        assert_eq!(
+            largest(&ts).unwrap(),
+            Some(ScalarValue::TimestampMillisecond(
+                Some(9),
+                Some("+00:00".into())
+            ))
+        );
+        let days: ArrayRef = Arc::new(Date32Array::from(vec![3, 1]));
+        assert_eq!(largest(&days).unwrap(), Some(ScalarValue::Date32(Some(3))));
+        let mark = Mark::Value(ScalarValue::Date32(Some(3)));
+        assert_eq!(mark.as_i64(&DataType::Date32).unwrap(), Some(3));
+        assert_eq!(Mark::End.as_i64(&DataType::Date32).unwrap(), None);
+        let text: ArrayRef = Arc::new(datafusion::arrow::array::StringArray::from(vec!["a"]));
+        assert!(largest(&text).is_err());
     }
 
     #[test]

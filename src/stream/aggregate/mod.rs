@@ -48,7 +48,7 @@ use self::groups::GroupTable;
 use super::change::{batch_from_columns, ChangeBatch};
 use super::filter::evaluate_predicate;
 use super::operator::{Operator, OperatorStats};
-use super::watermark::{Mark, Watermarks};
+use super::watermark::{values_as_i64, Watermarks};
 use crate::error::{MillraceError, Result};
 
 /// The aggregate functions the operator maintains.
@@ -230,12 +230,7 @@ impl AggregateOperator {
             return Ok(());
         }
         let rows = UInt32Array::from_iter_values(created.iter().map(|(row, _)| *row));
-        let values = take(&keys[e.column], &rows, None)?;
-        let values = datafusion::arrow::compute::cast(&values, &DataType::Int64)?;
-        let values = values
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or_else(|| MillraceError::execution("watermark column is not numeric"))?;
+        let values = values_as_i64(&take(&keys[e.column], &rows, None)?)?;
         for (i, &(_, g)) in created.iter().enumerate() {
             if e.generation.len() <= g as usize {
                 e.generation.resize(g as usize + 1, 0);
@@ -526,22 +521,12 @@ impl Operator for AggregateOperator {
         let Some(mark) = output.get(column) else {
             return Ok(None);
         };
-        // The watermark as an i64 of the column's type.
-        let bound = match mark {
-            Mark::End => i64::MAX,
-            Mark::Value(v) => {
-                let data_type = self.schema.field(column).data_type();
-                match v.cast_to(data_type)?.cast_to(&DataType::Int64)? {
-                    datafusion::common::ScalarValue::Int64(Some(b)) => b,
-                    _ => return Ok(None),
-                }
-            }
-        };
-        let everything = matches!(mark, Mark::End);
+        // `None`: the stream ended, every group goes.
+        let bound = mark.as_i64(self.schema.field(column).data_type())?;
         let mut expired = Vec::new();
         if let Some(e) = &mut self.expiry {
             while let Some(Reverse((value, g, gen))) = e.heap.peek().copied() {
-                if value >= bound && !everything {
+                if bound.is_some_and(|b| value >= b) {
                     break;
                 }
                 e.heap.pop();
