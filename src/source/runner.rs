@@ -24,15 +24,7 @@ const MAX_EPOCH_ROWS: usize = 1 << 16;
 #[async_trait]
 pub trait SourceSink: Send + Sync + 'static {
     /// Commits `batches` read from `source` for `view` as one epoch.
-    /// `more_pending` says further batches are already waiting, so the
-    /// engine may leave making this epoch visible to the next one.
-    async fn ingest(
-        &self,
-        source: &str,
-        view: &str,
-        batches: Vec<ChangeBatch>,
-        more_pending: bool,
-    ) -> Result<()>;
+    async fn ingest(&self, source: &str, view: &str, batches: Vec<ChangeBatch>) -> Result<()>;
 
     /// `source`'s stream for `view` has ended: no batch follows, so its
     /// watermark can go to the end and close every window.
@@ -114,8 +106,7 @@ pub fn spawn_source(
             if progress.stop.load(Ordering::Relaxed) {
                 break;
             }
-            let more_pending = receivers.iter().any(|rx| !rx.is_empty());
-            if let Err(e) = sink.ingest(&source, &view, batches, more_pending).await {
+            if let Err(e) = sink.ingest(&source, &view, batches).await {
                 let n = progress.errors.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
                     warn!(%source, error = %e, errors = n, "batch from source skipped");

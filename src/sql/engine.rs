@@ -113,9 +113,9 @@ struct MaterializedView {
     emit_on_window_close: bool,
 }
 
-/// While source batches are queued, the longest a committed epoch waits
-/// to become visible to readers.
-const PUBLISH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+/// The longest a reader waits for the writer to publish the epoch it is
+/// committing before it reads the last published one instead.
+const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Everything the single writer owns.
 #[derive(Default)]
@@ -130,9 +130,6 @@ struct EngineState {
     subscribers: Vec<Subscriber>,
     next_id: u64,
     epoch: u64,
-    /// When the current contents were last made visible to readers, if
-    /// ever; later epochs may be committed but not yet visible.
-    last_publish: Option<std::time::Instant>,
     /// When replaying the catalog at start, nothing is written back.
     replaying: bool,
     /// The catalog as `pg_catalog` describes it; rebuilt at the next
@@ -207,7 +204,16 @@ pub struct Engine {
     subscriptions: std::sync::Mutex<Vec<SubscriptionEntry>>,
     /// Declared watermarks in use, for `millrace_catalog.watermarks`.
     watermarks: std::sync::Mutex<Vec<WatermarkRow>>,
-    published: RwLock<Arc<Snapshot>>,
+    /// The snapshot readers take, if one is published. Published lazily:
+    /// see [`Engine::snapshot`].
+    published: RwLock<Option<Arc<Snapshot>>>,
+    /// Epochs committed so far (the writer's `epoch`, readable without its
+    /// lock): a published snapshot of this epoch is current.
+    committed_epoch: std::sync::atomic::AtomicU64,
+    /// A reader waits for a snapshot of the epoch being committed.
+    publish_wanted: std::sync::atomic::AtomicBool,
+    /// Wakes the readers waiting for a snapshot.
+    publish_done: tokio::sync::Notify,
     base_state: SessionState,
     /// The latest catalog, for catalog functions.
     pg_shared: SharedCatalog,
@@ -292,7 +298,10 @@ impl Engine {
             subscriptions: std::sync::Mutex::new(Vec::new()),
             watermarks: std::sync::Mutex::new(Vec::new()),
             writer: tokio::sync::Mutex::new(EngineState::default()),
-            published: RwLock::new(Arc::new(Snapshot::default())),
+            published: RwLock::new(Some(Arc::new(Snapshot::default()))),
+            committed_epoch: Default::default(),
+            publish_wanted: Default::default(),
+            publish_done: tokio::sync::Notify::new(),
             base_state,
             pg_shared,
             schema,
@@ -375,16 +384,81 @@ impl Engine {
         Ok(())
     }
 
-    /// The currently published snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    /// A snapshot of the latest committed epoch, for a reader.
+    ///
+    /// Snapshots are made only when read. A published snapshot shares its
+    /// contents with the writer's, so every change the writer makes after
+    /// it copies what it touches; the writer drops a snapshot no reader
+    /// holds before each source epoch (see [`Engine::commit_epoch`]), and
+    /// a stream into a view then costs nothing for snapshots nobody reads.
+    /// A reader that finds no current snapshot publishes one itself when
+    /// the writer is idle, or asks the writer to publish at the end of the
+    /// epoch it is committing (waiting at most [`PUBLISH_WAIT`], then
+    /// reading the last published snapshot, if any).
+    pub async fn snapshot(&self) -> Arc<Snapshot> {
+        use std::sync::atomic::Ordering;
+        if let Some(s) = self.current_snapshot() {
+            return s;
+        }
+        if let Ok(mut state) = self.writer.try_lock() {
+            return self.snapshot_locked(&mut state);
+        }
+        let done = self.publish_done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        self.publish_wanted.store(true, Ordering::SeqCst);
+        // Published between the first look and the request?
+        if let Some(s) = self.current_snapshot() {
+            return s;
+        }
+        let _ = tokio::time::timeout(PUBLISH_WAIT, done).await;
+        if let Some(s) = self.published_snapshot() {
+            return s;
+        }
+        let mut state = self.writer.lock().await;
+        self.snapshot_locked(&mut state)
+    }
+
+    /// The published snapshot, if it is of the latest committed epoch.
+    fn current_snapshot(&self) -> Option<Arc<Snapshot>> {
+        let epoch = self
+            .committed_epoch
+            .load(std::sync::atomic::Ordering::SeqCst);
+        self.published_snapshot().filter(|s| s.epoch == epoch)
+    }
+
+    /// The published snapshot, current or not.
+    fn published_snapshot(&self) -> Option<Arc<Snapshot>> {
         match self.published.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         }
     }
 
-    fn publish(&self, state: &mut EngineState) {
-        state.last_publish = Some(std::time::Instant::now());
+    /// A current snapshot, for the writer: the published one if it shows
+    /// the writer's epoch and catalog, else a new one.
+    fn snapshot_locked(&self, state: &mut EngineState) -> Arc<Snapshot> {
+        match self.published_snapshot() {
+            Some(s) if s.epoch == state.epoch && state.pg_info.is_some() => s,
+            _ => self.publish(state),
+        }
+    }
+
+    /// Drops the published snapshot if no reader holds it, so that the
+    /// writer's next changes touch contents it alone owns.
+    fn release_unread_snapshot(&self) {
+        let mut slot = match self.published.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if slot.as_ref().is_some_and(|s| Arc::strong_count(s) == 1) {
+            *slot = None;
+        }
+    }
+
+    /// Makes the writer's current contents and catalog the published
+    /// snapshot, wakes the readers waiting for one, and returns it.
+    fn publish(&self, state: &mut EngineState) -> Arc<Snapshot> {
         let mut relations = HashMap::new();
         for (name, t) in &state.tables {
             relations.insert(name.clone(), t.contents.snapshot());
@@ -410,9 +484,13 @@ impl Engine {
             catalog,
         });
         match self.published.write() {
-            Ok(mut g) => *g = snap,
-            Err(p) => *p.into_inner() = snap,
+            Ok(mut g) => *g = Some(snap.clone()),
+            Err(p) => *p.into_inner() = Some(snap.clone()),
         }
+        self.publish_wanted
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.publish_done.notify_waiters();
+        snap
     }
 
     /// A session state for one query, reading `snapshot`.
@@ -536,6 +614,11 @@ impl Engine {
             }
         }
         let mut state = self.writer.lock().await;
+        // Readers arriving while this statement runs read the snapshot
+        // from before it.
+        if self.published_snapshot().is_none() {
+            self.publish(&mut state);
+        }
         let output = self.execute_command(&mut state, text, cmd, params).await;
         // A definition changed: make the new catalog visible at once.
         if state.pg_info.is_none() {
@@ -579,7 +662,7 @@ impl Engine {
             _ => return Ok((vec![], empty)),
         };
         let plan_stmt = super::pg_rewrite::rewrite_query(plan_stmt);
-        let state = self.query_state(self.snapshot(), Some(options));
+        let state = self.query_state(self.snapshot().await, Some(options));
         let plan = state
             .statement_to_plan(DFStatement::Statement(Box::new(plan_stmt)))
             .await?;
@@ -617,7 +700,7 @@ impl Engine {
         options: Option<&EngineOptions>,
     ) -> Result<QueryOutput> {
         let stmt = super::pg_rewrite::rewrite_query(stmt);
-        let state = self.query_state(self.snapshot(), options);
+        let state = self.query_state(self.snapshot().await, options);
         let mut plan = state
             .statement_to_plan(DFStatement::Statement(Box::new(stmt)))
             .await?;
@@ -1129,7 +1212,9 @@ impl Engine {
         cv: &CreateView,
         name: &str,
     ) -> Result<(LogicalPlan, Vec<String>, SchemaRef)> {
-        let state = self.query_state(self.snapshot(), None);
+        // Planning reads no rows: any snapshot will do.
+        let snapshot = self.published_snapshot().unwrap_or_default();
+        let state = self.query_state(snapshot, None);
         let raw = state
             .statement_to_plan(DFStatement::Statement(Box::new(Statement::Query(
                 cv.query.clone(),
@@ -1361,8 +1446,8 @@ impl Engine {
     /// One epoch: `changes` to tables and rows `streamed` from a source to
     /// the one view whose reader produced them, pushed through every view
     /// that reads what changed.
-    /// With `publish_now` false the epoch is committed but made visible to
-    /// readers only with a later one (at most [`PUBLISH_INTERVAL`] later).
+    /// With `publish_now` false the epoch is published only if a reader
+    /// waits for it (see [`Engine::snapshot`]).
     fn commit_epoch(
         &self,
         state: &mut EngineState,
@@ -1370,6 +1455,7 @@ impl Engine {
         streamed: Option<Streamed>,
         publish_now: bool,
     ) -> Result<()> {
+        self.release_unread_snapshot();
         // Check constraints before touching anything.
         let mut checked = Vec::new();
         for (table, delta) in changes {
@@ -1405,17 +1491,17 @@ impl Engine {
         if checked.is_empty() && streamed.is_none() {
             return Ok(());
         }
-        // Saved contents for rollback (O(1) clones of persistent maps).
-        let saved_tables: Vec<(String, _, _)> = checked
+        // What undoes this epoch's changes to contents if it fails.
+        let mut saved_tables: Vec<(String, _, _)> = checked
             .iter()
             .filter_map(|(t, _, _)| {
                 state
                     .tables
                     .get(t)
-                    .map(|ts| (t.clone(), ts.contents.save(), ts.key_index.clone()))
+                    .map(|ts| (t.clone(), ts.contents.undo_log(), ts.key_index.clone()))
             })
             .collect();
-        let saved_views: Vec<_> = state.views.iter().map(|v| v.contents.save()).collect();
+        let mut view_undo: Vec<_> = state.views.iter().map(|v| v.contents.undo_log()).collect();
 
         let mut deltas: HashMap<String, ChangeBatch> = HashMap::new();
         // Watermarks of the views' outputs, and of a source that ended.
@@ -1435,7 +1521,11 @@ impl Engine {
             let Some(t) = state.tables.get_mut(&table) else {
                 continue;
             };
-            match t.contents.apply(&delta) {
+            let undo = saved_tables
+                .iter_mut()
+                .find(|(name, _, _)| *name == table)
+                .map(|(_, undo, _)| undo);
+            match t.contents.apply(&delta, undo) {
                 Ok(changed) => {
                     let ns = rows_namespace(t.id);
                     for (row, count) in changed {
@@ -1487,7 +1577,10 @@ impl Engine {
                             .transpose()
                     })
                     .and_then(|out| match out {
-                        Some(o) if !o.is_empty() => view.contents.apply(&o).map(|_| Some(o)),
+                        Some(o) if !o.is_empty() => view
+                            .contents
+                            .add(&o, Some(&mut view_undo[i]))
+                            .map(|_| Some(o)),
                         _ => Ok(None),
                     });
                 match result {
@@ -1514,14 +1607,14 @@ impl Engine {
         }
         if let Some((_, err)) = failure {
             warn!(error = %err, "change rejected; rolling back");
-            for (t, saved, index) in saved_tables {
+            for (t, undo, index) in saved_tables {
                 if let Some(ts) = state.tables.get_mut(&t) {
-                    ts.contents.restore(saved);
+                    ts.contents.roll_back(undo);
                     ts.key_index = index;
                 }
             }
-            for (v, saved) in state.views.iter_mut().zip(saved_views) {
-                v.contents.restore(saved);
+            for (v, undo) in state.views.iter_mut().zip(view_undo) {
+                v.contents.roll_back(undo);
             }
             // The operators of the views that saw this change may be half
             // updated: rebuild those from the restored contents. A view that
@@ -1571,10 +1664,13 @@ impl Engine {
                 },
             });
         state.epoch += 1;
-        let due = state
-            .last_publish
-            .is_none_or(|t| t.elapsed() >= PUBLISH_INTERVAL);
-        if publish_now || due {
+        self.committed_epoch
+            .store(state.epoch, std::sync::atomic::Ordering::SeqCst);
+        if publish_now
+            || self
+                .publish_wanted
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
             self.publish(state);
         }
         Ok(())
@@ -1597,7 +1693,7 @@ impl Engine {
         // The rows inserted come from a query written in PostgreSQL's
         // dialect, rewritten as ad-hoc queries are.
         let stmt = super::pg_rewrite::rewrite_query(stmt);
-        let qstate = self.query_state(self.snapshot(), None);
+        let qstate = self.query_state(self.snapshot_locked(state), None);
         let mut plan = qstate
             .statement_to_plan(DFStatement::Statement(Box::new(stmt)))
             .await?;
@@ -2003,7 +2099,7 @@ impl Engine {
         let table = self.table_name_of(state, &u.table.relation, "update")?;
         let schema = state.tables[&table].contents.schema().clone();
         let n = schema.fields().len();
-        let qstate = self.query_state(self.snapshot(), None);
+        let qstate = self.query_state(self.snapshot_locked(state), None);
         let mut plan = qstate
             .statement_to_plan(DFStatement::Statement(Box::new(query)))
             .await?;
@@ -2073,7 +2169,7 @@ impl Engine {
     ) -> Result<QueryOutput> {
         let (query, table) = self.delete_query(state, &d)?;
         let schema = state.tables[&table].contents.schema().clone();
-        let qstate = self.query_state(self.snapshot(), None);
+        let qstate = self.query_state(self.snapshot_locked(state), None);
         let mut plan = qstate
             .statement_to_plan(DFStatement::Statement(Box::new(query)))
             .await?;
@@ -2752,12 +2848,11 @@ impl SourceSink for Engine {
         source: &str,
         view: &str,
         batches: Vec<ChangeBatch>,
-        more_pending: bool,
     ) -> Result<()> {
-        // Under a backlog, epochs become visible every PUBLISH_INTERVAL
-        // rather than each: a published view's contents are shared with
-        // readers, so the next change to them copies the parts it touches.
-        self.commit_streamed(source, view, batches, false, !more_pending)
+        // Published when read (see `Engine::snapshot`): a published view's
+        // contents are shared with readers, so the next change to them
+        // copies the parts it touches.
+        self.commit_streamed(source, view, batches, false, false)
             .await
     }
 
@@ -2955,7 +3050,7 @@ fn backfill(
     if let Some(schema) = dataflow.output_schema() {
         let all = ChangeBatch::concat(schema, &outputs)?.consolidate()?;
         let all = all.with_schema(contents.schema().clone())?;
-        contents.apply(&all)?;
+        contents.add(&all, None)?;
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::row::RowConverter;
+use datafusion::arrow::row::{RowConverter, Rows};
 
 use super::change::{row_converter, ChangeBatch};
 use crate::error::{MillraceError, Result};
@@ -42,8 +42,18 @@ enum Store {
 /// Batches smaller than this are merged with the next append.
 const SMALL_BATCH_ROWS: usize = 4096;
 
-/// Contents saved for a rollback.
-pub struct SavedContents(Store);
+/// What puts contents back as they were when it was taken, if the change
+/// being made to them fails: the old count of each row changed since (for
+/// keyed contents), or the batch list (for appended contents, an O(1)
+/// clone). Recording the rows changed, rather than keeping a clone of the
+/// whole map, leaves the writer the only owner of the map's nodes, so a
+/// change updates them in place instead of copying each one it touches.
+pub struct UndoLog {
+    appended: Option<BatchList>,
+    /// Per change applied: its rows (row format) and, per row changed, the
+    /// row's index there and its count before (0: absent).
+    keyed: Vec<(Rows, Vec<(u32, i64)>)>,
+}
 
 /// The mutable contents of a relation, owned by the engine's writer.
 pub struct Contents {
@@ -75,14 +85,41 @@ impl Contents {
         })
     }
 
-    /// A copy to restore after a failed change (O(1)).
-    pub fn save(&self) -> SavedContents {
-        SavedContents(self.store.clone())
+    /// Starts recording what a change does, to undo it if it fails.
+    pub fn undo_log(&self) -> UndoLog {
+        UndoLog {
+            appended: match &self.store {
+                Store::Appended(batches) => Some(batches.clone()),
+                Store::Keyed(_) => None,
+            },
+            keyed: Vec::new(),
+        }
     }
 
-    /// Puts back what [`Contents::save`] returned.
-    pub fn restore(&mut self, saved: SavedContents) {
-        self.store = saved.0;
+    /// Undoes the changes recorded in `undo`, latest first.
+    pub fn roll_back(&mut self, undo: UndoLog) {
+        if let Some(batches) = undo.appended {
+            self.store = Store::Appended(batches);
+            return;
+        }
+        let Store::Keyed(map) = &mut self.store else {
+            return;
+        };
+        for (rows, changed) in undo.keyed.into_iter().rev() {
+            for &(i, old) in changed.iter().rev() {
+                let key = rows.row(i as usize).data();
+                match (old, map.get_mut(key)) {
+                    (0, Some(_)) => {
+                        map.remove(key);
+                    }
+                    (0, None) => {}
+                    (old, Some(count)) => *count = old,
+                    (old, None) => {
+                        map.insert(Arc::from(key), old);
+                    }
+                }
+            }
+        }
     }
 
     /// The schema of the rows.
@@ -108,40 +145,45 @@ impl Contents {
         Ok(self.converter.convert_columns(data.columns())?)
     }
 
-    /// Adds `delta` to the contents; returns each touched row with its new
-    /// count (nothing for append-only contents, which are not persisted).
-    pub fn apply(&mut self, delta: &ChangeBatch) -> Result<Vec<RowChange>> {
+    /// Adds `delta` to the contents, recording in `undo` how to undo it;
+    /// returns each touched row with its new count (nothing for
+    /// append-only contents, which are not persisted).
+    pub fn apply(
+        &mut self,
+        delta: &ChangeBatch,
+        undo: Option<&mut UndoLog>,
+    ) -> Result<Vec<RowChange>> {
+        let mut changes = Vec::with_capacity(delta.num_rows());
+        self.apply_tracked(delta, Some(&mut changes), undo)?;
+        Ok(changes)
+    }
+
+    /// Adds `delta` to the contents, for contents that are not persisted,
+    /// recording in `undo` how to undo it.
+    pub fn add(&mut self, delta: &ChangeBatch, undo: Option<&mut UndoLog>) -> Result<()> {
+        self.apply_tracked(delta, None, undo)
+    }
+
+    /// Adds `delta`, recording each touched row's new count in `changes`
+    /// and its old count in `undo`.
+    fn apply_tracked(
+        &mut self,
+        delta: &ChangeBatch,
+        changes: Option<&mut Vec<RowChange>>,
+        undo: Option<&mut UndoLog>,
+    ) -> Result<()> {
         let map = match &mut self.store {
             Store::Keyed(map) => map,
-            Store::Appended(batches) => {
-                append(batches, &self.schema, delta)?;
-                return Ok(vec![]);
-            }
+            Store::Appended(batches) => return append(batches, &self.schema, delta),
         };
         let rows = self.converter.convert_columns(delta.data().columns())?;
-        let mut changes = Vec::with_capacity(delta.num_rows());
-        for (i, w) in delta.weights().values().iter().enumerate() {
-            if *w == 0 {
-                continue;
-            }
-            let key = rows.row(i).data();
-            let (key, new) = match map.get_key_value(key) {
-                Some((k, c)) => (k.clone(), c + w),
-                None => (Arc::<[u8]>::from(key), *w),
-            };
-            if new < 0 {
-                return Err(MillraceError::execution(
-                    "a change would leave a row with negative multiplicity",
-                ));
-            }
-            if new == 0 {
-                map.remove(&key);
-            } else {
-                map.insert(key.clone(), new);
-            }
-            changes.push((key, new));
+        let mut old_counts = Vec::new();
+        let logged = undo.is_some().then_some(&mut old_counts);
+        let result = add_rows(map, &rows, delta, changes, logged);
+        if let Some(undo) = undo {
+            undo.keyed.push((rows, old_counts));
         }
-        Ok(changes)
+        result
     }
 
     /// The whole contents as change batches (each row with its count as
@@ -164,6 +206,61 @@ impl Contents {
             batches: OnceLock::new(),
         })
     }
+}
+
+/// Adds the rows of `delta` (encoded as `rows`) to `map`, recording each
+/// touched row's new count in `changes` and its index and old count in
+/// `old_counts`.
+fn add_rows(
+    map: &mut RowMap,
+    rows: &Rows,
+    delta: &ChangeBatch,
+    mut changes: Option<&mut Vec<RowChange>>,
+    mut old_counts: Option<&mut Vec<(u32, i64)>>,
+) -> Result<()> {
+    let negative = || {
+        MillraceError::execution("a change would leave a row with negative multiplicity")
+    };
+    for (i, &w) in delta.weights().values().iter().enumerate() {
+        if w == 0 {
+            continue;
+        }
+        let key = rows.row(i).data();
+        let new = match map.get_mut(key) {
+            Some(count) => {
+                let new = *count + w;
+                if new < 0 {
+                    return Err(negative());
+                }
+                if let Some(log) = old_counts.as_mut() {
+                    log.push((i as u32, *count));
+                }
+                *count = new;
+                new
+            }
+            None if w < 0 => return Err(negative()),
+            None => {
+                if let Some(log) = old_counts.as_mut() {
+                    log.push((i as u32, 0));
+                }
+                let stored = Arc::<[u8]>::from(key);
+                if let Some(changes) = changes.as_mut() {
+                    changes.push((stored.clone(), w));
+                }
+                map.insert(stored, w);
+                continue;
+            }
+        };
+        if let Some(changes) = changes.as_mut() {
+            if let Some((stored, _)) = map.get_key_value(key) {
+                changes.push((stored.clone(), new));
+            }
+        }
+        if new == 0 {
+            map.remove(key);
+        }
+    }
+    Ok(())
 }
 
 /// Appends a change with only positive weights to a batch list.
@@ -283,5 +380,77 @@ impl RelationData {
             })
             .clone()
             .map_err(MillraceError::execution)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::pretty::{from_pretty, to_pretty_lines};
+
+    fn rows(contents: &Contents) -> Vec<String> {
+        let mut lines: Vec<String> = contents
+            .as_change_batches()
+            .unwrap()
+            .iter()
+            .flat_map(|b| to_pretty_lines(b).unwrap())
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn rolling_back_restores_counts_changed_removed_and_added() {
+        let start = from_pretty(
+            "I T
+             1 a +2
+             2 b +1
+             3 c +1",
+        )
+        .unwrap();
+        let mut contents = Contents::try_new(start.data().schema()).unwrap();
+        contents.add(&start, None).unwrap();
+        let before = rows(&contents);
+
+        let mut undo = contents.undo_log();
+        // One more of row 1, row 2 removed, row 4 new...
+        let first = from_pretty(
+            "I T
+             1 a +1
+             2 b -1
+             4 d +3",
+        )
+        .unwrap();
+        contents.add(&first, Some(&mut undo)).unwrap();
+        // ...then a change that fails half way: row 3 goes, row 5 comes,
+        // and row 2 (already gone) cannot go below zero.
+        let failing = from_pretty(
+            "I T
+             3 c -1
+             5 e +1
+             2 b -1",
+        )
+        .unwrap();
+        assert!(contents.add(&failing, Some(&mut undo)).is_err());
+        assert_ne!(rows(&contents), before);
+
+        contents.roll_back(undo);
+        assert_eq!(rows(&contents), before);
+    }
+
+    #[test]
+    fn rolling_back_appended_contents_drops_the_appended_rows() {
+        let start = from_pretty(
+            "I
+             1 +1",
+        )
+        .unwrap();
+        let mut contents = Contents::try_new_append_only(start.data().schema()).unwrap();
+        contents.add(&start, None).unwrap();
+        let mut undo = contents.undo_log();
+        contents.add(&start, Some(&mut undo)).unwrap();
+        assert_eq!(contents.distinct_rows(), 2);
+        contents.roll_back(undo);
+        assert_eq!(contents.distinct_rows(), 1);
     }
 }

@@ -8,6 +8,7 @@
 //! columns ([`decode`]); records that cannot be decoded are skipped and
 //! counted, never fatal.
 
+mod batch;
 pub mod decode;
 mod reader;
 

@@ -14,11 +14,12 @@ use datafusion::arrow::compute::{concat, filter_record_batch};
 use datafusion::arrow::datatypes::DataType;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
+use super::batch::{Entry, KafkaRecord, Polled, RecordQueue};
 use super::decode::PayloadDecoder;
 use super::{consumer_config, partitions_of, Envelope, KafkaSource, Startup};
 use crate::error::{MillraceError, Result};
@@ -33,7 +34,7 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Reads one topic for one view.
 pub struct KafkaReader {
-    consumer: WatchedConsumer,
+    client: ReaderClient,
     /// This reader's share: the partitions p with p mod threads == part.
     part: usize,
     d: Decoding,
@@ -70,7 +71,7 @@ impl KafkaReader {
     /// A reader that has not yet talked to the broker.
     /// Reader `part` of the source's reader threads.
     pub fn try_new(source: Arc<KafkaSource>, ctx: &ReaderContext, part: usize) -> Result<Self> {
-        let consumer = new_consumer(&source, &ctx.source)?;
+        let client = ReaderClient::try_new(&source, &ctx.source)?;
         let watcher = Watcher::start(&source, ctx)?;
         let decoder_schema = match source.envelope {
             Envelope::Debezium => super::debezium_schema(&source.value_schema),
@@ -83,7 +84,7 @@ impl KafkaReader {
             _ => Some(KeyedState::try_new(source.schema.clone())?),
         };
         Ok(Self {
-            consumer,
+            client,
             part,
             d: Decoding {
                 source,
@@ -108,7 +109,7 @@ impl KafkaReader {
     fn discover(&mut self) -> Result<()> {
         self.last_discovery = Some(Instant::now());
         let Some(partitions) =
-            partitions_of(&self.consumer, &self.d.source, Duration::from_secs(1))?
+            partitions_of(&self.client.consumer, &self.d.source, Duration::from_secs(1))?
         else {
             self.topic_gone()?;
             return Err(MillraceError::execution(format!(
@@ -131,7 +132,8 @@ impl KafkaReader {
         // error replies trip librdkafka (see docs/kafka.md).
         for &p in &new {
             if let Err(e) =
-                self.consumer
+                self.client
+                    .consumer
                     .fetch_watermarks(&self.d.source.topic, p, Duration::from_secs(2))
             {
                 return Err(MillraceError::execution(format!(
@@ -168,6 +170,7 @@ impl KafkaReader {
                     .map_err(kafka_error)?;
             }
             let found = self
+                .client
                 .consumer
                 .offsets_for_times(times, Duration::from_secs(10))
                 .map_err(kafka_error)?;
@@ -184,7 +187,14 @@ impl KafkaReader {
                     .map_err(kafka_error)?;
             }
         }
-        self.consumer
+        // Records of these partitions go to the reader's record queue.
+        for &p in &new {
+            self.client
+                .queue
+                .add_partition(&self.client.consumer, topic, p)?;
+        }
+        self.client
+            .consumer
             .incremental_assign(&tpl)
             .map_err(kafka_error)?;
         let mut progress = lock(&self.d.ctx.progress.partitions);
@@ -211,7 +221,7 @@ impl KafkaReader {
         // A fresh client rather than unassigning: the old one may still be
         // fetching the lost topic, and some brokers answer such fetches in a
         // way that trips librdkafka (see docs/kafka.md).
-        self.consumer = new_consumer(&self.d.source, &self.d.ctx.source)?;
+        self.client = ReaderClient::try_new(&self.d.source, &self.d.ctx.source)?;
         self.assigned.clear();
         self.next_offsets.clear();
         let part = self.part;
@@ -226,7 +236,7 @@ impl KafkaReader {
     fn connection_lost(&mut self) -> Result<()> {
         // A fresh client: the old one keeps no fetch state that could
         // meet a restarted broker before discovery has looked at it.
-        self.consumer = new_consumer(&self.d.source, &self.d.ctx.source)?;
+        self.client = ReaderClient::try_new(&self.d.source, &self.d.ctx.source)?;
         self.assigned.clear();
         // Look for the topic at the next call.
         self.last_discovery = None;
@@ -251,7 +261,7 @@ impl KafkaReader {
             for (p, o) in committable {
                 let _ = tpl.add_partition_offset(&self.d.source.topic, p, Offset::Offset(o));
             }
-            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            if let Err(e) = self.client.consumer.commit(&tpl, CommitMode::Async) {
                 self.broker_error("offset commit failed", &e);
             }
         }
@@ -264,7 +274,7 @@ impl KafkaReader {
 
 impl Decoding {
     /// Turns a poll's records into a change batch.
-    fn decode(&mut self, messages: &[BorrowedMessage<'_>]) -> Result<ChangeBatch> {
+    fn decode<M: KafkaRecord>(&mut self, messages: &[M]) -> Result<ChangeBatch> {
         let envelope = self.source.envelope;
         // Which records carry a payload to decode: all of them, except
         // upsert tombstones (no value), which delete their key.
@@ -354,10 +364,10 @@ impl Decoding {
 
     /// Debezium events into retractions of `before` and inserts of
     /// `after`, keyed by the primary key when one is declared.
-    fn debezium(
+    fn debezium<M: KafkaRecord>(
         &mut self,
         envelopes: &RecordBatch,
-        messages: &[BorrowedMessage<'_>],
+        messages: &[M],
         kept: &[(usize, Option<u32>)],
     ) -> Result<ChangeBatch> {
         let rows: UInt32Array = kept.iter().map(|(_, r)| r.unwrap_or(0)).collect();
@@ -452,10 +462,10 @@ impl Decoding {
     }
 
     /// Appends the `INCLUDE` columns for `messages` (in `order`) to `values`.
-    fn with_metadata(
+    fn with_metadata<M: KafkaRecord>(
         &self,
         values: RecordBatch,
-        messages: &[BorrowedMessage<'_>],
+        messages: &[M],
         order: impl Iterator<Item = usize> + Clone,
     ) -> Result<RecordBatch> {
         let mut columns = values.columns().to_vec();
@@ -485,7 +495,7 @@ impl Decoding {
                     let mut b =
                         TimestampMicrosecondBuilder::new().with_timezone(crate::sql::types::UTC);
                     order.clone().for_each(|i| {
-                        b.append_option(messages[i].timestamp().to_millis().map(|ms| ms * 1000))
+                        b.append_option(messages[i].timestamp_millis().map(|ms| ms * 1000))
                     });
                     Arc::new(b.finish())
                 }
@@ -494,7 +504,7 @@ impl Decoding {
                 }
                 IncludeKind::Header(name) => bytes_column(
                     field.data_type(),
-                    order.clone().map(|i| header(&messages[i], name)),
+                    order.clone().map(|i| messages[i].header(name)),
                 ),
             };
             columns.push(column);
@@ -503,7 +513,7 @@ impl Decoding {
     }
 
     /// Counts bad records per partition and logs one in `log_every`.
-    fn count_bad(&mut self, messages: &[BorrowedMessage<'_>], bad: &[(usize, String)]) {
+    fn count_bad<M: KafkaRecord>(&mut self, messages: &[M], bad: &[(usize, String)]) {
         if bad.is_empty() {
             return;
         }
@@ -560,68 +570,121 @@ impl BatchGenerator for KafkaReader {
         if self.last_stats.elapsed() >= STATS_INTERVAL {
             self.refresh_stats();
         }
-        let mut messages = Vec::new();
-        let mut wait = POLL_WAIT;
+        // The consumer's own queue holds what is not a record: errors (a
+        // lost connection among them) and commit replies. Records of this
+        // reader's partitions go to its record queue; one found here
+        // anyway is read all the same.
         let mut lost = false;
-        while messages.len() < self.d.source.max_batch_records {
-            match self.consumer.poll(wait) {
-                None => break,
-                Some(Ok(m)) => messages.push(m),
-                Some(Err(e)) => {
+        let mut stray: Vec<BorrowedMessage<'_>> = Vec::new();
+        while let Some(event) = self.client.consumer.poll(Duration::ZERO) {
+            match event {
+                Ok(m) => stray.push(m),
+                Err(e) => {
                     broker_error(&mut self.errors_seen, &self.d, "Kafka poll error", &e);
-                    lost = matches!(
-                        e.rdkafka_error_code(),
-                        Some(
-                            RDKafkaErrorCode::BrokerTransportFailure
-                                | RDKafkaErrorCode::AllBrokersDown
-                        )
-                    );
-                    break;
+                    lost |= connection_gone(e.rdkafka_error_code());
                 }
             }
-            wait = Duration::ZERO;
         }
-        lost |= self.consumer.context().lost.swap(false, Ordering::SeqCst);
-        if messages.is_empty() {
-            drop(messages);
-            if lost {
-                self.connection_lost()?;
+        let wait = if stray.is_empty() {
+            POLL_WAIT
+        } else {
+            Duration::ZERO
+        };
+        let mut polled = Polled::new();
+        let max = self.d.source.max_batch_records.saturating_sub(stray.len());
+        self.client.queue.take(wait, max, &mut polled);
+        let mut records: Vec<Entry<'_>> = Vec::with_capacity(polled.len());
+        for entry in polled.entries() {
+            match entry.error() {
+                None => records.push(entry),
+                Some(code) => {
+                    let e = KafkaError::MessageConsumption(code);
+                    broker_error(&mut self.errors_seen, &self.d, "Kafka fetch error", &e);
+                    lost |= connection_gone(Some(code));
+                }
             }
-            return empty();
         }
+        lost |= self
+            .client
+            .consumer
+            .context()
+            .lost
+            .swap(false, Ordering::SeqCst);
+        let mut changes = Vec::new();
+        let mut positions = Positions {
+            skip_before: &mut self.skip_before,
+            next_offsets: &mut self.next_offsets,
+        };
+        if let Some(change) = positions.accept(&mut self.d, stray)? {
+            changes.push(change);
+        }
+        if let Some(change) = positions.accept(&mut self.d, records)? {
+            changes.push(change);
+        }
+        drop(polled);
+        if lost {
+            self.connection_lost()?;
+        }
+        match changes.len() {
+            0 => empty(),
+            1 => Ok(changes.pop()),
+            _ => Ok(Some(ChangeBatch::concat(
+                self.d.source.schema.clone(),
+                &changes,
+            )?)),
+        }
+    }
+
+    fn rows_per_second(&self) -> Option<f64> {
+        None
+    }
+}
+
+/// Where the reader is in each partition, updated as records are taken.
+struct Positions<'a> {
+    skip_before: &'a mut BTreeMap<i32, i64>,
+    next_offsets: &'a mut BTreeMap<i32, i64>,
+}
+
+impl Positions<'_> {
+    /// Counts `records` as read and decodes those past any startup time
+    /// into a change; `None` when no record is left.
+    fn accept<M: KafkaRecord>(
+        &mut self,
+        d: &mut Decoding,
+        mut records: Vec<M>,
+    ) -> Result<Option<ChangeBatch>> {
         if !self.skip_before.is_empty() {
-            let skip = &mut self.skip_before;
-            let mut kept = Vec::with_capacity(messages.len());
-            for m in messages {
-                if let Some(&start) = skip.get(&m.partition()) {
-                    if m.timestamp().to_millis().is_some_and(|t| t < start) {
-                        continue;
-                    }
-                    skip.remove(&m.partition());
+            let skip = &mut *self.skip_before;
+            records.retain(|m| {
+                let Some(&start) = skip.get(&m.partition()) else {
+                    return true;
+                };
+                if m.timestamp_millis().is_some_and(|t| t < start) {
+                    return false;
                 }
-                kept.push(m);
-            }
-            messages = kept;
-            if messages.is_empty() {
-                return empty();
-            }
+                skip.remove(&m.partition());
+                true
+            });
+        }
+        if records.is_empty() {
+            return Ok(None);
         }
         // Positions and byte counts first: a record counts as read even if
         // it turns out to be bad.
         {
             // Records of one partition arrive in runs; update per run.
-            let mut progress = lock(&self.d.ctx.progress.partitions);
+            let mut progress = lock(&d.ctx.progress.partitions);
             let mut run_start = 0;
-            while run_start < messages.len() {
-                let partition = messages[run_start].partition();
+            while run_start < records.len() {
+                let partition = records[run_start].partition();
                 let mut run_end = run_start;
                 let mut bytes = 0u64;
-                while run_end < messages.len() && messages[run_end].partition() == partition {
-                    let m = &messages[run_end];
-                    bytes += (m.payload_len() + m.key_len()) as u64;
+                while run_end < records.len() && records[run_end].partition() == partition {
+                    bytes += records[run_end].size() as u64;
                     run_end += 1;
                 }
-                let next = messages[run_end - 1].offset() + 1;
+                let next = records[run_end - 1].offset() + 1;
                 let p = progress.entry(partition).or_default();
                 p.next_offset = next;
                 p.records += (run_end - run_start) as u64;
@@ -630,16 +693,32 @@ impl BatchGenerator for KafkaReader {
                 run_start = run_end;
             }
         }
-        let change = self.d.decode(&messages)?;
-        drop(messages);
-        if lost {
-            self.connection_lost()?;
-        }
-        Ok(Some(change))
+        d.decode(&records).map(Some)
     }
+}
 
-    fn rows_per_second(&self) -> Option<f64> {
-        None
+/// Whether an error means the broker connection is gone.
+fn connection_gone(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
+        Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
+    )
+}
+
+/// A Kafka client of one reader: the consumer, and the queue its records
+/// are taken from. The queue is dropped first, as it must be.
+struct ReaderClient {
+    queue: RecordQueue,
+    consumer: WatchedConsumer,
+}
+
+impl ReaderClient {
+    fn try_new(source: &KafkaSource, source_name: &str) -> Result<Self> {
+        let consumer = new_consumer(source, source_name)?;
+        Ok(Self {
+            queue: RecordQueue::try_new(&consumer)?,
+            consumer,
+        })
     }
 }
 
@@ -666,10 +745,7 @@ struct LossWatch {
 
 impl rdkafka::ClientContext for LossWatch {
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
-        ) {
+        if connection_gone(error.rdkafka_error_code()) {
             self.lost.store(true, Ordering::SeqCst);
         }
         tracing::debug!(%error, reason, "Kafka client error");
@@ -794,14 +870,6 @@ fn bytes_column<'a>(ty: &DataType, values: impl Iterator<Item = Option<&'a [u8]>
     }
 }
 
-/// The value of the first header called `name`.
-fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-}
-
 /// A thread with its own Kafka client that does the reader's blocking
 /// requests: high watermarks for the progress view, once a second, and the
 /// topic's partition list, once per discovery interval. Each is a round trip
@@ -898,7 +966,7 @@ impl Drop for KafkaReader {
             for (&p, &o) in &self.next_offsets {
                 let _ = tpl.add_partition_offset(&self.d.source.topic, p, Offset::Offset(o));
             }
-            let _ = self.consumer.commit(&tpl, CommitMode::Sync);
+            let _ = self.client.consumer.commit(&tpl, CommitMode::Sync);
         }
     }
 }
