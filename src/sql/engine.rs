@@ -1997,8 +1997,17 @@ impl Engine {
             parts.push(ChangeBatch::with_uniform_weight(conformed, weight));
         }
         let delta = ChangeBatch::concat(relaxed(schema), &parts)?;
+        let late_rows = |state: &EngineState| {
+            state
+                .table_watermarks
+                .get(table)
+                .map_or(0, |t| t.late_rows())
+        };
+        let late_before = late_rows(state);
         self.commit(state, vec![(table.to_string(), delta)])?;
-        Ok(rows)
+        // Rows behind the table's watermark were dropped, not inserted.
+        let late = late_rows(state).saturating_sub(late_before) as usize;
+        Ok(rows.saturating_sub(late))
     }
 
     fn table_name_of(
@@ -2843,12 +2852,7 @@ fn relation_grows(state: &EngineState, name: &str) -> bool {
 
 #[async_trait::async_trait]
 impl SourceSink for Engine {
-    async fn ingest(
-        &self,
-        source: &str,
-        view: &str,
-        batches: Vec<ChangeBatch>,
-    ) -> Result<()> {
+    async fn ingest(&self, source: &str, view: &str, batches: Vec<ChangeBatch>) -> Result<()> {
         // Published when read (see `Engine::snapshot`): a published view's
         // contents are shared with readers, so the next change to them
         // copies the parts it touches.

@@ -218,9 +218,8 @@ fn add_rows(
     mut changes: Option<&mut Vec<RowChange>>,
     mut old_counts: Option<&mut Vec<(u32, i64)>>,
 ) -> Result<()> {
-    let negative = || {
-        MillraceError::execution("a change would leave a row with negative multiplicity")
-    };
+    let negative =
+        || MillraceError::execution("a change would leave a row with negative multiplicity");
     for (i, &w) in delta.weights().values().iter().enumerate() {
         if w == 0 {
             continue;

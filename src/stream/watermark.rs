@@ -378,6 +378,11 @@ impl WatermarkTracker {
         self.mark.as_ref()
     }
 
+    /// Rows dropped so far for being later than the watermark.
+    pub fn late_rows(&self) -> u64 {
+        self.progress.late_rows()
+    }
+
     /// Splits off the changes later than the current watermark (their
     /// event time is below it), counting them; returns the rest.
     pub fn admit(&mut self, delta: &ChangeBatch) -> Result<(ChangeBatch, Late)> {

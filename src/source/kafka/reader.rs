@@ -108,8 +108,11 @@ impl KafkaReader {
     /// startup mode, later ones (added while running) from their start.
     fn discover(&mut self) -> Result<()> {
         self.last_discovery = Some(Instant::now());
-        let Some(partitions) =
-            partitions_of(&self.client.consumer, &self.d.source, Duration::from_secs(1))?
+        let Some(partitions) = partitions_of(
+            &self.client.consumer,
+            &self.d.source,
+            Duration::from_secs(1),
+        )?
         else {
             self.topic_gone()?;
             return Err(MillraceError::execution(format!(
@@ -131,11 +134,11 @@ impl KafkaReader {
         // that is still being set up gets an error reply, and some brokers'
         // error replies trip librdkafka (see docs/kafka.md).
         for &p in &new {
-            if let Err(e) =
-                self.client
-                    .consumer
-                    .fetch_watermarks(&self.d.source.topic, p, Duration::from_secs(2))
-            {
+            if let Err(e) = self.client.consumer.fetch_watermarks(
+                &self.d.source.topic,
+                p,
+                Duration::from_secs(2),
+            ) {
                 return Err(MillraceError::execution(format!(
                     "Kafka partition {p} of '{}' is not ready: {e}",
                     self.d.source.topic
