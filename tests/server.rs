@@ -269,6 +269,49 @@ async fn concurrent_sessions_and_consistent_reads() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn reads_during_a_stream_see_whole_epochs_that_only_grow() -> anyhow::Result<()> {
+    let server = TestServer::start()?;
+    let client = server.connect().await?;
+    // Two views over one stream: every epoch adds to both at once.
+    client
+        .batch_execute(
+            "CREATE SOURCE ticks (n bigint) WITH (connector = 'datagen',
+               datagen.rows.per.second = '20000', datagen.rows.limit = '60000',
+               fields.n.kind = 'sequence');
+             CREATE MATERIALIZED VIEW tick_count AS SELECT count(*) AS c, sum(n) AS s FROM ticks;
+             CREATE MATERIALIZED VIEW tick_max AS SELECT max(n) AS m FROM ticks;",
+        )
+        .await?;
+    let mut last = 0i64;
+    let mut reads = 0;
+    while last < 60_000 && reads < 10_000 {
+        let row = client
+            .query_one(
+                "SELECT coalesce((SELECT c FROM tick_count), 0), coalesce((SELECT s FROM tick_count)::bigint, 0)",
+                &[],
+            )
+            .await?;
+        let (count, sum): (i64, i64) = (row.get(0), row.get(1));
+        // A sequence from 1: a whole prefix of it is visible, never part
+        // of an epoch, and never less than before.
+        assert_eq!(sum, count * (count + 1) / 2, "half an epoch visible");
+        assert!(count >= last, "a read went back from {last} to {count}");
+        last = count;
+        reads += 1;
+    }
+    client.batch_execute("FLUSH").await?;
+    let row = client
+        .query_one(
+            "SELECT (SELECT c FROM tick_count), (SELECT m FROM tick_max)",
+            &[],
+        )
+        .await?;
+    let (count, max): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!((count, max), (60_000, 60_000));
+    Ok(())
+}
+
+#[tokio::test]
 async fn malformed_wire_input_closes_only_that_connection() -> anyhow::Result<()> {
     let server = TestServer::start()?;
     let healthy = server.connect().await?;

@@ -116,6 +116,8 @@ struct MaterializedView {
 /// The longest a reader waits for the writer to publish the epoch it is
 /// committing before it reads the last published one instead.
 const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often a waiting reader looks again for an idle writer.
+const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Everything the single writer owns.
 #[derive(Default)]
@@ -397,21 +399,30 @@ impl Engine {
     /// reading the last published snapshot, if any).
     pub async fn snapshot(&self) -> Arc<Snapshot> {
         use std::sync::atomic::Ordering;
-        if let Some(s) = self.current_snapshot() {
-            return s;
+        let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
+        loop {
+            if let Some(s) = self.current_snapshot() {
+                return s;
+            }
+            if let Ok(mut state) = self.writer.try_lock() {
+                return self.snapshot_locked(&mut state);
+            }
+            let done = self.publish_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            self.publish_wanted.store(true, Ordering::SeqCst);
+            // Published between the first look and the request?
+            if let Some(s) = self.current_snapshot() {
+                return s;
+            }
+            // The lock may be held by something that does not commit
+            // (and so does not publish): look again every few ms.
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let _ = tokio::time::timeout((deadline - now).min(PUBLISH_RETRY), done).await;
         }
-        if let Ok(mut state) = self.writer.try_lock() {
-            return self.snapshot_locked(&mut state);
-        }
-        let done = self.publish_done.notified();
-        tokio::pin!(done);
-        done.as_mut().enable();
-        self.publish_wanted.store(true, Ordering::SeqCst);
-        // Published between the first look and the request?
-        if let Some(s) = self.current_snapshot() {
-            return s;
-        }
-        let _ = tokio::time::timeout(PUBLISH_WAIT, done).await;
         if let Some(s) = self.published_snapshot() {
             return s;
         }
@@ -592,14 +603,16 @@ impl Engine {
         // Reads never take the writer lock.
         if let Command::Sql(stmt) = &cmd {
             if let Statement::Query(_) = stmt.as_ref() {
+                let snapshot = self.snapshot().await;
                 return self
-                    .run_query((**stmt).clone(), params, Some(options))
+                    .run_query((**stmt).clone(), params, Some(options), snapshot)
                     .await;
             }
             if let Statement::Explain { statement, .. } = stmt.as_ref() {
                 if !matches!(statement.as_ref(), Statement::CreateView(_)) {
+                    let snapshot = self.snapshot().await;
                     return self
-                        .run_query((**stmt).clone(), params, Some(options))
+                        .run_query((**stmt).clone(), params, Some(options), snapshot)
                         .await;
                 }
             }
@@ -662,7 +675,9 @@ impl Engine {
             _ => return Ok((vec![], empty)),
         };
         let plan_stmt = super::pg_rewrite::rewrite_query(plan_stmt);
-        let state = self.query_state(self.snapshot().await, Some(options));
+        // Describing plans without reading rows: any snapshot will do.
+        let snapshot = self.published_snapshot().unwrap_or_default();
+        let state = self.query_state(snapshot, Some(options));
         let plan = state
             .statement_to_plan(DFStatement::Statement(Box::new(plan_stmt)))
             .await?;
@@ -698,9 +713,10 @@ impl Engine {
         stmt: Statement,
         params: Option<ParamValues>,
         options: Option<&EngineOptions>,
+        snapshot: Arc<Snapshot>,
     ) -> Result<QueryOutput> {
         let stmt = super::pg_rewrite::rewrite_query(stmt);
-        let state = self.query_state(self.snapshot().await, options);
+        let state = self.query_state(snapshot, options);
         let mut plan = state
             .statement_to_plan(DFStatement::Statement(Box::new(stmt)))
             .await?;
@@ -847,7 +863,10 @@ impl Engine {
         params: Option<ParamValues>,
     ) -> Result<QueryOutput> {
         match stmt {
-            Statement::Query(_) => self.run_query(stmt, params, None).await,
+            Statement::Query(_) => {
+                let snapshot = self.snapshot_locked(state);
+                self.run_query(stmt, params, None, snapshot).await
+            }
             Statement::CreateTable(ct) => self.create_table(state, ct, &text.text),
             Statement::CreateView(cv) => {
                 if cv.materialized {
@@ -860,7 +879,10 @@ impl Engine {
                 Statement::CreateView(cv) if cv.materialized => {
                     self.explain_view(state, cv, &text.text).await
                 }
-                other => self.run_query(other, params, None).await,
+                other => {
+                    let snapshot = self.snapshot_locked(state);
+                    self.run_query(other, params, None, snapshot).await
+                }
             },
             Statement::Insert(_) => self.insert(state, stmt, params).await,
             Statement::Update(u) => self.update(state, u, params).await,
