@@ -2397,12 +2397,8 @@ impl Engine {
         for inc in &cs.includes {
             if inc.what == "proctime" {
                 // Filled by the engine, for any connector.
-                let timestamptz = DataType::Timestamp(
-                    datafusion::arrow::datatypes::TimeUnit::Microsecond,
-                    Some(Arc::from(super::types::UTC)),
-                );
                 if let Some(t) = &inc.data_type {
-                    if sql_to_arrow(t)?.0 != timestamptz {
+                    if sql_to_arrow(t)?.0 != super::types::timestamptz() {
                         return Err(MillraceError::plan(format!(
                             "INCLUDE proctime is of type timestamptz, not {t}"
                         )));
@@ -2457,14 +2453,7 @@ impl Engine {
                 .iter()
                 .map(|f| f.as_ref().clone())
                 .collect();
-            fields.push(Field::new(
-                column,
-                DataType::Timestamp(
-                    datafusion::arrow::datatypes::TimeUnit::Microsecond,
-                    Some(Arc::from(super::types::UTC)),
-                ),
-                false,
-            ));
+            fields.push(Field::new(column, super::types::timestamptz(), false));
             spec.schema = Arc::new(Schema::new(fields));
             state.proctime_sources.insert(cs.name.clone(), produced);
         }
@@ -2878,25 +2867,24 @@ impl SourceSink for Engine {
         // Published when read (see `Engine::snapshot`): a published view's
         // contents are shared with readers, so the next change to them
         // copies the parts it touches.
-        self.commit_streamed(source, view, batches, false, false)
-            .await
+        self.commit_streamed(source, view, batches, false).await
     }
 
     async fn finish(&self, source: &str, view: &str) -> Result<()> {
-        self.commit_streamed(source, view, vec![], true, true).await
+        self.commit_streamed(source, view, vec![], true).await
     }
 }
 
 impl Engine {
     /// Commits `batches` read from `source` for `view` as one epoch (with
-    /// `ended`, the end of the stream after them).
+    /// `ended`, the end of the stream after them, which is published at
+    /// once: the views' final contents).
     async fn commit_streamed(
         &self,
         source: &str,
         view: &str,
         batches: Vec<ChangeBatch>,
         ended: bool,
-        publish_now: bool,
     ) -> Result<()> {
         let mut state = self.writer.lock().await;
         let Some(spec) = state.sources.get(source) else {
@@ -2918,7 +2906,7 @@ impl Engine {
             delta,
             ended,
         };
-        self.commit_epoch(&mut state, vec![], Some(streamed), publish_now)
+        self.commit_epoch(&mut state, vec![], Some(streamed), ended)
     }
 }
 

@@ -40,6 +40,11 @@ pub fn varchar_length(field: &Field) -> Option<usize> {
 /// The timezone of `timestamptz` values: stored as UTC instants.
 pub const UTC: &str = "+00:00";
 
+/// The Arrow type of `timestamptz`: microseconds, in UTC.
+pub fn timestamptz() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from(UTC)))
+}
+
 /// Maps a declared SQL column type to its Arrow storage type, and an optional
 /// SQL type name to remember in field metadata (`jsonb`, `varchar(50)`).
 pub fn sql_to_arrow(ty: &SqlType) -> Result<(DataType, Option<String>)> {
@@ -100,9 +105,7 @@ pub fn sql_to_arrow(ty: &SqlType) -> Result<(DataType, Option<String>)> {
         SqlType::Timestamp(_, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) => {
             DataType::Timestamp(TimeUnit::Microsecond, None)
         }
-        SqlType::Timestamp(_, TimezoneInfo::WithTimeZone | TimezoneInfo::Tz) => {
-            DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from(UTC)))
-        }
+        SqlType::Timestamp(_, TimezoneInfo::WithTimeZone | TimezoneInfo::Tz) => timestamptz(),
         SqlType::TimestampNtz(_) => DataType::Timestamp(TimeUnit::Microsecond, None),
         SqlType::Interval { .. } => DataType::Interval(IntervalUnit::MonthDayNano),
         SqlType::Bytea => DataType::Binary,
@@ -129,7 +132,7 @@ pub fn sql_to_arrow(ty: &SqlType) -> Result<(DataType, Option<String>)> {
         SqlType::Custom(name, _) => {
             let n = name.to_string().to_ascii_lowercase();
             match n.as_str() {
-                "timestamptz" => DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from(UTC))),
+                "timestamptz" => timestamptz(),
                 "int2" => DataType::Int16,
                 "int4" => DataType::Int32,
                 "float4" => DataType::Float32,

@@ -160,20 +160,36 @@ fn order_preserving_target(t: &datafusion::arrow::datatypes::DataType) -> bool {
     )
 }
 
-/// Pass: refuses volatile functions (`random()`...), whose re-evaluation on a
-/// delete would not retract what the insert produced.
-pub fn reject_volatile(plan: &LogicalPlan) -> Result<()> {
-    let mut found: Option<String> = None;
-    plan.apply(|node| {
+/// The first expression node anywhere in `plan` (subqueries included)
+/// that `found` describes.
+fn find_expression(
+    plan: &LogicalPlan,
+    mut found: impl FnMut(&Expr) -> Option<String>,
+) -> Result<Option<String>> {
+    let mut first: Option<String> = None;
+    plan.apply_with_subqueries(|node| {
         for e in node.expressions() {
-            if e.is_volatile() {
-                found = Some(e.to_string());
+            e.apply(|x| {
+                first = found(x);
+                Ok(match first {
+                    Some(_) => TreeNodeRecursion::Stop,
+                    None => TreeNodeRecursion::Continue,
+                })
+            })?;
+            if first.is_some() {
                 return Ok(TreeNodeRecursion::Stop);
             }
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
-    match found {
+    Ok(first)
+}
+
+/// Pass: refuses volatile functions (`random()`...), whose re-evaluation on a
+/// delete would not retract what the insert produced.
+pub fn reject_volatile(plan: &LogicalPlan) -> Result<()> {
+    let volatile = |x: &Expr| x.is_volatile_node().then(|| x.to_string());
+    match find_expression(plan, volatile)? {
         Some(e) => Err(MillraceError::not_supported(format!(
             "volatile function in a materialized view: {e}"
         ))),
@@ -199,25 +215,14 @@ const CLOCK_FUNCTIONS: &[&str] = &[
 /// Pass (on the plan before optimization): refuses functions that read the
 /// clock, whose value in a view would be the creation time forever.
 pub fn reject_clock(plan: &LogicalPlan) -> Result<()> {
-    let mut found: Option<String> = None;
-    plan.apply_with_subqueries(|node| {
-        for e in node.expressions() {
-            e.apply(|x| {
-                if let Expr::ScalarFunction(f) = x {
-                    let name = f.func.name().to_ascii_lowercase();
-                    if CLOCK_FUNCTIONS.contains(&name.as_str()) {
-                        found = Some(name);
-                        return Ok(TreeNodeRecursion::Stop);
-                    }
-                }
-                Ok(TreeNodeRecursion::Continue)
-            })?;
-            if found.is_some() {
-                return Ok(TreeNodeRecursion::Stop);
-            }
+    let clock = |x: &Expr| match x {
+        Expr::ScalarFunction(f) => {
+            let name = f.func.name().to_ascii_lowercase();
+            CLOCK_FUNCTIONS.contains(&name.as_str()).then_some(name)
         }
-        Ok(TreeNodeRecursion::Continue)
-    })?;
+        _ => None,
+    };
+    let found = find_expression(plan, clock)?;
     match found {
         Some(f) => Err(MillraceError::not_supported(format!(
             "{f}() in a materialized view: it would be evaluated once, when the view is created, and never again (filters that move with the clock are not supported; filter on event time with a watermark, or apply now() in the SELECT that reads the view)"

@@ -11,7 +11,7 @@
 //!
 //! This is the only place Millrace calls librdkafka directly.
 
-use std::ffi::{c_void, CString};
+use std::ffi::{c_void, CStr, CString};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::time::Duration;
@@ -36,7 +36,7 @@ pub trait KafkaRecord {
     /// The record's timestamp in milliseconds since the epoch, if it has one.
     fn timestamp_millis(&self) -> Option<i64>;
     /// The value of the first header called `name`.
-    fn header(&self, name: &str) -> Option<&[u8]>;
+    fn header(&self, name: &CStr) -> Option<&[u8]>;
     /// Bytes of key and value.
     fn size(&self) -> usize {
         self.key().map_or(0, <[u8]>::len) + self.payload().map_or(0, <[u8]>::len)
@@ -59,10 +59,10 @@ impl KafkaRecord for BorrowedMessage<'_> {
     fn timestamp_millis(&self) -> Option<i64> {
         Message::timestamp(self).to_millis()
     }
-    fn header(&self, name: &str) -> Option<&[u8]> {
+    fn header(&self, name: &CStr) -> Option<&[u8]> {
         self.headers()?
             .iter()
-            .find(|h| h.key == name)
+            .find(|h| h.key.as_bytes() == name.to_bytes())
             .and_then(|h| h.value)
     }
 }
@@ -259,8 +259,7 @@ impl KafkaRecord for Entry<'_> {
             _ => Some(ts),
         }
     }
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        let name = CString::new(name).ok()?;
+    fn header(&self, name: &CStr) -> Option<&[u8]> {
         let mut headers: *mut rdsys::rd_kafka_headers_t = std::ptr::null_mut();
         let mut value: *const c_void = std::ptr::null();
         let mut size = 0usize;

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -212,10 +212,7 @@ fn parse(decl: &SourceDecl<'_>) -> Result<KafkaSource> {
             (IncludeKind::Partition, None | Some(DataType::Int32)) => DataType::Int32,
             (IncludeKind::Offset, None | Some(DataType::Int64)) => DataType::Int64,
             (IncludeKind::Timestamp, None | Some(DataType::Timestamp(_, Some(_)))) => {
-                DataType::Timestamp(
-                    TimeUnit::Microsecond,
-                    Some(Arc::from(crate::sql::types::UTC)),
-                )
+                crate::sql::types::timestamptz()
             }
             (what, Some(t)) => {
                 return Err(invalid(format!(

@@ -505,10 +505,17 @@ impl Decoding {
                 IncludeKind::Key => {
                     bytes_column(field.data_type(), order.clone().map(|i| messages[i].key()))
                 }
-                IncludeKind::Header(name) => bytes_column(
-                    field.data_type(),
-                    order.clone().map(|i| messages[i].header(name)),
-                ),
+                IncludeKind::Header(name) => {
+                    // Converted once per column, not per record; a name
+                    // holding a NUL byte matches no header.
+                    let name = std::ffi::CString::new(name.as_str()).ok();
+                    bytes_column(
+                        field.data_type(),
+                        order
+                            .clone()
+                            .map(|i| name.as_deref().and_then(|n| messages[i].header(n))),
+                    )
+                }
             };
             columns.push(column);
         }
