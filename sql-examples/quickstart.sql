@@ -52,3 +52,11 @@ GROUP BY product;
 CREATE MATERIALIZED VIEW IF NOT EXISTS shop_totals AS
 SELECT count(*) AS events, count(DISTINCT user_id) AS users, sum(amount) FILTER (WHERE action = 'purchase') AS revenue
 FROM shop_events;
+
+-- Activity of the last five minutes: each event leaves the view five minutes
+-- after it happened, with no new input (a temporal filter).
+CREATE MATERIALIZED VIEW IF NOT EXISTS last_five_minutes AS
+SELECT action, count(*) AS events, count(DISTINCT user_id) AS users
+FROM shop_events
+WHERE ts > now() - INTERVAL '5' MINUTE
+GROUP BY action;

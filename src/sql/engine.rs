@@ -119,6 +119,74 @@ const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often a waiting reader looks again for an idle writer.
 const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// The least time between two epochs run for temporal filters alone: rows
+/// that expire within it leave together.
+const TIMER_MIN_GAP: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// When nothing is scheduled, how often the timer task checks that the
+/// engine still exists.
+const TIMER_IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// When the earliest scheduled change of any view's temporal filter falls
+/// due, shared between the engine and the task that runs an epoch then.
+struct Timers {
+    /// Nanoseconds since the Unix epoch; `i64::MAX` when nothing is
+    /// scheduled.
+    due: std::sync::atomic::AtomicI64,
+    /// Wakes the task when `due` moved earlier.
+    changed: tokio::sync::Notify,
+}
+
+impl Timers {
+    fn new() -> Self {
+        Self {
+            due: std::sync::atomic::AtomicI64::new(i64::MAX),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn due(&self) -> i64 {
+        self.due.load(Ordering::SeqCst)
+    }
+
+    /// Whether a scheduled change is due at `now`.
+    fn is_due(&self, now: i64) -> bool {
+        self.due() <= now
+    }
+}
+
+/// Runs an epoch whenever a temporal filter's scheduled change falls due,
+/// so that subscribers and sinks see rows expire; ends with the engine.
+async fn run_timers(engine: Weak<Engine>, timers: Arc<Timers>) {
+    loop {
+        let changed = timers.changed.notified();
+        let now = crate::stream::temporal::system_now_nanos();
+        let due = timers.due();
+        if due <= now {
+            let Some(e) = engine.upgrade() else {
+                return;
+            };
+            {
+                let mut state = e.writer.lock().await;
+                if let Err(err) = e.commit_epoch(&mut state, vec![], None, false) {
+                    warn!(error = %err, "epoch for temporal filters failed");
+                }
+            }
+            drop(e);
+            tokio::time::sleep(TIMER_MIN_GAP).await;
+            continue;
+        }
+        let wait = u64::try_from(due - now)
+            .map(std::time::Duration::from_nanos)
+            .unwrap_or(TIMER_IDLE_CHECK)
+            .min(TIMER_IDLE_CHECK);
+        let _ = tokio::time::timeout(wait, changed).await;
+        if engine.strong_count() == 0 {
+            return;
+        }
+    }
+}
+
 /// Everything the single writer owns.
 #[derive(Default)]
 struct EngineState {
@@ -223,6 +291,8 @@ pub struct Engine {
     store: Arc<dyn StateStore>,
     /// Login users, read by authentication without the writer lock.
     users: Arc<Users>,
+    /// When a temporal filter next needs an epoch.
+    timers: Arc<Timers>,
 }
 
 fn lower_name(name: &ObjectName) -> Result<String> {
@@ -309,10 +379,12 @@ impl Engine {
             schema,
             store,
             users,
+            timers: Arc::new(Timers::new()),
         });
         let system = engine.register_system_relations()?;
         engine.writer.lock().await.system_relations = system;
         engine.replay().await?;
+        tokio::spawn(run_timers(Arc::downgrade(&engine), engine.timers.clone()));
         Ok(engine)
     }
 
@@ -430,11 +502,18 @@ impl Engine {
         self.snapshot_locked(&mut state)
     }
 
-    /// The published snapshot, if it is of the latest committed epoch.
+    /// The published snapshot, if it is of the latest committed epoch and
+    /// no temporal filter has a change due.
     fn current_snapshot(&self) -> Option<Arc<Snapshot>> {
         let epoch = self
             .committed_epoch
             .load(std::sync::atomic::Ordering::SeqCst);
+        if self
+            .timers
+            .is_due(crate::stream::temporal::system_now_nanos())
+        {
+            return None;
+        }
         self.published_snapshot().filter(|s| s.epoch == epoch)
     }
 
@@ -449,6 +528,16 @@ impl Engine {
     /// A current snapshot, for the writer: the published one if it shows
     /// the writer's epoch and catalog, else a new one.
     fn snapshot_locked(&self, state: &mut EngineState) -> Arc<Snapshot> {
+        // Temporal filters' changes due by now come first, so that a read
+        // sees the views as of its own time.
+        if self
+            .timers
+            .is_due(crate::stream::temporal::system_now_nanos())
+        {
+            if let Err(e) = self.commit_epoch(state, vec![], None, false) {
+                warn!(error = %e, "epoch for temporal filters failed");
+            }
+        }
         match self.published_snapshot() {
             Some(s) if s.epoch == state.epoch && state.pg_info.is_some() => s,
             _ => self.publish(state),
@@ -464,6 +553,21 @@ impl Engine {
         };
         if slot.as_ref().is_some_and(|s| Arc::strong_count(s) == 1) {
             *slot = None;
+        }
+    }
+
+    /// Records when the views' temporal filters next need an epoch, and
+    /// wakes the timer task if that moved earlier.
+    fn refresh_timers(&self, state: &EngineState) {
+        let due = state
+            .views
+            .iter()
+            .filter_map(|v| v.dataflow.next_due())
+            .min()
+            .unwrap_or(i64::MAX);
+        let before = self.timers.due.swap(due, Ordering::SeqCst);
+        if due < before {
+            self.timers.changed.notify_one();
         }
     }
 
@@ -1332,7 +1436,10 @@ impl Engine {
         emit_on_window_close: bool,
     ) -> Result<(LogicalPlan, Vec<String>, SchemaRef, Dataflow)> {
         let (raw, depends_on, schema) = self.plan_view_query(cv, name).await?;
-        // Checked before the optimizer folds `now()` into the creation time.
+        // Before the optimizer folds `now()` into the creation time:
+        // conditions on the clock become temporal filters, and any other
+        // use of it is refused.
+        let raw = crate::stream::temporal::rewrite_clock(raw)?;
         crate::stream::lower::reject_clock(&raw)?;
         let plan = self.base_state.optimize(&raw)?;
         let dataflow = inputs.lower(&plan, emit_on_window_close)?;
@@ -1396,6 +1503,7 @@ impl Engine {
             append_only,
             emit_on_window_close,
         });
+        self.refresh_timers(state);
         self.publish(state);
         if !state.replaying {
             let view_name = state
@@ -1456,6 +1564,7 @@ impl Engine {
         self.register_view_watermarks(&view.name, &dataflow);
         view.dataflow = dataflow;
         view.contents = contents;
+        self.refresh_timers(state);
         Ok(())
     }
 
@@ -1478,6 +1587,9 @@ impl Engine {
         publish_now: bool,
     ) -> Result<()> {
         self.release_unread_snapshot();
+        // The time the views' temporal filters see in this epoch.
+        let now = crate::stream::temporal::system_now_nanos();
+        let is_due = |v: &MaterializedView| v.dataflow.next_due().is_some_and(|d| d <= now);
         // Check constraints before touching anything.
         let mut checked = Vec::new();
         for (table, delta) in changes {
@@ -1510,7 +1622,8 @@ impl Engine {
             let index = t.check(&delta)?;
             checked.push((table, delta, index));
         }
-        if checked.is_empty() && streamed.is_none() {
+        if checked.is_empty() && streamed.is_none() && !state.views.iter().any(is_due) {
+            self.refresh_timers(state);
             return Ok(());
         }
         // What undoes this epoch's changes to contents if it fails.
@@ -1570,6 +1683,7 @@ impl Engine {
             for (i, view) in state.views.iter_mut().enumerate() {
                 let fed = streamed.as_ref().filter(|s| s.view == view.name);
                 if fed.is_none()
+                    && !is_due(view)
                     && !view
                         .inputs
                         .iter()
@@ -1578,6 +1692,7 @@ impl Engine {
                     continue;
                 }
                 stepped.push(i);
+                view.dataflow.set_now(now);
                 // A source's rows reach only the view whose reader read them.
                 let mut view_deltas;
                 let inputs = match fed {
@@ -1658,8 +1773,10 @@ impl Engine {
                     warn!(view = %state.views[i].name, "view reset after a failed batch from a source");
                 }
             }
+            self.refresh_timers(state);
             return Err(err);
         }
+        self.refresh_timers(state);
         for (table, tracker) in state.table_watermarks.iter_mut() {
             if let Some(delta) = deltas.get(table) {
                 tracker.observe(delta)?;
@@ -2673,6 +2790,7 @@ impl Engine {
                 self.store.drop_namespace(&rows_namespace(entry.id))?;
             }
             state.views.retain(|v| &v.name != name);
+            self.refresh_timers(state);
             state.sources.remove(name);
             state.declared_watermarks.remove(name);
             state.proctime_sources.remove(name);

@@ -98,6 +98,14 @@ impl ChangeBatch {
         Self::try_new(data, self.weights.clone())
     }
 
+    /// The `len` rows from `offset` on, without copying.
+    pub fn slice(&self, offset: usize, len: usize) -> Self {
+        Self {
+            data: self.data.slice(offset, len),
+            weights: self.weights.slice(offset, len),
+        }
+    }
+
     /// Keeps the rows where `mask` is true (NULL counts as false).
     pub fn filter(&self, mask: &datafusion::arrow::array::BooleanArray) -> Result<Self> {
         let mask = if mask.null_count() > 0 {
@@ -162,7 +170,7 @@ impl ChangeBatch {
         let mut order: Vec<u32> = Vec::new();
         let mut sums: Vec<i64> = Vec::new();
         for (i, w) in self.weights.values().iter().enumerate() {
-            let key = rows.row(i).data();
+            let key = row_bytes(&rows, i);
             match first_index.get(key) {
                 Some(&slot) => sums[slot] += *w,
                 None => {
@@ -203,6 +211,16 @@ fn downcast_weights(a: &ArrayRef) -> Result<Int64Array> {
         .downcast_ref::<Int64Array>()
         .cloned()
         .ok_or_else(|| MillraceError::execution("weights are not Int64"))
+}
+
+/// The bytes of row `i` of `rows`. Arrow's row format encodes no rows at
+/// all for zero columns, where every row is the same empty row.
+pub fn row_bytes(rows: &datafusion::arrow::row::Rows, i: usize) -> &[u8] {
+    if rows.num_rows() == 0 {
+        &[]
+    } else {
+        rows.row(i).data()
+    }
 }
 
 /// A row converter over every column of `schema` (Arrow's row format, whose

@@ -8,6 +8,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 
 use super::change::ChangeBatch;
 use super::operator::{Operator, OperatorStats};
+use super::temporal::Clock;
 use super::watermark::{WatermarkEntry, WatermarkRule, Watermarks};
 use crate::error::{MillraceError, Result};
 
@@ -41,6 +42,8 @@ pub struct Dataflow {
     watermarked: bool,
     /// The declared watermarks the graph's scans apply.
     watermark_entries: Vec<WatermarkEntry>,
+    /// The time its temporal filters see.
+    clock: Clock,
 }
 
 impl Dataflow {
@@ -196,6 +199,25 @@ impl Dataflow {
             outputs.push(out.filter(|b| !b.is_empty()));
         }
         Ok(outputs.pop().flatten())
+    }
+
+    /// The clock the graph's temporal filters read.
+    pub fn clock(&self) -> Clock {
+        self.clock.clone()
+    }
+
+    /// Sets the time the next epoch runs at (nanoseconds since the Unix
+    /// epoch).
+    pub fn set_now(&self, nanos: i64) {
+        self.clock.set(nanos);
+    }
+
+    /// The earliest time any operator has a change scheduled for.
+    pub fn next_due(&self) -> Option<i64> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.operator.next_due())
+            .min()
     }
 
     /// True when any operator keeps state between epochs.

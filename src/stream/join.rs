@@ -585,7 +585,7 @@ impl JoinOperator {
         let rows = side.rows.convert_columns(delta.data().columns())?;
         for (i, (key, w)) in keys.iter().zip(delta.weights().values()).enumerate() {
             let Some(key) = key else { continue };
-            let row = rows.row(i).data();
+            let row = super::change::row_bytes(&rows, i);
             match side.index.get_mut(key) {
                 Some(bucket) => {
                     match bucket.get_mut(row) {

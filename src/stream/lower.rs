@@ -30,6 +30,9 @@ use super::over::OverOperator;
 use super::partition::PartitionedOperator;
 use super::project::ProjectOperator;
 use super::scan::ScanOperator;
+use super::temporal::{
+    clock_comparison, contains_view_clock, describe_expr, TemporalBound, TemporalFilterOperator,
+};
 use super::topn::{Ranking, TopNOperator, TopNSpec};
 use super::union::UnionOperator;
 use super::watermark::{
@@ -188,7 +191,9 @@ fn find_expression(
 /// Pass: refuses volatile functions (`random()`...), whose re-evaluation on a
 /// delete would not retract what the insert produced.
 pub fn reject_volatile(plan: &LogicalPlan) -> Result<()> {
-    let volatile = |x: &Expr| x.is_volatile_node().then(|| x.to_string());
+    // The view's clock is volatile by design (see `temporal`).
+    let volatile =
+        |x: &Expr| (x.is_volatile_node() && !contains_view_clock(x)).then(|| x.to_string());
     match find_expression(plan, volatile)? {
         Some(e) => Err(MillraceError::not_supported(format!(
             "volatile function in a materialized view: {e}"
@@ -212,11 +217,13 @@ const CLOCK_FUNCTIONS: &[&str] = &[
     "clock_timestamp",
 ];
 
-/// Pass (on the plan before optimization): refuses functions that read the
-/// clock, whose value in a view would be the creation time forever.
+/// Pass (on the plan before optimization, after
+/// [`super::temporal::rewrite_clock`]): refuses the functions that read the
+/// clock and are not part of a temporal filter, whose value in a view would
+/// be the creation time forever.
 pub fn reject_clock(plan: &LogicalPlan) -> Result<()> {
     let clock = |x: &Expr| match x {
-        Expr::ScalarFunction(f) => {
+        Expr::ScalarFunction(f) if !contains_view_clock(x) => {
             let name = f.func.name().to_ascii_lowercase();
             CLOCK_FUNCTIONS.contains(&name.as_str()).then_some(name)
         }
@@ -225,7 +232,7 @@ pub fn reject_clock(plan: &LogicalPlan) -> Result<()> {
     let found = find_expression(plan, clock)?;
     match found {
         Some(f) => Err(MillraceError::not_supported(format!(
-            "{f}() in a materialized view: it would be evaluated once, when the view is created, and never again (filters that move with the clock are not supported; filter on event time with a watermark, or apply now() in the SELECT that reads the view)"
+            "{f}() in a materialized view outside a temporal filter: it would be evaluated once, when the view is created, and never again. A WHERE condition may compare now() with a timestamp of the row (ts > now() - INTERVAL '1' HOUR); elsewhere, apply the clock in the SELECT that reads the view"
         ))),
         None => Ok(()),
     }
@@ -330,9 +337,7 @@ impl Lowering<'_> {
                     .cloned()
                     .reduce(datafusion::logical_expr::and)
                 {
-                    let p = self.expr(&predicate, &scan.projected_schema)?;
-                    let op = FilterOperator::try_new(p, schema)?;
-                    id = self.add_passthrough(Box::new(op), id)?;
+                    id = self.filter(&predicate, &scan.projected_schema, id)?;
                 }
                 Ok(id)
             }
@@ -354,9 +359,7 @@ impl Lowering<'_> {
                         .push((window as *const LogicalPlan, bounds));
                 }
                 let input = self.node(&f.input)?;
-                let predicate = self.expr(&f.predicate, f.input.schema())?;
-                let op = FilterOperator::try_new(predicate, arrow_schema(f.input.schema()))?;
-                self.add_passthrough(Box::new(op), input)
+                self.filter(&f.predicate, f.input.schema(), input)
             }
             LogicalPlan::Aggregate(a) if first_row_order(a).is_some() => self.first_rows(a),
             LogicalPlan::Aggregate(a) => {
@@ -722,6 +725,48 @@ impl Lowering<'_> {
 
     /// Adds `op`, which keeps its input's columns and rows' values (a
     /// filter), over node `input`: the input's watermarks pass through.
+    /// Filters node `input` (rows of `schema`) by `predicate`: its
+    /// conditions on the clock go to a temporal filter after the others.
+    fn filter(&mut self, predicate: &Expr, schema: &DFSchema, input: usize) -> Result<usize> {
+        let (timed, plain): (Vec<&Expr>, Vec<&Expr>) =
+            datafusion::logical_expr::utils::split_conjunction(predicate)
+                .into_iter()
+                .partition(|c| contains_view_clock(c));
+        let mut id = input;
+        if let Some(p) = plain
+            .into_iter()
+            .cloned()
+            .reduce(datafusion::logical_expr::and)
+        {
+            let p = self.expr(&p, schema)?;
+            let op = FilterOperator::try_new(p, arrow_schema(schema))?;
+            id = self.add_passthrough(Box::new(op), id)?;
+        }
+        if timed.is_empty() {
+            return Ok(id);
+        }
+        let bounds = timed
+            .iter()
+            .map(|c| {
+                let cmp = clock_comparison(c).ok_or_else(|| {
+                    MillraceError::not_supported(format!(
+                        "the condition {c} on now() in a materialized view"
+                    ))
+                })?;
+                TemporalBound::try_new(
+                    self.expr(cmp.row, schema)?,
+                    describe_expr(cmp.row),
+                    cmp.op,
+                    cmp.step,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let op = TemporalFilterOperator::try_new(bounds, arrow_schema(schema), self.graph.clock())?;
+        // No watermark passes a temporal filter: it retracts rows that
+        // are behind any watermark of its input.
+        self.graph.add(Box::new(op), vec![NodeInput::Node(id)])
+    }
+
     fn add_passthrough(&mut self, op: Box<dyn Operator>, input: usize) -> Result<usize> {
         let rules = self
             .graph
@@ -1127,6 +1172,9 @@ fn unsupported_expr(e: &Expr) -> Option<&'static str> {
             Expr::InSubquery(_) => Some("IN subquery"),
             Expr::OuterReferenceColumn(..) => Some("correlated subquery"),
             Expr::WindowFunction(_) => Some("window function"),
+            _ if contains_view_clock(node) => {
+                Some("now() outside the conditions of a WHERE or HAVING clause")
+            }
             _ => None,
         };
         if what.is_some() {
@@ -1145,7 +1193,11 @@ fn unsupported_expr(e: &Expr) -> Option<&'static str> {
 /// outer joins can retract what they emitted.
 pub fn is_append_only(plan: &LogicalPlan, relation_grows: &dyn Fn(&str) -> bool) -> bool {
     match plan {
-        LogicalPlan::TableScan(scan) => relation_grows(scan.table_name.table()),
+        LogicalPlan::TableScan(scan) => {
+            relation_grows(scan.table_name.table()) && !scan.filters.iter().any(contains_view_clock)
+        }
+        // A temporal filter expires rows.
+        LogicalPlan::Filter(f) if contains_view_clock(&f.predicate) => false,
         LogicalPlan::Projection(_)
         | LogicalPlan::Filter(_)
         | LogicalPlan::SubqueryAlias(_)

@@ -107,7 +107,7 @@ impl Contents {
         };
         for (rows, changed) in undo.keyed.into_iter().rev() {
             for &(i, old) in changed.iter().rev() {
-                let key = rows.row(i as usize).data();
+                let key = super::change::row_bytes(&rows, i as usize);
                 match (old, map.get_mut(key)) {
                     (0, Some(_)) => {
                         map.remove(key);
@@ -224,7 +224,7 @@ fn add_rows(
         if w == 0 {
             continue;
         }
-        let key = rows.row(i).data();
+        let key = super::change::row_bytes(rows, i);
         let new = match map.get_mut(key) {
             Some(count) => {
                 let new = *count + w;

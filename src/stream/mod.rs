@@ -18,6 +18,7 @@ pub mod partition;
 pub mod pretty;
 pub mod project;
 pub mod scan;
+pub mod temporal;
 pub mod topn;
 pub mod union;
 pub mod watermark;

@@ -60,6 +60,13 @@ pub trait Operator: Send {
         Watermarks::none()
     }
 
+    /// The earliest time (nanoseconds since the Unix epoch) at which the
+    /// operator has a change scheduled (a temporal filter), if any: an
+    /// epoch must run then even when no input changes.
+    fn next_due(&self) -> Option<i64> {
+        None
+    }
+
     /// True when the operator keeps state between epochs.
     fn is_stateful(&self) -> bool {
         false
