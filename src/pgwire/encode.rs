@@ -141,14 +141,21 @@ pub fn encode_batch(
 
 /// PostgreSQL's text form of a value, for the types whose form differs from
 /// what the generic encoder writes; `None` for every other type.
-fn postgres_text(array: &dyn Array, row: usize) -> Option<String> {
+pub(crate) fn postgres_text(array: &dyn Array, row: usize) -> Option<String> {
     match array.data_type() {
         DataType::Float64 => Some(float_text(array.as_primitive::<Float64Type>().value(row))),
         DataType::Float32 => Some(float_text(
             array.as_primitive::<Float32Type>().value(row) as f64
         )),
-        DataType::Time64(TimeUnit::Microsecond) => {
-            let us = array.as_primitive::<Time64MicrosecondType>().value(row);
+        DataType::Time64(unit @ (TimeUnit::Microsecond | TimeUnit::Nanosecond)) => {
+            let us = if *unit == TimeUnit::Microsecond {
+                array.as_primitive::<Time64MicrosecondType>().value(row)
+            } else {
+                array
+                    .as_primitive::<datafusion::arrow::datatypes::Time64NanosecondType>()
+                    .value(row)
+                    / 1_000
+            };
             let secs = us.div_euclid(1_000_000);
             let frac = us.rem_euclid(1_000_000);
             let t = NaiveTime::from_num_seconds_from_midnight_opt(secs as u32, 0)?;

@@ -55,7 +55,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 pub mod copy;
-mod encode;
+pub(crate) mod encode;
 pub mod session;
 pub mod settings;
 pub mod subscribe;

@@ -353,6 +353,8 @@ impl Engine {
         // before DataFusion's own type coercion.
         let mut analyzer_rules = datafusion::optimizer::Analyzer::new().rules;
         analyzer_rules.insert(0, Arc::new(super::pg_functions::TextLiteralCoercion));
+        // After type coercion, which adds casts of its own.
+        analyzer_rules.push(Arc::new(super::pg_functions::PgTextCasts));
         let base_state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()

@@ -647,6 +647,138 @@ impl AnalyzerRule for TextLiteralCoercion {
     }
 }
 
+/// `text(value)`: the value as PostgreSQL writes it, for the types whose
+/// text Arrow's cast writes differently (timestamps with a `T` between date
+/// and time, floats without PostgreSQL's exponent form).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PgText {
+    signature: Signature,
+}
+
+impl PgText {
+    fn new() -> Self {
+        Self {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+
+    /// `text(e)` as an expression.
+    fn call(e: Expr) -> Expr {
+        Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+            Arc::new(ScalarUDF::new_from_impl(Self::new())),
+            vec![e],
+        ))
+    }
+}
+
+impl ScalarUDFImpl for PgText {
+    fn name(&self) -> &str {
+        "text"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some(values) = arrays.first() else {
+            return Err(datafusion::error::DataFusionError::Plan(
+                "text() takes one argument".into(),
+            ));
+        };
+        let formatter = ArrayFormatter::try_new(values.as_ref(), &FormatOptions::default())?;
+        let mut out = StringBuilder::with_capacity(values.len(), values.len() * 24);
+        for row in 0..values.len() {
+            if values.is_null(row) {
+                out.append_null();
+                continue;
+            }
+            match crate::pgwire::encode::postgres_text(values.as_ref(), row) {
+                Some(text) => out.append_value(text),
+                None => out.append_value(formatter.value(row).to_string()),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// Whether Arrow's text of a `t` differs from PostgreSQL's.
+fn text_differs(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Timestamp(_, _) | DataType::Time64(_) | DataType::Float32 | DataType::Float64
+    )
+}
+
+/// Analyzer rule, after type coercion: casts to text of timestamps, times
+/// and floats, written or implicit (`'at ' || ts`, `concat`), produce
+/// PostgreSQL's text (`2026-01-01 10:00:00`, `1e+20`) through
+/// [`PgText`] instead of Arrow's (`2026-01-01T10:00:00`).
+#[derive(Debug)]
+pub struct PgTextCasts;
+
+fn text_cast(expr: Expr, schema: &DFSchema) -> DFResult<Transformed<Expr>> {
+    let (inner, target) = match &expr {
+        Expr::Cast(c) => (&c.expr, c.field.data_type()),
+        Expr::TryCast(c) => (&c.expr, c.field.data_type()),
+        _ => return Ok(Transformed::no(expr)),
+    };
+    if !matches!(
+        target,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    ) {
+        return Ok(Transformed::no(expr));
+    }
+    let from = match inner.get_type(schema) {
+        Ok(t) => t,
+        Err(_) => return Ok(Transformed::no(expr)),
+    };
+    if !text_differs(&from) {
+        return Ok(Transformed::no(expr));
+    }
+    let text = PgText::call((**inner).clone());
+    Ok(Transformed::yes(if *target == DataType::Utf8 {
+        text
+    } else {
+        Expr::Cast(datafusion::logical_expr::Cast::new(
+            Box::new(text),
+            target.clone(),
+        ))
+    }))
+}
+
+impl AnalyzerRule for PgTextCasts {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DFResult<LogicalPlan> {
+        plan.transform_up_with_subqueries(|plan| {
+            let mut schema = merge_schema(&plan.inputs());
+            if let LogicalPlan::TableScan(scan) = &plan {
+                schema.merge(&DFSchema::try_from_qualified_schema(
+                    scan.table_name.clone(),
+                    &scan.source.schema(),
+                )?);
+            }
+            let transformed =
+                plan.map_expressions(|e| e.transform_up(|e| text_cast(e, &schema)))?;
+            if transformed.transformed {
+                transformed.map_data(|p| p.recompute_schema())
+            } else {
+                Ok(transformed)
+            }
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "pg_text_casts"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,13 +49,13 @@ use super::watermark::{least_mark, values_as_i64, Watermarks};
 use crate::error::{MillraceError, Result};
 
 /// Rows (row format) with their weights, sharing one join key.
-type Bucket = HashMap<Box<[u8]>, i64>;
+type Bucket = HashMap<Box<[u8]>, i64, RandomState>;
 
 /// One side of the join: its rows indexed by key.
 struct JoinSide {
     keys: Vec<Arc<dyn PhysicalExpr>>,
     rows: RowConverter,
-    index: HashMap<Box<[u8]>, Bucket>,
+    index: HashMap<Box<[u8]>, Bucket, RandomState>,
     schema: SchemaRef,
 }
 
@@ -140,8 +140,27 @@ pub struct JoinOperator {
     expiries: Vec<Expiry>,
 }
 
-/// Key rows of one delta: `None` for a row whose key never matches.
-type KeyRows = Vec<Option<Box<[u8]>>>;
+/// The join keys of one delta's rows, in row format, without a copy per
+/// row.
+#[derive(Default)]
+struct KeyRows {
+    /// `None` when the join has no keys (every key is empty).
+    rows: Option<datafusion::arrow::row::Rows>,
+    /// Whether each row's key can match (it has no NULL, or NULLs match).
+    matches: Vec<bool>,
+}
+
+impl KeyRows {
+    /// Each row's key, `None` where it never matches.
+    fn iter(&self) -> impl Iterator<Item = Option<&[u8]>> + '_ {
+        self.matches.iter().enumerate().map(|(i, &m)| {
+            m.then(|| match &self.rows {
+                Some(rows) => rows.row(i).data(),
+                None => &[][..],
+            })
+        })
+    }
+}
 
 impl JoinOperator {
     /// Joins rows of `left_schema` and `right_schema` on
@@ -174,13 +193,13 @@ impl JoinOperator {
             left: JoinSide {
                 keys: left_keys,
                 rows: row_converter(left_schema)?,
-                index: HashMap::new(),
+                index: HashMap::default(),
                 schema: left_schema.clone(),
             },
             right: JoinSide {
                 keys: right_keys,
                 rows: row_converter(right_schema)?,
-                index: HashMap::new(),
+                index: HashMap::default(),
                 schema: right_schema.clone(),
             },
             kind: JoinKind::Inner,
@@ -242,10 +261,10 @@ impl JoinOperator {
                 let value = values.value(i);
                 // Consecutive rows mostly share a time: one map lookup each.
                 match &mut last {
-                    Some((v, keys)) if *v == value => keys.push(key.clone()),
+                    Some((v, keys)) if *v == value => keys.push(key.into()),
                     _ => {
                         let keys = e.by_value.entry(value).or_default();
-                        keys.push(key.clone());
+                        keys.push(key.into());
                         last = Some((value, keys));
                     }
                 }
@@ -284,24 +303,34 @@ impl JoinOperator {
             } else {
                 &mut self.right
             };
-            for key in keys {
-                let Some(bucket) = side.index.get_mut(&key) else {
-                    continue;
-                };
-                let rows: Vec<Box<[u8]>> = bucket.keys().cloned().collect();
-                let parser = side.rows.parser();
-                let columns = side
-                    .rows
-                    .convert_rows(rows.iter().map(|r| parser.parse(r)))?;
-                let behind = mark.behind(&columns[column], false)?;
-                for (row, gone) in rows.iter().zip(behind.values().iter()) {
-                    if gone {
-                        bucket.remove(row);
+            // The rows of every touched key are moved out, judged in one
+            // batch, and the survivors moved back: no row is copied.
+            let keys: Vec<Box<[u8]>> = keys.into_iter().collect();
+            let mut drained: Vec<(u32, Box<[u8]>, i64)> = Vec::new();
+            for (k, key) in keys.iter().enumerate() {
+                if let Some(bucket) = side.index.get_mut(key) {
+                    drained.extend(bucket.drain().map(|(r, w)| (k as u32, r, w)));
+                }
+            }
+            if drained.is_empty() {
+                continue;
+            }
+            let parser = side.rows.parser();
+            let columns = side
+                .rows
+                .convert_rows(drained.iter().map(|(_, r, _)| parser.parse(r)))?;
+            let behind = mark.behind(&columns[column], false)?;
+            self.stats.state_touched += drained.len() as u64;
+            for ((k, row, w), gone) in drained.into_iter().zip(behind.values().iter()) {
+                if !gone {
+                    if let Some(bucket) = side.index.get_mut(&keys[k as usize]) {
+                        bucket.insert(row, w);
                     }
                 }
-                self.stats.state_touched += rows.len() as u64;
-                if bucket.is_empty() {
-                    side.index.remove(&key);
+            }
+            for key in &keys {
+                if side.index.get(key).is_some_and(|b| b.is_empty()) {
+                    side.index.remove(key);
                 }
             }
         }
@@ -341,7 +370,7 @@ impl JoinOperator {
     /// other side (a semi join) instead of those without.
     fn pad_before(&self, left: bool, keys: &[&KeyRows], matched: bool) -> PadBefore {
         let (preserved, other) = (self.side(left), self.side(!left));
-        let mut seen: HashSet<&[u8]> = HashSet::new();
+        let mut seen: HashSet<&[u8], RandomState> = HashSet::default();
         let mut before = PadBefore {
             keys: Vec::new(),
             other_had: Vec::new(),
@@ -360,7 +389,7 @@ impl JoinOperator {
                     bucket.iter().map(|(r, w)| (r.clone(), *w)).collect()
                 })
             };
-            before.keys.push(key.clone());
+            before.keys.push(key.into());
             before.other_had.push(had);
             before.old_rows.push(old);
         }
@@ -408,7 +437,7 @@ impl JoinOperator {
     ) -> Result<Option<(Vec<ArrayRef>, Vec<i64>)>> {
         let (preserved, other) = (self.side(left), self.side(!left));
         // Delta rows by key, and those whose key never matches.
-        let mut delta_rows: HashMap<&[u8], Vec<u32>> = HashMap::new();
+        let mut delta_rows: HashMap<&[u8], Vec<u32>, RandomState> = HashMap::default();
         let mut from_delta: Vec<u32> = Vec::new();
         if let Some((_, keys)) = delta {
             for (i, key) in keys.iter().enumerate() {
@@ -513,16 +542,24 @@ impl JoinOperator {
     fn key_rows(&self, keys: &[Arc<dyn PhysicalExpr>], delta: &ChangeBatch) -> Result<KeyRows> {
         let n = delta.num_rows();
         let Some(conv) = &self.key_converter else {
-            return Ok(vec![Some(Box::from(&[][..])); n]);
+            return Ok(KeyRows {
+                rows: None,
+                matches: vec![true; n],
+            });
         };
         let arrays = evaluate_keys(keys, &self.key_types, delta.data())?;
         let rows = conv.convert_columns(&arrays)?;
-        Ok((0..n)
-            .map(|i| {
-                let has_null = arrays.iter().any(|a| a.is_null(i));
-                (self.nulls_equal || !has_null).then(|| Box::from(rows.row(i).data()))
-            })
-            .collect())
+        let matches = if self.nulls_equal || arrays.iter().all(|a| a.null_count() == 0) {
+            vec![true; n]
+        } else {
+            (0..n)
+                .map(|i| !arrays.iter().any(|a| a.is_null(i)))
+                .collect()
+        };
+        Ok(KeyRows {
+            rows: Some(rows),
+            matches,
+        })
     }
 
     /// Joins `delta` (on side `delta_is_left`) against the other side's state.
@@ -604,8 +641,9 @@ impl JoinOperator {
                     }
                 }
                 None => {
-                    side.index
-                        .insert(key.clone(), HashMap::from([(row.into(), *w)]));
+                    let mut bucket = Bucket::default();
+                    bucket.insert(row.into(), *w);
+                    side.index.insert(key.into(), bucket);
                 }
             }
         }
@@ -652,11 +690,11 @@ impl Operator for JoinOperator {
         let dr = inputs.get(1).cloned().flatten();
         let lkeys = match &dl {
             Some(d) => self.key_rows(&self.left.keys.clone(), d)?,
-            None => Vec::new(),
+            None => KeyRows::default(),
         };
         let rkeys = match &dr {
             Some(d) => self.key_rows(&self.right.keys.clone(), d)?,
-            None => Vec::new(),
+            None => KeyRows::default(),
         };
         if let Some((left, matched)) = self.kind.filtering() {
             return self.step_filtering(left, matched, dl, dr, lkeys, rkeys);
