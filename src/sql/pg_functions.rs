@@ -623,23 +623,7 @@ fn rewrite_expr(expr: Expr, schema: &DFSchema) -> DFResult<Transformed<Expr>> {
 
 impl AnalyzerRule for TextLiteralCoercion {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DFResult<LogicalPlan> {
-        plan.transform_up_with_subqueries(|plan| {
-            let mut schema = merge_schema(&plan.inputs());
-            if let LogicalPlan::TableScan(scan) = &plan {
-                schema.merge(&DFSchema::try_from_qualified_schema(
-                    scan.table_name.clone(),
-                    &scan.source.schema(),
-                )?);
-            }
-            let transformed =
-                plan.map_expressions(|e| e.transform_up(|e| rewrite_expr(e, &schema)))?;
-            if transformed.transformed {
-                transformed.map_data(|p| p.recompute_schema())
-            } else {
-                Ok(transformed)
-            }
-        })
-        .map(|t| t.data)
+        rewrite_every_expression(plan, rewrite_expr)
     }
 
     fn name(&self) -> &str {
@@ -716,6 +700,30 @@ fn text_differs(t: &DataType) -> bool {
     )
 }
 
+/// Rewrites every expression of `plan` (subqueries included) bottom-up by
+/// `rewrite`, which sees the schema the expression's columns resolve in.
+fn rewrite_every_expression(
+    plan: LogicalPlan,
+    rewrite: fn(Expr, &DFSchema) -> DFResult<Transformed<Expr>>,
+) -> DFResult<LogicalPlan> {
+    plan.transform_up_with_subqueries(|plan| {
+        let mut schema = merge_schema(&plan.inputs());
+        if let LogicalPlan::TableScan(scan) = &plan {
+            schema.merge(&DFSchema::try_from_qualified_schema(
+                scan.table_name.clone(),
+                &scan.source.schema(),
+            )?);
+        }
+        let transformed = plan.map_expressions(|e| e.transform_up(|e| rewrite(e, &schema)))?;
+        if transformed.transformed {
+            transformed.map_data(|p| p.recompute_schema())
+        } else {
+            Ok(transformed)
+        }
+    })
+    .map(|t| t.data)
+}
+
 /// Analyzer rule, after type coercion: casts to text of timestamps, times
 /// and floats, written or implicit (`'at ' || ts`, `concat`), produce
 /// PostgreSQL's text (`2026-01-01 10:00:00`, `1e+20`) through
@@ -755,23 +763,7 @@ fn text_cast(expr: Expr, schema: &DFSchema) -> DFResult<Transformed<Expr>> {
 
 impl AnalyzerRule for PgTextCasts {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DFResult<LogicalPlan> {
-        plan.transform_up_with_subqueries(|plan| {
-            let mut schema = merge_schema(&plan.inputs());
-            if let LogicalPlan::TableScan(scan) = &plan {
-                schema.merge(&DFSchema::try_from_qualified_schema(
-                    scan.table_name.clone(),
-                    &scan.source.schema(),
-                )?);
-            }
-            let transformed =
-                plan.map_expressions(|e| e.transform_up(|e| text_cast(e, &schema)))?;
-            if transformed.transformed {
-                transformed.map_data(|p| p.recompute_schema())
-            } else {
-                Ok(transformed)
-            }
-        })
-        .map(|t| t.data)
+        rewrite_every_expression(plan, text_cast)
     }
 
     fn name(&self) -> &str {
