@@ -174,6 +174,13 @@ fn interval_micros(kind: WindowKind, what: &str, e: &Expr) -> Result<i64> {
     Ok(micros)
 }
 
+/// A fixed length of time as SQL: a duration, which Arrow adds to a
+/// timestamp as one integer addition (an interval goes through calendar
+/// arithmetic per row, as it may hold months).
+fn duration(micros: i64) -> String {
+    format!("arrow_cast({micros}, 'Duration(Microsecond)')")
+}
+
 /// The derived table that replaces one window function call.
 fn derived_table(
     kind: WindowKind,
@@ -199,10 +206,11 @@ fn derived_table(
     let sql = match kind {
         WindowKind::Tumble => {
             let size = exprs[2];
-            interval_micros(kind, "size", size)?;
+            let size_us = interval_micros(kind, "size", size)?;
+            let size_shift = duration(size_us);
             format!(
                 "SELECT *, date_bin({size}, {time}) AS window_start, \
-                 date_bin({size}, {time}) + {size} AS window_end FROM {table}"
+                 date_bin({size}, {time}) + {size_shift} AS window_end FROM {table}"
             )
         }
         WindowKind::Hop => {
@@ -220,14 +228,15 @@ fn derived_table(
                     "HOP with more than {MAX_HOPS} windows per row (size {size}, slide {slide})"
                 )));
             }
+            let size_shift = duration(size_us);
             (0..hops)
                 .map(|i| {
-                    let start = format!(
-                        "date_bin({slide}, {time}) - INTERVAL '{} microseconds'",
-                        i * slide_us
-                    );
+                    let start = match i {
+                        0 => format!("date_bin({slide}, {time})"),
+                        _ => format!("date_bin({slide}, {time}) - {}", duration(i * slide_us)),
+                    };
                     format!(
-                        "SELECT *, {start} AS window_start, {start} + {size} AS window_end FROM {table}"
+                        "SELECT *, {start} AS window_start, {start} + {size_shift} AS window_end FROM {table}"
                     )
                 })
                 .collect::<Vec<_>>()
@@ -354,7 +363,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(sql.matches("UNION ALL").count(), 4, "{sql}");
-        assert!(sql.contains("INTERVAL '8000000 microseconds'"), "{sql}");
+        assert!(
+            sql.contains("date_time) - arrow_cast(8000000, 'Duration(Microsecond)') AS"),
+            "{sql}"
+        );
         assert!(sql.ends_with("AS h"), "{sql}");
     }
 
