@@ -1296,6 +1296,8 @@ impl Engine {
                 clause.expr
             )));
         }
+        let monotone = crate::stream::lower::monotone_in(&logical, &df_schema)
+            .is_some_and(|(c, _)| c == column);
         let expr = self
             .base_state
             .create_physical_expr(logical, &df_schema)
@@ -1312,6 +1314,7 @@ impl Engine {
             column_name: clause.column.clone(),
             expr,
             text: clause.expr.clone(),
+            monotone,
         }))
     }
 

@@ -112,7 +112,7 @@ pub fn lower_plan_marked(
 /// itself: a column, a cast of it to a time or integer type, plus or minus
 /// a constant, `date_bin(constant, it [, constant])` or
 /// `date_trunc(constant, it)`.
-fn monotone_in(e: &Expr, schema: &DFSchema) -> Option<(usize, bool)> {
+pub(crate) fn monotone_in(e: &Expr, schema: &DFSchema) -> Option<(usize, bool)> {
     use datafusion::logical_expr::Operator as BinaryOp;
     let constant = |e: &Expr| matches!(e, Expr::Literal(..));
     match e {

@@ -286,6 +286,11 @@ pub struct WatermarkSpec {
     pub expr: Arc<dyn PhysicalExpr>,
     /// The expression as written.
     pub text: String,
+    /// Whether the expression never decreases as the column grows (the
+    /// column plus or minus a constant...): its largest value over a batch
+    /// is then its value at the row with the latest time, and only that
+    /// row is evaluated.
+    pub monotone: bool,
 }
 
 /// What lowering needs to know about the watermarks of a relation a view
@@ -417,13 +422,31 @@ impl WatermarkTracker {
         if delta.is_empty() || matches!(self.mark, Some(Mark::End)) {
             return Ok(());
         }
+        // Only inserted rows move the watermark (most batches insert only).
+        let weights = delta.weights().values();
+        if self.spec.monotone {
+            let times = values_as_i64(delta.data().column(self.spec.column))?;
+            let latest = (0..times.len())
+                .filter(|&i| weights[i] > 0 && times.is_valid(i))
+                .max_by_key(|&i| times.value(i));
+            let Some(row) = latest else {
+                return Ok(());
+            };
+            let value = self
+                .spec
+                .expr
+                .evaluate(&delta.data().slice(row, 1))?
+                .into_array(1)?;
+            if let Some(largest) = largest(&value)? {
+                self.advance_to(Mark::Value(largest));
+            }
+            return Ok(());
+        }
         let values = self
             .spec
             .expr
             .evaluate(delta.data())?
             .into_array(delta.num_rows())?;
-        // Only inserted rows move the watermark (most batches insert only).
-        let weights = delta.weights().values();
         let values = if weights.iter().all(|w| *w > 0) {
             values
         } else {
@@ -433,14 +456,18 @@ impl WatermarkTracker {
         let Some(largest) = largest(&values)? else {
             return Ok(());
         };
-        let mark = Mark::Value(largest);
+        self.advance_to(Mark::Value(largest));
+        Ok(())
+    }
+
+    /// Moves the watermark to `mark` if that is later.
+    fn advance_to(&mut self, mark: Mark) {
         let next = match self.mark.take() {
             Some(m) => m.max(mark),
             None => mark,
         };
         self.progress.set(&next);
         self.mark = Some(next);
-        Ok(())
     }
 
     /// The stream has ended: nothing more will come.
@@ -481,6 +508,12 @@ mod tests {
     use datafusion::physical_expr::expressions::Column;
 
     fn tracker(delay: i64) -> WatermarkTracker {
+        tracker_with(delay, false)
+    }
+
+    /// A tracker of `c0 - delay`, evaluating only the latest row when
+    /// `monotone`.
+    fn tracker_with(delay: i64, monotone: bool) -> WatermarkTracker {
         let expr = datafusion::physical_expr::expressions::binary(
             Arc::new(Column::new("c0", 0)),
             datafusion::logical_expr::Operator::Minus,
@@ -493,6 +526,7 @@ mod tests {
             column_name: "c0".into(),
             expr,
             text: format!("c0 - {delay}"),
+            monotone,
         });
         WatermarkTracker::new(spec, Arc::default())
     }
@@ -518,6 +552,30 @@ mod tests {
         t.observe(&kept).unwrap();
         assert_eq!(t.mark(), Some(&Mark::Value(ScalarValue::Int64(Some(15)))));
         assert_eq!(t.progress.late_rows(), 2);
+    }
+
+    /// Evaluating only the latest row of a monotone expression gives the
+    /// same watermark as evaluating every row.
+    #[test]
+    fn a_monotone_watermark_reads_only_the_latest_row() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let (mut every, mut latest) = (tracker_with(5, false), tracker_with(5, true));
+        for _ in 0..200 {
+            let rows: Vec<String> = (0..rng.random_range(1..6))
+                .map(|_| {
+                    let w = if rng.random_bool(0.8) { "+1" } else { "-1" };
+                    match rng.random_range(0..10) {
+                        0 => format!(" . {w}"),
+                        _ => format!(" {} {w}", rng.random_range(0..1000)),
+                    }
+                })
+                .collect();
+            let delta = from_pretty(&format!("I\n{}", rows.join("\n"))).unwrap();
+            every.observe(&delta).unwrap();
+            latest.observe(&delta).unwrap();
+            assert_eq!(every.mark(), latest.mark(), "after {rows:?}");
+        }
     }
 
     #[test]
