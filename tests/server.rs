@@ -508,7 +508,7 @@ async fn watermarks_survive_a_restart_and_bounded_streams_close_their_windows() 
     // The late row stayed out; the closed window is the same after restart.
     assert_eq!(
         windows(client.query(closed, &[]).await?),
-        vec![("2026-01-01T00:00:00".to_string(), 1)]
+        vec![("2026-01-01 00:00:00".to_string(), 1)]
     );
     // The table's watermark came back with its rows: a late row is still
     // late, and deleting behind the watermark is still refused.
@@ -531,8 +531,8 @@ async fn watermarks_survive_a_restart_and_bounded_streams_close_their_windows() 
     assert_eq!(
         windows(client.query(closed, &[]).await?),
         vec![
-            ("2026-01-01T00:00:00".to_string(), 1),
-            ("2026-01-01T00:00:10".to_string(), 1)
+            ("2026-01-01 00:00:00".to_string(), 1),
+            ("2026-01-01 00:00:10".to_string(), 1)
         ]
     );
 
