@@ -32,6 +32,7 @@ use super::project::ProjectOperator;
 use super::scan::ScanOperator;
 use super::temporal::{
     clock_comparison, contains_view_clock, describe_expr, TemporalBound, TemporalFilterOperator,
+    INSTANT_FUNCTIONS,
 };
 use super::topn::{Ranking, TopNOperator, TopNSpec};
 use super::union::UnionOperator;
@@ -202,20 +203,11 @@ pub fn reject_volatile(plan: &LogicalPlan) -> Result<()> {
     }
 }
 
-/// Functions that read the clock. They are stable within one query, so the
-/// optimizer folds them into the time the view was created, which would
-/// freeze a filter like `ts > now() - INTERVAL '1' HOUR` at that moment.
-const CLOCK_FUNCTIONS: &[&str] = &[
-    "now",
-    "current_timestamp",
-    "current_date",
-    "current_time",
-    "localtimestamp",
-    "localtime",
-    "statement_timestamp",
-    "transaction_timestamp",
-    "clock_timestamp",
-];
+/// Functions that read the clock as a date or a time of day, which a
+/// temporal filter does not accept. They and the instant functions
+/// ([`super::temporal::INSTANT_FUNCTIONS`]) are stable within one query,
+/// so the optimizer folds them into the time the view was created.
+const CALENDAR_CLOCK_FUNCTIONS: &[&str] = &["current_date", "current_time", "localtime"];
 
 /// Pass (on the plan before optimization, after
 /// [`super::temporal::rewrite_clock`]): refuses the functions that read the
@@ -225,7 +217,9 @@ pub fn reject_clock(plan: &LogicalPlan) -> Result<()> {
     let clock = |x: &Expr| match x {
         Expr::ScalarFunction(f) if !contains_view_clock(x) => {
             let name = f.func.name().to_ascii_lowercase();
-            CLOCK_FUNCTIONS.contains(&name.as_str()).then_some(name)
+            (INSTANT_FUNCTIONS.contains(&name.as_str())
+                || CALENDAR_CLOCK_FUNCTIONS.contains(&name.as_str()))
+            .then_some(name)
         }
         _ => None,
     };
@@ -755,6 +749,7 @@ impl Lowering<'_> {
                 })?;
                 TemporalBound::try_new(
                     self.expr(cmp.row, schema)?,
+                    schema.as_arrow(),
                     describe_expr(cmp.row),
                     cmp.op,
                     cmp.step,

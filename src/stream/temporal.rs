@@ -15,11 +15,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
-use datafusion::arrow::datatypes::{
-    DataType, Date32Type, Date64Type, SchemaRef, TimeUnit, TimestampMicrosecondType,
-    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
-};
+use datafusion::arrow::array::UInt32Array;
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result as DFResult, ScalarValue};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
@@ -31,6 +28,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::change::ChangeBatch;
 use super::operator::{Operator, OperatorStats};
+use super::watermark::values_as_i64;
 use crate::error::{MillraceError, Result};
 
 const NANOS_PER_DAY: i64 = 86_400 * 1_000_000_000;
@@ -124,7 +122,7 @@ pub fn contains_view_clock(e: &Expr) -> bool {
 
 /// The clock functions a temporal filter accepts: those that read an
 /// instant. (`current_date` and `current_time` are refused.)
-const INSTANT_FUNCTIONS: &[&str] = &[
+pub const INSTANT_FUNCTIONS: &[&str] = &[
     "now",
     "current_timestamp",
     "localtimestamp",
@@ -288,8 +286,8 @@ fn clock_offsets(e: &Expr, offsets: &mut Vec<(bool, Expr)>) -> bool {
     }
 }
 
-/// How long one step of `t` is, in nanoseconds, for a clock cast to `t`
-/// (which truncates the time to that step).
+/// How long one step of `t` is, in nanoseconds: the unit of a time column,
+/// and the truncation of a clock cast to `t`.
 fn step_of(t: &DataType) -> Option<i64> {
     match t {
         DataType::Timestamp(TimeUnit::Nanosecond, _) => Some(1),
@@ -329,8 +327,8 @@ pub fn clock_comparison(e: &Expr) -> Option<ClockComparison<'_>> {
     let Expr::BinaryExpr(b) = e else {
         return None;
     };
-    let (clock, row, op) = match (clock_step(&b.left), clock_step(&b.right)) {
-        (Some(step), None) => ((step), b.right.as_ref(), b.op),
+    let (step, row, op) = match (clock_step(&b.left), clock_step(&b.right)) {
+        (Some(step), None) => (step, b.right.as_ref(), b.op),
         (None, Some(step)) => (step, b.left.as_ref(), b.op.swap()?),
         _ => return None,
     };
@@ -342,11 +340,7 @@ pub fn clock_comparison(e: &Expr) -> Option<ClockComparison<'_>> {
     {
         return None;
     }
-    Some(ClockComparison {
-        row,
-        op,
-        step: clock,
-    })
+    Some(ClockComparison { row, op, step })
 }
 
 /// `e` as a short text for `EXPLAIN`: casts left out, intervals as
@@ -393,20 +387,25 @@ pub struct TemporalBound {
     side: BoundSide,
     /// Steps added to the row's value (0 or 1) before scaling by `step`.
     shift: i64,
+    /// Nanoseconds per unit of the row's values.
+    unit: i64,
     step: i64,
 }
 
 impl TemporalBound {
     /// The bound `trunc_step(now) op row` sets, where `op` has the clock on
-    /// its left. `trunc(now) < r` holds while `now < r`; `trunc(now) <= r`
-    /// while `now < r + step`; `>=` from `r` on; `>` from `r + step` on
-    /// (with `r` in whole steps).
+    /// its left and `row` is evaluated over rows of `schema`.
+    /// `trunc(now) < r` holds while `now < r`; `trunc(now) <= r` while
+    /// `now < r + step`; `>=` from `r` on; `>` from `r + step` on (with `r`
+    /// in whole steps).
     pub fn try_new(
         row: Arc<dyn PhysicalExpr>,
+        schema: &Schema,
         text: String,
         op: BinaryOp,
         step: i64,
     ) -> Result<Self> {
+        let unit = nanos_per_unit(&row.data_type(schema)?)?;
         let (side, shift) = match op {
             BinaryOp::Lt => (BoundSide::Until, 0),
             BinaryOp::LtEq => (BoundSide::Until, 1),
@@ -423,6 +422,7 @@ impl TemporalBound {
             text,
             side,
             shift,
+            unit,
             step: step.max(1),
         })
     }
@@ -431,12 +431,12 @@ impl TemporalBound {
     /// row's value is NULL (the condition is never true).
     fn evaluate(&self, batch: &datafusion::arrow::array::RecordBatch) -> Result<Vec<Option<i64>>> {
         let values = self.row.evaluate(batch)?.into_array(batch.num_rows())?;
-        let nanos = nanos_of(&values)?;
-        Ok(nanos
-            .into_iter()
+        Ok(values_as_i64(&values)?
+            .iter()
             .map(|v| {
-                v.map(|ns| {
-                    ns.div_euclid(self.step)
+                v.map(|v| {
+                    v.saturating_mul(self.unit)
+                        .div_euclid(self.step)
                         .saturating_add(self.shift)
                         .saturating_mul(self.step)
                 })
@@ -445,39 +445,13 @@ impl TemporalBound {
     }
 }
 
-/// A time column's values as nanoseconds since the Unix epoch.
-fn nanos_of(values: &ArrayRef) -> Result<Vec<Option<i64>>> {
-    fn scaled<T>(values: &ArrayRef, factor: i64) -> Vec<Option<i64>>
-    where
-        T: datafusion::arrow::datatypes::ArrowPrimitiveType,
-        T::Native: Into<i64>,
-    {
-        values
-            .as_primitive::<T>()
-            .iter()
-            .map(|v| v.map(|v| v.into().saturating_mul(factor)))
-            .collect()
-    }
-    Ok(match values.data_type() {
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            scaled::<TimestampNanosecondType>(values, 1)
-        }
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            scaled::<TimestampMicrosecondType>(values, 1_000)
-        }
-        DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            scaled::<TimestampMillisecondType>(values, 1_000_000)
-        }
-        DataType::Timestamp(TimeUnit::Second, _) => {
-            scaled::<TimestampSecondType>(values, 1_000_000_000)
-        }
-        DataType::Date32 => scaled::<Date32Type>(values, NANOS_PER_DAY),
-        DataType::Date64 => scaled::<Date64Type>(values, 1_000_000),
-        other => {
-            return Err(MillraceError::plan(format!(
-            "now() is compared with a value of type {other}: compare it with a timestamp or a date"
-        )))
-        }
+/// The nanoseconds in one unit of a time column of type `t` (the value
+/// of `1` in it), for the types a temporal filter compares with the clock.
+fn nanos_per_unit(t: &DataType) -> Result<i64> {
+    step_of(t).ok_or_else(|| {
+        MillraceError::plan(format!(
+            "now() is compared with a value of type {t}: compare it with a timestamp or a date"
+        ))
     })
 }
 
@@ -700,7 +674,7 @@ pub fn plan_reads_clock(plan: &LogicalPlan) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::{Int64Array, RecordBatch, TimestampNanosecondArray};
+    use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch, TimestampNanosecondArray};
     use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::physical_expr::expressions::Column;
     use rand::{Rng, SeedableRng};
@@ -737,13 +711,20 @@ mod tests {
         let bounds = vec![
             TemporalBound::try_new(
                 Arc::new(Column::new("t0", 1)),
+                &schema(),
                 "t0".into(),
                 BinaryOp::GtEq,
                 1,
             )
             .unwrap(),
-            TemporalBound::try_new(Arc::new(Column::new("t1", 2)), "t1".into(), BinaryOp::Lt, 1)
-                .unwrap(),
+            TemporalBound::try_new(
+                Arc::new(Column::new("t1", 2)),
+                &schema(),
+                "t1".into(),
+                BinaryOp::Lt,
+                1,
+            )
+            .unwrap(),
         ];
         TemporalFilterOperator::try_new(bounds, schema(), clock.clone()).unwrap()
     }
@@ -796,6 +777,43 @@ mod tests {
         assert!(view.is_empty());
         assert_eq!(op.next_due(), None);
         assert_eq!(op.scheduled_rows(), 0);
+    }
+
+    /// Row values of every time type become nanoseconds; other types are
+    /// refused when the filter is planned, not when rows arrive.
+    #[test]
+    fn bounds_read_dates_and_timestamps_of_any_unit() {
+        use datafusion::arrow::array::{Date32Array, TimestampMicrosecondArray};
+        let schema = Schema::new(vec![
+            Field::new("d", DataType::Date32, true),
+            Field::new("us", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new("n", DataType::Int64, true),
+        ]);
+        let batch = RecordBatch::try_new(
+            Arc::new(schema.clone()),
+            vec![
+                Arc::new(Date32Array::from(vec![Some(2), None])),
+                Arc::new(TimestampMicrosecondArray::from(vec![Some(3), Some(-1)])),
+                Arc::new(Int64Array::from(vec![1, 2])),
+            ],
+        )
+        .unwrap();
+        let bound = |i: usize, op| {
+            TemporalBound::try_new(
+                Arc::new(Column::new(schema.field(i).name(), i)),
+                &schema,
+                String::new(),
+                op,
+                1,
+            )
+        };
+        let days = bound(0, BinaryOp::GtEq).unwrap().evaluate(&batch).unwrap();
+        assert_eq!(days, vec![Some(2 * NANOS_PER_DAY), None]);
+        // `now() <= us` holds until one nanosecond past it.
+        let micros = bound(1, BinaryOp::LtEq).unwrap().evaluate(&batch).unwrap();
+        assert_eq!(micros, vec![Some(3_001), Some(-999)]);
+        let refused = bound(2, BinaryOp::Lt).err().unwrap().to_string();
+        assert!(refused.contains("type Int64"), "{refused}");
     }
 
     /// Oracle: after every step the accumulated output equals the rows of
