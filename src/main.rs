@@ -318,7 +318,7 @@ fn bench_kafka(
             f.rate, freshness_seconds, f.samples, f.p50_ms, f.p99_ms, f.max_ms
         );
         println!(
-            "Bare consumer on the same records, produce to consumed: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            "Bare consumer alone, on records produced the same way, produce to consumed: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             f.bare_p50_ms, f.bare_p99_ms, f.bare_max_ms
         );
     }

@@ -181,8 +181,9 @@ pub struct Freshness {
     pub p99_ms: f64,
     /// Worst.
     pub max_ms: f64,
-    /// The same for a bare consumer reading the same records in the same
-    /// run (produce to consumed): what the broker allows.
+    /// The same for a bare consumer reading records produced the same way,
+    /// measured alone right after (produce to consumed): what the broker
+    /// allows.
     pub bare_p50_ms: f64,
     /// 99th percentile of the bare consumer.
     pub bare_p99_ms: f64,
@@ -198,16 +199,10 @@ fn quantile(samples: &[f64], q: f64) -> f64 {
     samples[((samples.len() - 1) as f64 * q).round() as usize]
 }
 
-/// Starts `millrace serve` (from `exe`) on a loopback port, declares a
-/// Kafka source and a view over a new topic, produces `rate` events per
-/// second for `seconds`, and meanwhile queries the view over the Postgres
-/// protocol in a loop. Each answer shows the newest event visible; its
-/// age at that moment is one freshness sample.
-pub async fn freshness(exe: &Path, brokers: &str, rate: u64, seconds: u64) -> Result<Freshness> {
-    use tokio::io::AsyncBufReadExt;
-    let topic = format!("millrace-fresh-{}", std::process::id());
+/// Creates `topic` with [`PARTITIONS`] partitions.
+async fn create_topic(brokers: &str, topic: &str) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client(brokers).create().map_err(kafka)?;
-    let new = NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1));
+    let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
     for r in admin
         .create_topics([&new], &AdminOptions::new())
         .await
@@ -215,6 +210,96 @@ pub async fn freshness(exe: &Path, brokers: &str, rate: u64, seconds: u64) -> Re
     {
         r.map_err(|(t, e)| kafka(format!("creating topic {t}: {e}")))?;
     }
+    Ok(())
+}
+
+/// A producer thread writing `{"seq": n}` for n in `0..rate * seconds` to
+/// `topic` at `rate` records per second, paced per millisecond, spread over
+/// the partitions. It records when each record was handed to librdkafka, in
+/// nanoseconds since `origin`, in the returned vector.
+struct PacedProducer {
+    thread: std::thread::JoinHandle<Result<()>>,
+    sent: Arc<Vec<AtomicU64>>,
+    total: u64,
+}
+
+impl PacedProducer {
+    fn start(brokers: &str, topic: &str, rate: u64, seconds: u64, origin: Instant) -> Self {
+        let total = rate * seconds;
+        let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+        let producer_sent = sent.clone();
+        let brokers = brokers.to_string();
+        let topic = topic.to_string();
+        let thread = std::thread::spawn(move || -> Result<()> {
+            let producer: BaseProducer = client(&brokers)
+                // A few milliseconds of batching: without it, this producer
+                // cannot keep 50,000 records/s flowing into the test broker.
+                .set("linger.ms", "5")
+                .create()
+                .map_err(kafka)?;
+            let per_ms = (rate / 1000).max(1);
+            let mut seq = 0u64;
+            while seq < total {
+                let due = Duration::from_micros(seq * 1_000_000 / rate);
+                let now = origin.elapsed();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                for _ in 0..per_ms.min(total - seq) {
+                    let value = format!("{{\"seq\": {seq}}}");
+                    producer_sent[seq as usize]
+                        .store(origin.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    let record: BaseRecord<'_, [u8], str> = BaseRecord::to(&topic)
+                        .partition((seq % PARTITIONS as u64) as i32)
+                        .payload(value.as_str());
+                    send_when_room(
+                        record,
+                        |r| producer.send(r),
+                        || {
+                            producer.poll(Duration::from_millis(1));
+                        },
+                    )
+                    .map_err(kafka)?;
+                    seq += 1;
+                }
+                producer.poll(Duration::ZERO);
+            }
+            producer.flush(Duration::from_secs(30)).map_err(kafka)?;
+            Ok(())
+        });
+        Self {
+            thread,
+            sent,
+            total,
+        }
+    }
+
+    /// Nanoseconds since the origin at which record `seq` was produced.
+    fn sent_at(&self, seq: u64) -> Option<u64> {
+        self.sent
+            .get(usize::try_from(seq).ok()?)
+            .map(|at| at.load(Ordering::Relaxed))
+    }
+
+    fn join(self) -> Result<()> {
+        self.thread
+            .join()
+            .map_err(|_| MillraceError::execution("producer thread panicked"))?
+    }
+}
+
+/// Starts `millrace serve` (from `exe`) on a loopback port, declares a
+/// Kafka source and a view over a new topic, produces `rate` events per
+/// second for `seconds`, and meanwhile queries the view over the Postgres
+/// protocol in a loop. Each answer shows the newest event visible; its
+/// age at that moment is one freshness sample. Then, alone, a bare consumer
+/// reads a second topic produced the same way: the broker's own latency.
+/// The two run one after the other so that neither takes CPU from the
+/// other on a small machine.
+pub async fn freshness(exe: &Path, brokers: &str, rate: u64, seconds: u64) -> Result<Freshness> {
+    use tokio::io::AsyncBufReadExt;
+    let topic = format!("millrace-fresh-{}", std::process::id());
+    create_topic(brokers, &topic).await?;
     let dir = std::env::temp_dir().join(format!("millrace-fresh-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut server = tokio::process::Command::new(exe)
@@ -269,90 +354,9 @@ pub async fn freshness(exe: &Path, brokers: &str, rate: u64, seconds: u64) -> Re
     // Give the reader time to find its partitions.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let total = rate * seconds;
-    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
     let origin = Instant::now();
-    let producer_sent = sent.clone();
-    let producer_brokers = brokers.to_string();
-    let producer_topic = topic.clone();
-    let producer = std::thread::spawn(move || -> Result<()> {
-        let producer: BaseProducer = client(&producer_brokers)
-            // A few milliseconds of batching: without it, this producer
-            // cannot keep 50,000 records/s flowing into the test broker.
-            .set("linger.ms", "5")
-            .create()
-            .map_err(kafka)?;
-        let per_ms = (rate / 1000).max(1);
-        let mut seq = 0u64;
-        while seq < total {
-            // Paced per millisecond.
-            let due = Duration::from_micros(seq * 1_000_000 / rate);
-            let now = origin.elapsed();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-            for _ in 0..per_ms.min(total - seq) {
-                let value = format!("{{\"seq\": {seq}}}");
-                producer_sent[seq as usize]
-                    .store(origin.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                let record: BaseRecord<'_, [u8], str> = BaseRecord::to(&producer_topic)
-                    .partition((seq % PARTITIONS as u64) as i32)
-                    .payload(value.as_str());
-                send_when_room(
-                    record,
-                    |r| producer.send(r),
-                    || {
-                        producer.poll(Duration::from_millis(1));
-                    },
-                )
-                .map_err(kafka)?;
-                seq += 1;
-            }
-            producer.poll(Duration::ZERO);
-        }
-        producer.flush(Duration::from_secs(30)).map_err(kafka)?;
-        Ok(())
-    });
-    // A bare consumer reads the same records: the broker's own latency.
-    let bare_sent = sent.clone();
-    let bare_brokers = brokers.to_string();
-    let bare_topic = topic.clone();
-    let bare = std::thread::spawn(move || -> Result<Vec<f64>> {
-        let consumer: BaseConsumer = client(&bare_brokers)
-            .set("group.id", "millrace-bench-fresh")
-            .set("fetch.wait.max.ms", "20")
-            .create()
-            .map_err(kafka)?;
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(&bare_topic, p, Offset::Beginning)
-                .map_err(kafka)?;
-        }
-        consumer.assign(&tpl).map_err(kafka)?;
-        let mut latencies = Vec::with_capacity(total as usize);
-        let deadline = Instant::now() + Duration::from_secs(seconds + 30);
-        while (latencies.len() as u64) < total && Instant::now() < deadline {
-            let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-                continue;
-            };
-            let m = m.map_err(kafka)?;
-            let now = origin.elapsed().as_nanos() as u64;
-            let seq = rdkafka::message::Message::payload(&m)
-                .and_then(|p| std::str::from_utf8(p).ok())
-                .and_then(|t| {
-                    t.trim_end_matches('}')
-                        .rsplit(' ')
-                        .next()?
-                        .parse::<usize>()
-                        .ok()
-                });
-            if let Some(seq) = seq.filter(|s| *s < bare_sent.len()) {
-                let at = bare_sent[seq].load(Ordering::Relaxed);
-                latencies.push(now.saturating_sub(at) as f64 / 1e6);
-            }
-        }
-        Ok(latencies)
-    });
+    let producer = PacedProducer::start(brokers, &topic, rate, seconds, origin);
+    let total = producer.total;
     let mut samples: Vec<f64> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(seconds + 30);
     loop {
@@ -363,11 +367,10 @@ pub async fn freshness(exe: &Path, brokers: &str, rate: u64, seconds: u64) -> Re
         let seq: Option<i64> = row.get(0);
         let n: i64 = row.get(1);
         let now = origin.elapsed().as_nanos() as u64;
-        if let Some(seq) = seq {
-            let at = sent[seq as usize].load(Ordering::Relaxed);
+        if let Some(at) = seq.and_then(|s| producer.sent_at(s as u64)) {
             // Only while production runs: afterwards the newest event
             // just ages.
-            if !producer.is_finished() {
+            if !producer.thread.is_finished() {
                 samples.push(now.saturating_sub(at) as f64 / 1e6);
             }
         }
@@ -375,13 +378,7 @@ pub async fn freshness(exe: &Path, brokers: &str, rate: u64, seconds: u64) -> Re
             break;
         }
     }
-    producer
-        .join()
-        .map_err(|_| MillraceError::execution("producer thread panicked"))??;
-    let mut bare = bare
-        .join()
-        .map_err(|_| MillraceError::execution("consumer thread panicked"))??;
-    bare.sort_by(|a, b| a.total_cmp(b));
+    producer.join()?;
     drop(pg);
     let _ = server.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -389,6 +386,16 @@ pub async fn freshness(exe: &Path, brokers: &str, rate: u64, seconds: u64) -> Re
         return Err(MillraceError::execution("no freshness samples"));
     }
     samples.sort_by(|a, b| a.total_cmp(b));
+
+    let bare_topic = format!("millrace-fresh-bare-{}", std::process::id());
+    create_topic(brokers, &bare_topic).await?;
+    let bare_brokers = brokers.to_string();
+    let mut bare = tokio::task::spawn_blocking(move || {
+        bare_consumer_latencies(&bare_brokers, &bare_topic, rate, seconds)
+    })
+    .await
+    .map_err(|_| MillraceError::execution("consumer thread panicked"))??;
+    bare.sort_by(|a, b| a.total_cmp(b));
     Ok(Freshness {
         rate,
         produced: total,
@@ -400,4 +407,55 @@ pub async fn freshness(exe: &Path, brokers: &str, rate: u64, seconds: u64) -> Re
         bare_p99_ms: quantile(&bare, 0.99),
         bare_max_ms: quantile(&bare, 1.0),
     })
+}
+
+/// A bare consumer reading `topic` while a [`PacedProducer`] writes it: the
+/// time from produce to consumed of every record, in milliseconds.
+fn bare_consumer_latencies(
+    brokers: &str,
+    topic: &str,
+    rate: u64,
+    seconds: u64,
+) -> Result<Vec<f64>> {
+    let consumer: BaseConsumer = client(brokers)
+        .set("group.id", "millrace-bench-fresh")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .map_err(kafka)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(kafka)?;
+    }
+    consumer.assign(&tpl).map_err(kafka)?;
+    // Let the consumer find its partitions before production starts.
+    let warm = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < warm {
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
+    let origin = Instant::now();
+    let producer = PacedProducer::start(brokers, topic, rate, seconds, origin);
+    let mut latencies = Vec::with_capacity(producer.total as usize);
+    let deadline = Instant::now() + Duration::from_secs(seconds + 30);
+    while (latencies.len() as u64) < producer.total && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m.map_err(kafka)?;
+        let now = origin.elapsed().as_nanos() as u64;
+        let seq = rdkafka::message::Message::payload(&m)
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .and_then(|t| {
+                t.trim_end_matches('}')
+                    .rsplit(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            });
+        if let Some(at) = seq.and_then(|s| producer.sent_at(s)) {
+            latencies.push(now.saturating_sub(at) as f64 / 1e6);
+        }
+    }
+    producer.join()?;
+    Ok(latencies)
 }
