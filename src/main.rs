@@ -29,6 +29,10 @@ enum CommandLine {
         /// Log filter: error, warn, info, debug, trace, or a tracing directive.
         #[arg(long, env = "MILLRACE_LOG", default_value = "info")]
         log_level: String,
+        /// The embedded store a new data directory gets: redb (default) or
+        /// sled. An existing data directory keeps the store it has.
+        #[arg(long, env = "MILLRACE_STATE_STORE", value_parser = ["redb", "sled"])]
+        state_store: Option<String>,
         /// SQL file to run once the server is up; existing objects are kept.
         #[arg(long)]
         init_sql: Option<PathBuf>,
@@ -44,6 +48,29 @@ enum CommandLine {
         /// other.
         #[arg(long, env = "MILLRACE_AUTH", value_parser = ["trust", "scram", "password"])]
         auth: Option<String>,
+    },
+    /// Measure the state stores: checkpoint-like durable commits, reopening
+    /// and reading the whole state, and disk use (docs/storage.md).
+    BenchStore {
+        /// Live keys loaded before the commits.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// Durable commits measured.
+        #[arg(long, default_value_t = 300)]
+        commits: u64,
+        /// Keys changed per commit.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// The stores to measure.
+        #[arg(long, value_delimiter = ',', default_value = "redb,sled")]
+        stores: Vec<String>,
+        /// Directory for the stores (default: under the system's temporary
+        /// directory); removed afterwards.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Run Nexmark queries from the built-in generator into views and
     /// report throughput, CPU efficiency and peak memory.
@@ -114,10 +141,39 @@ fn main() -> anyhow::Result<()> {
             };
             bench(events, queries, !no_verify, single, &feed)
         }
+        CommandLine::BenchStore {
+            keys,
+            value_bytes,
+            commits,
+            batch,
+            stores,
+            dir,
+        } => {
+            let dir = dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("millrace-bench-store-{}", std::process::id()))
+            });
+            let mut runs = Vec::new();
+            for store in stores {
+                let kind: millrace::storage::StoreKind = store.parse()?;
+                eprintln!("measuring {}...", kind.name());
+                runs.push(millrace::bench::store::run(
+                    kind,
+                    &dir.join(kind.name()),
+                    keys,
+                    value_bytes,
+                    commits,
+                    batch,
+                )?);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            println!("{}", millrace::bench::store::markdown(&runs));
+            Ok(())
+        }
         CommandLine::Serve {
             listen,
             data_dir,
             log_level,
+            state_store,
             init_sql,
             tls_cert,
             tls_key,
@@ -143,6 +199,9 @@ fn main() -> anyhow::Result<()> {
                     ServerConfig {
                         listen,
                         data_dir,
+                        state_store: state_store
+                            .map(|s| s.parse::<millrace::storage::StoreKind>())
+                            .transpose()?,
                         init_sql,
                         tls: tls_cert.zip(tls_key),
                         auth: auth.map(|a| match a.as_str() {

@@ -25,6 +25,9 @@ pub struct ServerConfig {
     pub listen: String,
     /// Directory holding the state store.
     pub data_dir: PathBuf,
+    /// The state store a new data directory gets (an existing one keeps
+    /// its own); `None`: the default.
+    pub state_store: Option<crate::storage::StoreKind>,
     /// SQL file run once the server is up.
     pub init_sql: Option<PathBuf>,
     /// TLS certificate chain and private key (PEM files); without them
@@ -89,7 +92,7 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
         None => None,
     };
     let _lock = lock_data_dir(&config.data_dir)?;
-    let engine = Engine::open_dir(&config.data_dir).await?;
+    let engine = Engine::open_dir_with(&config.data_dir, config.state_store).await?;
     let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
         MillraceError::Io(std::io::Error::new(
             e.kind(),

@@ -2,10 +2,9 @@
 //! touches O(1) aggregate state and emits O(1) rows, shown by counting the
 //! operators' work, not by timing.
 
-use std::sync::Arc;
 
 use millrace::sql::{Engine, EngineOptions};
-use millrace::storage::SledStore;
+use millrace::storage::open_in;
 use millrace::stream::operator::OperatorStats;
 
 async fn run(engine: &Engine, sql: &str) {
@@ -24,7 +23,7 @@ fn find<'a>(stats: &'a [(String, OperatorStats)], prefix: &str) -> &'a OperatorS
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_insert_into_a_million_rows_is_constant_work() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let engine = Engine::open(Arc::new(SledStore::open(dir.path()).expect("store")))
+    let engine = Engine::open(open_in(dir.path(), None).expect("store"))
         .await
         .expect("engine");
     run(&engine, "CREATE TABLE big (k bigint, v bigint)").await;

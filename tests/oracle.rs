@@ -4,13 +4,12 @@
 //! current tables, as multisets. A fixed list of seeds runs every time, plus
 //! one fresh seed that is printed on failure.
 
-use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use millrace::sql::{Engine, EngineOptions, QueryOutput};
-use millrace::storage::SledStore;
+use millrace::storage::open_in;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -292,8 +291,8 @@ async fn query(engine: &Engine, sql: &str) -> Vec<String> {
 
 async fn run_seed(seed: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SledStore::open(dir.path()).expect("store");
-    let engine = Engine::open(Arc::new(store)).await.expect("engine");
+    let store = open_in(dir.path(), None).expect("store");
+    let engine = Engine::open(store).await.expect("engine");
     let setup = "CREATE TABLE t1 (a int, b int, c text); \
                  CREATE TABLE t2 (a int, d int); \
                  CREATE TABLE t3 (d int PRIMARY KEY, w bigint); \

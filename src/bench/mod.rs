@@ -19,6 +19,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 use serde::{Deserialize, Serialize};
 
 pub mod kafka;
+pub mod store;
 
 use crate::error::{MillraceError, Result};
 use crate::source::build_source;

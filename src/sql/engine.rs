@@ -390,10 +390,19 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Opens the engine on a sled store in `dir`.
+    /// Opens the engine on the state store in data directory `dir` (see
+    /// [`crate::storage::open_in`]).
     pub async fn open_dir(dir: &Path) -> Result<Arc<Self>> {
-        let store = crate::storage::SledStore::open(&dir.join("state"))?;
-        Self::open(Arc::new(store)).await
+        Self::open_dir_with(dir, None).await
+    }
+
+    /// Opens the engine on data directory `dir`, creating a new one's store
+    /// as `store` (default: [`crate::storage::StoreKind::DEFAULT`]).
+    pub async fn open_dir_with(
+        dir: &Path,
+        store: Option<crate::storage::StoreKind>,
+    ) -> Result<Arc<Self>> {
+        Self::open(crate::storage::open_in(dir, store)?).await
     }
 
     async fn replay(&self) -> Result<()> {

@@ -1,24 +1,17 @@
 //! [`StateStore`] on sled: one sled tree holds every namespace, with keys
 //! prefixed by `namespace \0`, so that a batch touching several namespaces is
-//! one atomic sled batch.
+//! one atomic sled batch. sled buffers writes in memory; each `write` ends
+//! with a flush so that it is durable when it returns.
 
 use std::path::Path;
 
-use super::{StateStore, WriteBatch};
+use super::{namespaced_key as prefixed, StateStore, WriteBatch};
 use crate::error::{MillraceError, Result};
 
 /// The sled-backed state store.
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
-}
-
-fn prefixed(namespace: &str, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(namespace.len() + 1 + key.len());
-    k.extend_from_slice(namespace.as_bytes());
-    k.push(0);
-    k.extend_from_slice(key);
-    k
 }
 
 impl SledStore {
@@ -62,7 +55,8 @@ impl StateStore for SledStore {
         }
         self.tree
             .apply_batch(sled_batch)
-            .map_err(MillraceError::storage)
+            .map_err(MillraceError::storage)?;
+        self.flush()
     }
 
     fn drop_namespace(&self, namespace: &str) -> Result<()> {
@@ -72,7 +66,10 @@ impl StateStore for SledStore {
             let (k, _) = kv.map_err(MillraceError::storage)?;
             batch.remove(k);
         }
-        self.tree.apply_batch(batch).map_err(MillraceError::storage)
+        self.tree
+            .apply_batch(batch)
+            .map_err(MillraceError::storage)?;
+        self.flush()
     }
 
     fn flush(&self) -> Result<()> {
