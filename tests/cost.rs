@@ -2,7 +2,6 @@
 //! touches O(1) aggregate state and emits O(1) rows, shown by counting the
 //! operators' work, not by timing.
 
-
 use millrace::sql::{Engine, EngineOptions};
 use millrace::storage::open_in;
 use millrace::stream::operator::OperatorStats;

@@ -4,7 +4,6 @@
 //! current tables, as multisets. A fixed list of seeds runs every time, plus
 //! one fresh seed that is printed on failure.
 
-
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -139,6 +138,13 @@ const VIEWS: &[(&str, &str)] = &[
         "events_followed",
         "SELECT a.k, a.ts, a.v, b.v AS before_v FROM t4 a JOIN t4 b \
          ON a.k = b.k AND a.ts >= b.ts AND a.ts < b.ts + INTERVAL '20' SECOND",
+    ),
+    (
+        "events_window_outer",
+        "SELECT a.k, a.window_start, a.v, b.v AS next_v \
+         FROM TUMBLE(t4, ts, INTERVAL '30' SECOND) a \
+         FULL JOIN TUMBLE(t4, ts, INTERVAL '30' SECOND) b \
+         ON a.k = b.k AND a.window_start = b.window_start AND a.v + 1 = b.v",
     ),
     (
         "events_sessions",

@@ -31,6 +31,12 @@
 //! and `Y`'s on `y` can meet no future row of `Y` and will not change any
 //! more itself, so it leaves the state (see [`StateBound`]). Nothing is
 //! emitted for it: its joined rows stay as they are.
+//!
+//! An outer join (left, right, full) may too, by its equal keys only (it
+//! takes no other condition): when `x = y` is one of the keys, every row of
+//! a key whose `x` is below both watermarks leaves both sides at once. No
+//! row of that key can arrive on either side any more, so its padded rows
+//! are final and stay in the output; nothing is emitted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -213,16 +219,17 @@ impl JoinOperator {
         })
     }
 
-    /// The same join dropping state by `bounds` as watermarks advance;
-    /// only an inner join takes them (an outer join's padding depends on
-    /// every row of the other side).
+    /// The same join dropping state by `bounds` as watermarks advance.
+    /// Inner and outer joins take them; for an outer join they must come
+    /// from equal keys (see the module docs). Semi and anti joins take
+    /// none.
     pub fn with_state_bounds(mut self, bounds: Vec<StateBound>) -> Result<Self> {
         if bounds.is_empty() {
             return Ok(self);
         }
-        if self.kind != JoinKind::Inner {
+        if self.kind.filtering().is_some() {
             return Err(MillraceError::plan(
-                "state bounds apply to inner joins only",
+                "state bounds apply to inner and outer joins only",
             ));
         }
         for b in &bounds {
@@ -870,6 +877,65 @@ mod tests {
         assert_eq!(
             step(&mut op, None, Some("I I\n 1 12 +1")),
             vec!["1 15 1 12 | +1"]
+        );
+    }
+
+    #[test]
+    fn a_left_join_drops_keys_behind_both_watermarks_and_keeps_their_padding() {
+        use crate::stream::watermark::{Mark, Watermarks};
+        use datafusion::common::ScalarValue;
+        // Left (k, t) LEFT JOIN right (k, t) ON both columns.
+        let left = from_pretty("I I").unwrap().schema();
+        let right = from_pretty("I I").unwrap().schema();
+        let schema = joined_schema(&left, &right);
+        let keys = || -> Vec<Arc<dyn PhysicalExpr>> {
+            vec![
+                Arc::new(Column::new("c0", 0)),
+                Arc::new(Column::new("c1", 1)),
+            ]
+        };
+        let bound = |left: bool| StateBound {
+            left,
+            column: 1,
+            by: vec![(0, 1), (1, 1)],
+        };
+        let mut op = JoinOperator::try_new(&left, &right, keys(), keys(), false, None, schema)
+            .unwrap()
+            .with_kind(JoinKind::Left)
+            .unwrap()
+            .with_state_bounds(vec![bound(true), bound(false)])
+            .unwrap();
+        assert_eq!(
+            step(
+                &mut op,
+                Some("I I\n 1 5 +1\n 1 15 +1\n 2 5 +1"),
+                Some("I I\n 2 5 +1")
+            ),
+            vec!["1 15 . . | +1", "1 5 . . | +1", "2 5 2 5 | +1"]
+        );
+        assert_eq!(op.state_rows(), (3, 1));
+        let mark = |v: i64| {
+            let mut m = Watermarks::none();
+            m.advance(1, Mark::Value(ScalarValue::Int64(Some(v))));
+            m
+        };
+        // One side's watermark alone moves nothing.
+        op.advance(&[&mark(10), &Watermarks::none()], &Watermarks::none())
+            .unwrap();
+        assert_eq!(op.state_rows(), (3, 1));
+        // Keys at t = 5 are behind both: they leave both sides, padded or
+        // matched, and nothing is emitted.
+        op.advance(&[&mark(10), &mark(10)], &Watermarks::none())
+            .unwrap();
+        assert_eq!(op.state_rows(), (1, 0));
+        // The key still held is maintained as before.
+        assert_eq!(
+            step(&mut op, None, Some("I I\n 1 15 +1")),
+            vec!["1 15 . . | -1", "1 15 1 15 | +1"]
+        );
+        assert_eq!(
+            step(&mut op, Some("I I\n 1 15 -1"), None),
+            vec!["1 15 1 15 | -1"]
         );
     }
 

@@ -475,10 +475,14 @@ impl Lowering<'_> {
                     .map(|f| self.expr(f, &j.schema))
                     .transpose()?;
                 let left_schema = arrow_schema(j.left.schema());
-                let (rules, bounds) = if kind == JoinKind::Inner {
-                    self.join_watermarks(j, left, right)
-                } else {
-                    (vec![], vec![])
+                let (rules, bounds) = match kind {
+                    JoinKind::Inner => self.join_watermarks(j, left, right),
+                    // Outer joins take no condition beyond their equal keys
+                    // (refused by the operator), so only those bound them.
+                    JoinKind::Left | JoinKind::Right | JoinKind::Full if j.filter.is_none() => {
+                        self.join_watermarks(j, left, right)
+                    }
+                    _ => (vec![], vec![]),
                 };
                 let make = || -> Result<Box<dyn Operator>> {
                     Ok(Box::new(
@@ -610,8 +614,8 @@ impl Lowering<'_> {
         }
     }
 
-    /// The watermarks of an inner join's output and the bounds on its
-    /// state. An equal-key pair of columns that both carry watermarks gives
+    /// The watermarks of an inner or outer join's output and the bounds on
+    /// its state. An equal-key pair of columns that both carry watermarks gives
     /// both output columns the least of the two. Every comparison the
     /// condition implies, `x >= y` for `x` of one side and `y` of the other
     /// (each side of an equal key, `>=`, `>`, and the flipped `<=`, `<`),
