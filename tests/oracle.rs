@@ -147,6 +147,13 @@ const VIEWS: &[(&str, &str)] = &[
          ON a.k = b.k AND a.window_start = b.window_start AND a.v + 1 = b.v",
     ),
     (
+        "events_top_per_window",
+        "SELECT window_start, k, v, r FROM ( \
+           SELECT window_start, k, v, RANK() OVER (PARTITION BY window_start ORDER BY v DESC) AS r \
+           FROM TUMBLE(t4, ts, INTERVAL '30' SECOND)) ranked \
+         WHERE r <= 2",
+    ),
+    (
         "events_sessions",
         "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS sv \
          FROM SESSION(t4, ts, INTERVAL '15' SECOND, k) GROUP BY k, window_start, window_end",

@@ -912,8 +912,9 @@ impl Lowering<'_> {
         let (partition_by, order) = self.window_keys(&partition_exprs, &order_exprs, in_schema)?;
         let out_schema = arrow_schema(&w.schema);
         let append_only = is_append_only(&w.input, self.relation_grows);
+        let expiry_column = self.watermarked_partition(id, &partition_exprs, in_schema);
         let make = || -> Result<Box<dyn Operator>> {
-            Ok(Box::new(TopNOperator::try_new(
+            let op = TopNOperator::try_new(
                 &input_schema,
                 partition_by.clone(),
                 order.clone(),
@@ -924,9 +925,31 @@ impl Lowering<'_> {
                 },
                 append_only,
                 out_schema.clone(),
-            )?))
+            )?;
+            Ok(Box::new(match expiry_column {
+                Some(c) => op.with_watermark_partition(c)?,
+                None => op,
+            }))
         };
         self.add_partitioned(id, &partition_by, &input_schema, make)
+    }
+
+    /// A partition expression that is a plain column of input node `input`
+    /// carrying a watermark: partitions behind it can no longer change.
+    fn watermarked_partition(
+        &self,
+        input: usize,
+        partition_exprs: &[Expr],
+        schema: &DFSchema,
+    ) -> Option<usize> {
+        let marked = self.graph.marked_columns(input);
+        partition_exprs.iter().find_map(|e| match e {
+            Expr::Column(c) => schema
+                .index_of_column(c)
+                .ok()
+                .filter(|i| marked.contains(i)),
+            _ => None,
+        })
     }
 
     /// Window functions other than one filtered ranking: every function of

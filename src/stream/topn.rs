@@ -20,11 +20,16 @@
 //! dropped after each epoch, and a new row that would rank past a full
 //! range is dropped before it touches the state, so the state stays `last`
 //! rows per partition.
+//!
+//! When a partition column is a column of the input that carries a
+//! watermark (top-N per window: `PARTITION BY window_start`), a partition
+//! whose value is behind the watermark can receive no more changes: its
+//! ranked rows are final. Its state is dropped and nothing is emitted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, UInt64Array};
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, UInt64Array};
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::hash_utils::RandomState;
@@ -33,6 +38,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use super::change::{batch_from_columns, ChangeBatch};
 use super::operator::{Operator, OperatorStats};
 use super::ordered::{OrderedPartitions, Partition};
+use super::watermark::{values_as_i64, Watermarks};
 use crate::error::{MillraceError, Result};
 
 /// How rows are numbered within their partition.
@@ -75,6 +81,15 @@ pub struct TopNSpec {
 /// column), copies.
 type Ranked = (Vec<u8>, u64, i64);
 
+/// Partitions by their value in a watermarked input column, for dropping
+/// those the watermark passes. A partition emptied and made again may be
+/// listed twice; removing it twice is harmless.
+struct PartitionExpiry {
+    /// The input column (also a partition column).
+    column: usize,
+    by_value: BTreeMap<i64, Vec<Vec<u8>>>,
+}
+
 /// Maintains the rows ranked within a range, per partition.
 pub struct TopNOperator {
     state: OrderedPartitions,
@@ -82,6 +97,8 @@ pub struct TopNOperator {
     append_only: bool,
     schema: SchemaRef,
     stats: OperatorStats,
+    expiry: Option<PartitionExpiry>,
+    input_schema: SchemaRef,
 }
 
 impl TopNOperator {
@@ -116,7 +133,29 @@ impl TopNOperator {
             append_only,
             schema,
             stats: OperatorStats::default(),
+            expiry: None,
+            input_schema: input.clone(),
         })
+    }
+
+    /// The same operator dropping each partition whose value in input
+    /// `column` falls behind that column's watermark. The caller makes
+    /// sure `column` is one of the partition expressions, as a plain
+    /// column: then a partition behind the watermark can no longer change.
+    pub fn with_watermark_partition(mut self, column: usize) -> Result<Self> {
+        if column >= self.input_schema.fields().len() {
+            return Err(MillraceError::plan("top-N watermark column out of range"));
+        }
+        self.expiry = Some(PartitionExpiry {
+            column,
+            by_value: BTreeMap::new(),
+        });
+        Ok(self)
+    }
+
+    /// Partitions held.
+    pub fn partitions(&self) -> usize {
+        self.state.partitions.len()
     }
 
     /// The copies of `partition` whose rank lies in the range, in order.
@@ -268,12 +307,16 @@ impl Operator for TopNOperator {
             format!("..={}", self.spec.last)
         };
         format!(
-            "TopN ranks {}{last} by {} within {} partition keys{}",
+            "TopN ranks {}{last} by {} within {} partition keys{}{}",
             self.spec.first,
             self.state.order_key_count(),
             self.state.partition_key_count(),
             match self.spec.ranking {
                 Some(r) => format!(", numbered by {r:?}"),
+                None => String::new(),
+            },
+            match &self.expiry {
+                Some(e) => format!(" expires=[{}]", self.input_schema.field(e.column).name()),
                 None => String::new(),
             }
         )
@@ -300,6 +343,10 @@ impl Operator for TopNOperator {
         }
         self.stats.rows_in += delta.num_rows() as u64;
         let encoded = self.state.encode(delta)?;
+        let expiry_values = match &self.expiry {
+            Some(e) => Some(values_as_i64(delta.data().column(e.column))?),
+            None => None,
+        };
         let mut changes: Vec<Ranked> = Vec::new();
         for (key, mut indices) in encoded.by_partition() {
             // Over an append-only input, a row that ranks past a full range
@@ -316,6 +363,16 @@ impl Operator for TopNOperator {
                 }
                 if indices.is_empty() {
                     continue;
+                }
+            }
+            if let (Some(e), Some(values), Some(&first)) =
+                (&mut self.expiry, &expiry_values, indices.first())
+            {
+                if !self.state.partitions.contains_key(key) && values.is_valid(first) {
+                    e.by_value
+                        .entry(values.value(first))
+                        .or_default()
+                        .push(key.to_vec());
                 }
             }
             let partition = self.state.partitions.entry(key.to_vec()).or_default();
@@ -367,6 +424,34 @@ impl Operator for TopNOperator {
         let weights: Int64Array = changes.iter().map(|(_, _, n)| Some(*n)).collect();
         self.stats.rows_out += out_rows as u64;
         Ok(Some(ChangeBatch::try_new(data, weights)?))
+    }
+
+    fn advance(
+        &mut self,
+        inputs: &[&Watermarks],
+        _output: &Watermarks,
+    ) -> Result<Option<ChangeBatch>> {
+        let Some(e) = &mut self.expiry else {
+            return Ok(None);
+        };
+        let Some(mark) = inputs.first().and_then(|w| w.get(e.column)) else {
+            return Ok(None);
+        };
+        let data_type = self.input_schema.field(e.column).data_type();
+        let expired = match mark.as_i64(data_type)? {
+            // The stream ended: every partition is final.
+            None => std::mem::take(&mut e.by_value),
+            Some(bound) => {
+                let kept = e.by_value.split_off(&bound);
+                std::mem::replace(&mut e.by_value, kept)
+            }
+        };
+        for key in expired.into_values().flatten() {
+            if self.state.partitions.remove(&key).is_some() {
+                self.stats.state_touched += 1;
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -420,6 +505,43 @@ mod tests {
             Some(out) => to_pretty_lines(&out).unwrap(),
             None => vec![],
         }
+    }
+
+    #[test]
+    fn partitions_behind_the_watermark_are_dropped_and_their_rows_stay() {
+        use crate::stream::watermark::Mark;
+        use datafusion::common::ScalarValue;
+        let mut op = operator(Some(Ranking::RowNumber), 1, 1, false)
+            .with_watermark_partition(0)
+            .unwrap();
+        assert_eq!(
+            step(&mut op, "I I\n 10 5 +1\n 10 7 +1\n 20 1 +1"),
+            vec!["10 7 1 | +1", "20 1 1 | +1"]
+        );
+        assert_eq!(op.partitions(), 2);
+        let mark = |v: i64| {
+            let mut m = Watermarks::none();
+            m.advance(0, Mark::Value(ScalarValue::Int64(Some(v))));
+            m
+        };
+        // At 10, partition 10 is not behind yet; at 15 it is, and goes
+        // without a change to the output.
+        assert!(op
+            .advance(&[&mark(10)], &Watermarks::none())
+            .unwrap()
+            .is_none());
+        assert_eq!(op.partitions(), 2);
+        assert!(op
+            .advance(&[&mark(15)], &Watermarks::none())
+            .unwrap()
+            .is_none());
+        assert_eq!(op.partitions(), 1);
+        // Partition 20 is still maintained.
+        assert_eq!(
+            step(&mut op, "I I\n 20 9 +1"),
+            vec!["20 1 1 | -1", "20 9 1 | +1"]
+        );
+        assert!(op.describe().contains("expires=[c0]"), "{}", op.describe());
     }
 
     #[test]
