@@ -154,6 +154,12 @@ const VIEWS: &[(&str, &str)] = &[
          WHERE r <= 2",
     ),
     (
+        "events_running_per_window",
+        "SELECT window_start, k, ts, v, \
+           sum(v) OVER (PARTITION BY window_start ORDER BY ts) AS running \
+         FROM TUMBLE(t4, ts, INTERVAL '30' SECOND)",
+    ),
+    (
         "events_sessions",
         "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS sv \
          FROM SESSION(t4, ts, INTERVAL '15' SECOND, k) GROUP BY k, window_start, window_end",

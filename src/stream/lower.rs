@@ -997,14 +997,19 @@ impl Lowering<'_> {
             })
             .collect::<Result<Vec<_>>>()?;
         let out_schema = arrow_schema(&w.schema);
+        let expiry_column = self.watermarked_partition(id, partition_exprs, in_schema);
         let make = || -> Result<Box<dyn Operator>> {
-            Ok(Box::new(OverOperator::try_new(
+            let op = OverOperator::try_new(
                 &input_schema,
                 partition_by.clone(),
                 order.clone(),
                 window.clone(),
                 out_schema.clone(),
-            )?))
+            )?;
+            Ok(Box::new(match expiry_column {
+                Some(c) => op.with_watermark_partition(c)?,
+                None => op,
+            }))
         };
         self.add_partitioned(id, &partition_by, &input_schema, make)
     }

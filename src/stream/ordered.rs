@@ -6,10 +6,17 @@
 //! row's summed weight. The order key's byte order is the `ORDER BY` order
 //! (directions and NULL placement included), and ties are broken by the
 //! row's own bytes, so iteration order is deterministic.
+//!
+//! When a partition column is an input column that carries a watermark (a
+//! ranking or window function `PARTITION BY window_start`), a partition
+//! whose value in it is behind the watermark can receive no more changes:
+//! the operator's rows for it are final, and [`OrderedPartitions::expire`]
+//! drops its state.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use datafusion::arrow::array::{Array, Int64Array};
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
@@ -17,7 +24,8 @@ use datafusion::common::hash_utils::RandomState;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::change::{evaluate_keys, row_converter, ChangeBatch};
-use crate::error::Result;
+use super::watermark::{values_as_i64, Watermarks};
+use crate::error::{MillraceError, Result};
 
 /// The ordered rows of one partition: (order key, row) to summed weight.
 pub type Partition = BTreeMap<(Vec<u8>, Vec<u8>), i64>;
@@ -34,6 +42,16 @@ pub struct OrderedPartitions {
     pub input_rows: RowConverter,
     /// The partitions, by partition key.
     pub partitions: HashMap<Vec<u8>, Partition, RandomState>,
+    input: SchemaRef,
+    expiry: Option<PartitionExpiry>,
+}
+
+/// Partitions by their value in a watermarked input column. A partition
+/// emptied and made again may be listed twice; dropping it twice is
+/// harmless.
+struct PartitionExpiry {
+    column: usize,
+    by_value: BTreeMap<i64, Vec<Vec<u8>>>,
 }
 
 /// A delta encoded for [`OrderedPartitions`]: each row's partition key,
@@ -83,7 +101,86 @@ impl OrderedPartitions {
             order_rows,
             input_rows: row_converter(input)?,
             partitions: HashMap::with_hasher(RandomState::default()),
+            input: input.clone(),
+            expiry: None,
         })
+    }
+
+    /// Drops each partition whose value in input `column` falls behind that
+    /// column's watermark (see [`OrderedPartitions::expire`]). The caller
+    /// makes sure `column` is one of the partition expressions, as a plain
+    /// column, so that such a partition can no longer change.
+    pub fn expire_by(&mut self, column: usize) -> Result<()> {
+        if column >= self.input.fields().len() {
+            return Err(MillraceError::plan(
+                "watermark column of ordered partitions out of range",
+            ));
+        }
+        self.expiry = Some(PartitionExpiry {
+            column,
+            by_value: BTreeMap::new(),
+        });
+        Ok(())
+    }
+
+    /// The name of the input column partitions expire by, if any.
+    pub fn expiring_column(&self) -> Option<&str> {
+        self.expiry
+            .as_ref()
+            .map(|e| self.input.field(e.column).name().as_str())
+    }
+
+    /// The values of the expiring column in `delta`, for
+    /// [`OrderedPartitions::partition_mut`].
+    pub fn expiry_values(&self, delta: &ChangeBatch) -> Result<Option<Int64Array>> {
+        match &self.expiry {
+            Some(e) => Ok(Some(values_as_i64(delta.data().column(e.column))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The partition of `key`, made empty if it is new; a new one is
+    /// tracked for expiry by its value at row `first` of `values`.
+    pub fn partition_mut(
+        &mut self,
+        key: &[u8],
+        values: Option<&Int64Array>,
+        first: usize,
+    ) -> &mut Partition {
+        if let (Some(e), Some(values)) = (&mut self.expiry, values) {
+            if !self.partitions.contains_key(key) && values.is_valid(first) {
+                e.by_value
+                    .entry(values.value(first))
+                    .or_default()
+                    .push(key.to_vec());
+            }
+        }
+        self.partitions.entry(key.to_vec()).or_default()
+    }
+
+    /// Drops the partitions behind input 0's watermark on the expiring
+    /// column (all of them once the stream ended); how many went.
+    pub fn expire(&mut self, inputs: &[&Watermarks]) -> Result<usize> {
+        let Some(e) = &mut self.expiry else {
+            return Ok(0);
+        };
+        let Some(mark) = inputs.first().and_then(|w| w.get(e.column)) else {
+            return Ok(0);
+        };
+        let expired = match mark.as_i64(self.input.field(e.column).data_type())? {
+            None => std::mem::take(&mut e.by_value),
+            Some(bound) => {
+                let kept = e.by_value.split_off(&bound);
+                std::mem::replace(&mut e.by_value, kept)
+            }
+        };
+        let mut dropped = 0;
+        for key in expired.into_values().flatten() {
+            if self.partitions.remove(&key).is_some() {
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
     }
 
     /// How many expressions partition the rows.

@@ -15,8 +15,10 @@
 //!
 //! Cost: one evaluation of a touched partition per epoch, before and after,
 //! so proportional to the partition's size. State: every row of every
-//! partition, ordered. Ranking functions filtered to a range go to the
-//! top-N operator instead, which keeps less.
+//! partition, ordered, except partitions behind the watermark of a
+//! watermarked partition column (`PARTITION BY window_start`), whose rows
+//! can no longer change (see `ordered.rs`). Ranking functions filtered to a
+//! range go to the top-N operator instead, which keeps less.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +34,7 @@ use datafusion::physical_plan::WindowExpr;
 use super::change::{batch_from_columns, row_converter, ChangeBatch};
 use super::operator::{Operator, OperatorStats};
 use super::ordered::{OrderedPartitions, Partition};
+use super::watermark::Watermarks;
 use crate::error::{MillraceError, Result};
 
 /// Maintains window function values over partitions.
@@ -71,6 +74,19 @@ impl OverOperator {
             schema,
             stats: OperatorStats::default(),
         })
+    }
+
+    /// The same operator dropping each partition whose value in input
+    /// `column`, one of the partition columns, falls behind that column's
+    /// watermark.
+    pub fn with_watermark_partition(mut self, column: usize) -> Result<Self> {
+        self.state.expire_by(column)?;
+        Ok(self)
+    }
+
+    /// Partitions held.
+    pub fn partitions(&self) -> usize {
+        self.state.partitions.len()
     }
 
     /// The output rows of one partition, encoded, with their copies.
@@ -122,9 +138,13 @@ impl Operator for OverOperator {
     fn describe(&self) -> String {
         let names: Vec<&str> = self.window.iter().map(|w| w.name()).collect();
         format!(
-            "Over [{}] within {} partition keys",
+            "Over [{}] within {} partition keys{}",
             names.join(", "),
-            self.state.partition_key_count()
+            self.state.partition_key_count(),
+            match self.state.expiring_column() {
+                Some(c) => format!(" expires=[{c}]"),
+                None => String::new(),
+            }
         )
     }
 
@@ -140,6 +160,15 @@ impl Operator for OverOperator {
         self.stats
     }
 
+    fn advance(
+        &mut self,
+        inputs: &[&Watermarks],
+        _output: &Watermarks,
+    ) -> Result<Option<ChangeBatch>> {
+        self.stats.state_touched += self.state.expire(inputs)? as u64;
+        Ok(None)
+    }
+
     fn step(&mut self, inputs: &[Option<ChangeBatch>]) -> Result<Option<ChangeBatch>> {
         let Some(Some(delta)) = inputs.first() else {
             return Ok(None);
@@ -149,6 +178,7 @@ impl Operator for OverOperator {
         }
         self.stats.rows_in += delta.num_rows() as u64;
         let encoded = self.state.encode(delta)?;
+        let expiry_values = self.state.expiry_values(delta)?;
         let mut diff: HashMap<Vec<u8>, i64, RandomState> =
             HashMap::with_hasher(RandomState::default());
         for (key, indices) in encoded.by_partition() {
@@ -156,7 +186,8 @@ impl Operator for OverOperator {
                 Some(p) => self.evaluate(p)?,
                 None => vec![],
             };
-            let partition = self.state.partitions.entry(key.to_vec()).or_default();
+            let first = indices.first().copied().unwrap_or(0);
+            let partition = self.state.partition_mut(key, expiry_values.as_ref(), first);
             encoded.apply(partition, &indices);
             self.stats.state_touched += indices.len() as u64;
             let after = match self.state.partitions.get(key) {

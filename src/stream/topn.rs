@@ -26,10 +26,10 @@
 //! whose value is behind the watermark can receive no more changes: its
 //! ranked rows are final. Its state is dropped and nothing is emitted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Int64Array, UInt64Array};
+use datafusion::arrow::array::{ArrayRef, Int64Array, UInt64Array};
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::hash_utils::RandomState;
@@ -38,7 +38,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use super::change::{batch_from_columns, ChangeBatch};
 use super::operator::{Operator, OperatorStats};
 use super::ordered::{OrderedPartitions, Partition};
-use super::watermark::{values_as_i64, Watermarks};
+use super::watermark::Watermarks;
 use crate::error::{MillraceError, Result};
 
 /// How rows are numbered within their partition.
@@ -81,15 +81,6 @@ pub struct TopNSpec {
 /// column), copies.
 type Ranked = (Vec<u8>, u64, i64);
 
-/// Partitions by their value in a watermarked input column, for dropping
-/// those the watermark passes. A partition emptied and made again may be
-/// listed twice; removing it twice is harmless.
-struct PartitionExpiry {
-    /// The input column (also a partition column).
-    column: usize,
-    by_value: BTreeMap<i64, Vec<Vec<u8>>>,
-}
-
 /// Maintains the rows ranked within a range, per partition.
 pub struct TopNOperator {
     state: OrderedPartitions,
@@ -97,8 +88,6 @@ pub struct TopNOperator {
     append_only: bool,
     schema: SchemaRef,
     stats: OperatorStats,
-    expiry: Option<PartitionExpiry>,
-    input_schema: SchemaRef,
 }
 
 impl TopNOperator {
@@ -133,8 +122,6 @@ impl TopNOperator {
             append_only,
             schema,
             stats: OperatorStats::default(),
-            expiry: None,
-            input_schema: input.clone(),
         })
     }
 
@@ -143,13 +130,7 @@ impl TopNOperator {
     /// sure `column` is one of the partition expressions, as a plain
     /// column: then a partition behind the watermark can no longer change.
     pub fn with_watermark_partition(mut self, column: usize) -> Result<Self> {
-        if column >= self.input_schema.fields().len() {
-            return Err(MillraceError::plan("top-N watermark column out of range"));
-        }
-        self.expiry = Some(PartitionExpiry {
-            column,
-            by_value: BTreeMap::new(),
-        });
+        self.state.expire_by(column)?;
         Ok(self)
     }
 
@@ -315,8 +296,8 @@ impl Operator for TopNOperator {
                 Some(r) => format!(", numbered by {r:?}"),
                 None => String::new(),
             },
-            match &self.expiry {
-                Some(e) => format!(" expires=[{}]", self.input_schema.field(e.column).name()),
+            match self.state.expiring_column() {
+                Some(c) => format!(" expires=[{c}]"),
                 None => String::new(),
             }
         )
@@ -343,10 +324,7 @@ impl Operator for TopNOperator {
         }
         self.stats.rows_in += delta.num_rows() as u64;
         let encoded = self.state.encode(delta)?;
-        let expiry_values = match &self.expiry {
-            Some(e) => Some(values_as_i64(delta.data().column(e.column))?),
-            None => None,
-        };
+        let expiry_values = self.state.expiry_values(delta)?;
         let mut changes: Vec<Ranked> = Vec::new();
         for (key, mut indices) in encoded.by_partition() {
             // Over an append-only input, a row that ranks past a full range
@@ -365,17 +343,8 @@ impl Operator for TopNOperator {
                     continue;
                 }
             }
-            if let (Some(e), Some(values), Some(&first)) =
-                (&mut self.expiry, &expiry_values, indices.first())
-            {
-                if !self.state.partitions.contains_key(key) && values.is_valid(first) {
-                    e.by_value
-                        .entry(values.value(first))
-                        .or_default()
-                        .push(key.to_vec());
-                }
-            }
-            let partition = self.state.partitions.entry(key.to_vec()).or_default();
+            let first = indices.first().copied().unwrap_or(0);
+            let partition = self.state.partition_mut(key, expiry_values.as_ref(), first);
             let before = Self::ranked(&self.spec, partition);
             encoded.apply(partition, &indices);
             self.stats.state_touched += indices.len() as u64;
@@ -431,26 +400,7 @@ impl Operator for TopNOperator {
         inputs: &[&Watermarks],
         _output: &Watermarks,
     ) -> Result<Option<ChangeBatch>> {
-        let Some(e) = &mut self.expiry else {
-            return Ok(None);
-        };
-        let Some(mark) = inputs.first().and_then(|w| w.get(e.column)) else {
-            return Ok(None);
-        };
-        let data_type = self.input_schema.field(e.column).data_type();
-        let expired = match mark.as_i64(data_type)? {
-            // The stream ended: every partition is final.
-            None => std::mem::take(&mut e.by_value),
-            Some(bound) => {
-                let kept = e.by_value.split_off(&bound);
-                std::mem::replace(&mut e.by_value, kept)
-            }
-        };
-        for key in expired.into_values().flatten() {
-            if self.state.partitions.remove(&key).is_some() {
-                self.stats.state_touched += 1;
-            }
-        }
+        self.stats.state_touched += self.state.expire(inputs)? as u64;
         Ok(None)
     }
 }
