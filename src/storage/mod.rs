@@ -214,7 +214,8 @@ mod tests {
                 .write(batch(&[("t1", b"b", None), ("t1", b"c", Some(b"3"))]))
                 .expect("write");
             drop(store);
-            let store = open_in(&dir.path().join(kind.name()), None).expect("reopen");
+            let store = open_in(&dir.path().join(kind.name()), None)
+                .unwrap_or_else(|e| panic!("reopen {kind:?}: {e}"));
             let t1 = store.scan("t1").expect("scan");
             assert_eq!(
                 t1,

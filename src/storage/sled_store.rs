@@ -17,16 +17,35 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (or creates) the store in directory `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(path)
-            .flush_every_ms(Some(200))
-            .open()
-            .map_err(|e| {
-                MillraceError::storage(format!(
-                    "cannot open state store at {}: {e}",
-                    path.display()
-                ))
-            })?;
+        // sled releases its file lock only when its background flusher
+        // ends, shortly after the last handle is dropped: a store reopened
+        // by the same process right away (a test, the store benchmark)
+        // waits for that, briefly. Another process holding the store is
+        // still refused, after the wait.
+        let mut waited = std::time::Duration::ZERO;
+        let step = std::time::Duration::from_millis(50);
+        let db = loop {
+            match sled::Config::new()
+                .path(path)
+                .flush_every_ms(Some(200))
+                .open()
+            {
+                Ok(db) => break db,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && waited < std::time::Duration::from_secs(2) =>
+                {
+                    std::thread::sleep(step);
+                    waited += step;
+                }
+                Err(e) => {
+                    return Err(MillraceError::storage(format!(
+                        "cannot open state store at {}: {e}",
+                        path.display()
+                    )))
+                }
+            }
+        };
         let tree = db.open_tree("millrace").map_err(MillraceError::storage)?;
         Ok(Self { db, tree })
     }

@@ -931,7 +931,7 @@ impl Lowering<'_> {
                 None => op,
             }))
         };
-        self.add_partitioned(id, &partition_by, &input_schema, make)
+        self.add_partitioned_marked(id, &partition_by, &input_schema, expiry_column, make)
     }
 
     /// A partition expression that is a plain column of input node `input`
@@ -1011,7 +1011,7 @@ impl Lowering<'_> {
                 None => op,
             }))
         };
-        self.add_partitioned(id, &partition_by, &input_schema, make)
+        self.add_partitioned_marked(id, &partition_by, &input_schema, expiry_column, make)
     }
 
     /// `GROUP BY g` with only `first_value(x ORDER BY o)` aggregates (how
@@ -1080,8 +1080,28 @@ impl Lowering<'_> {
         schema: &SchemaRef,
         make: impl Fn() -> Result<Box<dyn Operator>>,
     ) -> Result<usize> {
+        self.add_partitioned_marked(input, partition_by, schema, None, make)
+    }
+
+    /// [`Lowering::add_partitioned`] for an operator whose output keeps its
+    /// input's columns first and whose partitions expire by input column
+    /// `expiry_column`: that column's watermark passes through. A row of
+    /// the output changes only with its partition, whose value in that
+    /// column is not behind the input's watermark.
+    fn add_partitioned_marked(
+        &mut self,
+        input: usize,
+        partition_by: &[Arc<dyn PhysicalExpr>],
+        schema: &SchemaRef,
+        expiry_column: Option<usize>,
+        make: impl Fn() -> Result<Box<dyn Operator>>,
+    ) -> Result<usize> {
         let op = self.maybe_partitioned(make, vec![partition_by.to_vec()], partition_by, schema)?;
-        self.graph.add(op, vec![NodeInput::Node(input)])
+        let rules = expiry_column
+            .map(|c| vec![WatermarkRule::identity(c, 0, c)])
+            .unwrap_or_default();
+        self.graph
+            .add_marked(op, vec![NodeInput::Node(input)], rules, vec![])
     }
 
     /// A window's `PARTITION BY` and `ORDER BY`, as physical expressions.
