@@ -341,11 +341,15 @@ pub fn text_batch(columns: &[&str], rows: Vec<Vec<String>>) -> Result<QueryOutpu
 impl Engine {
     /// Opens the engine on `store`, replaying its catalog and table contents.
     pub async fn open(store: Arc<dyn StateStore>) -> Result<Arc<Self>> {
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME)
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(true)
             .with_target_partitions(2);
+        // `TIMESTAMPTZ '...'` and `::timestamptz` give UTC instants, typed
+        // with their zone (without it DataFusion types them as timestamps
+        // without time zone, and clients get the wrong type).
+        config.options_mut().execution.time_zone = Some(super::types::UTC.to_string());
         let schema = Arc::new(MemorySchemaProvider::new());
         let catalog = Arc::new(MemoryCatalogProvider::new());
         catalog.register_schema(SCHEMA_NAME, schema.clone())?;
