@@ -40,6 +40,40 @@ fn client(brokers: &str) -> ClientConfig {
     c
 }
 
+/// Creates `topic` with [`PARTITIONS`] partitions.
+async fn create_topic(brokers: &str, topic: &str) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client(brokers).create().map_err(kafka)?;
+    let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in admin.create_topics([&new], &options).await.map_err(kafka)? {
+        r.map_err(|(t, e)| kafka(format!("creating topic {t}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// A consumer in `group` assigned every partition of `topic` from its
+/// start, waiting at most 20 ms per fetch, with `extra` settings.
+fn assigned_consumer(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    extra: &[(&str, &str)],
+) -> Result<BaseConsumer> {
+    let mut config = client(brokers);
+    config.set("group.id", group).set("fetch.wait.max.ms", "20");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer = config.create().map_err(kafka)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(kafka)?;
+    }
+    consumer.assign(&tpl).map_err(kafka)?;
+    Ok(consumer)
+}
+
 /// `CREATE SOURCE name (columns of the Nexmark table) WITH (connector =
 /// 'kafka', ...)`, reading `topic` from its start.
 pub fn source_sql(
@@ -67,16 +101,7 @@ pub fn source_sql(
 /// Nexmark source `options` as JSON, alternating partitions by batch.
 /// Returns the number of records.
 pub fn preload(brokers: &str, topic: &str, options: &BTreeMap<String, String>) -> Result<u64> {
-    let admin: AdminClient<DefaultClientContext> = client(brokers).create().map_err(kafka)?;
-    let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
-    let results = futures::executor::block_on(admin.create_topics(
-        [&new],
-        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-    ))
-    .map_err(kafka)?;
-    for r in results {
-        r.map_err(|(t, e)| kafka(format!("creating topic {t}: {e}")))?;
-    }
+    futures::executor::block_on(create_topic(brokers, topic))?;
     let producer: BaseProducer = client(brokers)
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
@@ -129,19 +154,15 @@ pub struct ConsumerRun {
 /// Reads `records` records of `topic` from its start with a plain
 /// librdkafka consumer that only counts them: the ceiling the broker sets.
 pub fn bare_consumer(brokers: &str, topic: &str, records: u64) -> Result<ConsumerRun> {
-    let consumer: BaseConsumer = client(brokers)
-        .set("group.id", "millrace-bench-bare")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "20")
-        .set("queued.min.messages", "200000")
-        .create()
-        .map_err(kafka)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .map_err(kafka)?;
-    }
-    consumer.assign(&tpl).map_err(kafka)?;
+    let consumer = assigned_consumer(
+        brokers,
+        topic,
+        "millrace-bench-bare",
+        &[
+            ("enable.auto.commit", "false"),
+            ("queued.min.messages", "200000"),
+        ],
+    )?;
     let cpu = process_cpu_seconds();
     let start = Instant::now();
     let mut read = 0u64;
@@ -197,20 +218,6 @@ fn quantile(samples: &[f64], q: f64) -> f64 {
         return f64::NAN;
     }
     samples[((samples.len() - 1) as f64 * q).round() as usize]
-}
-
-/// Creates `topic` with [`PARTITIONS`] partitions.
-async fn create_topic(brokers: &str, topic: &str) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client(brokers).create().map_err(kafka)?;
-    let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
-    for r in admin
-        .create_topics([&new], &AdminOptions::new())
-        .await
-        .map_err(kafka)?
-    {
-        r.map_err(|(t, e)| kafka(format!("creating topic {t}: {e}")))?;
-    }
-    Ok(())
 }
 
 /// A producer thread writing `{"seq": n}` for n in `0..rate * seconds` to
@@ -417,17 +424,7 @@ fn bare_consumer_latencies(
     rate: u64,
     seconds: u64,
 ) -> Result<Vec<f64>> {
-    let consumer: BaseConsumer = client(brokers)
-        .set("group.id", "millrace-bench-fresh")
-        .set("fetch.wait.max.ms", "20")
-        .create()
-        .map_err(kafka)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .map_err(kafka)?;
-    }
-    consumer.assign(&tpl).map_err(kafka)?;
+    let consumer = assigned_consumer(brokers, topic, "millrace-bench-fresh", &[])?;
     // Let the consumer find its partitions before production starts.
     let warm = Instant::now() + Duration::from_secs(2);
     while Instant::now() < warm {

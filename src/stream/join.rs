@@ -920,13 +920,17 @@ mod tests {
             m
         };
         // One side's watermark alone moves nothing.
-        op.advance(&[&mark(10), &Watermarks::none()], &Watermarks::none())
+        let emitted = op
+            .advance(&[&mark(10), &Watermarks::none()], &Watermarks::none())
             .unwrap();
+        assert!(emitted.is_none());
         assert_eq!(op.state_rows(), (3, 1));
         // Keys at t = 5 are behind both: they leave both sides, padded or
         // matched, and nothing is emitted.
-        op.advance(&[&mark(10), &mark(10)], &Watermarks::none())
+        let emitted = op
+            .advance(&[&mark(10), &mark(10)], &Watermarks::none())
             .unwrap();
+        assert!(emitted.is_none());
         assert_eq!(op.state_rows(), (1, 0));
         // The key still held is maintained as before.
         assert_eq!(

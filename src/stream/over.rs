@@ -84,11 +84,6 @@ impl OverOperator {
         Ok(self)
     }
 
-    /// Partitions held.
-    pub fn partitions(&self) -> usize {
-        self.state.partitions.len()
-    }
-
     /// The output rows of one partition, encoded, with their copies.
     fn evaluate(&self, partition: &Partition) -> Result<Vec<(Vec<u8>, i64)>> {
         let live: Vec<(&[u8], i64)> = partition
