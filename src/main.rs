@@ -33,6 +33,11 @@ enum CommandLine {
         /// sled. An existing data directory keeps the store it has.
         #[arg(long, env = "MILLRACE_STATE_STORE", value_parser = ["redb", "sled"])]
         state_store: Option<String>,
+        /// Milliseconds between checkpoints of the views' state and the
+        /// sources' positions; 0 turns checkpoints off (views are then
+        /// rebuilt on start, and views over sources start over).
+        #[arg(long, env = "MILLRACE_CHECKPOINT_INTERVAL_MS", default_value_t = 250)]
+        checkpoint_interval_ms: u64,
         /// SQL file to run once the server is up; existing objects are kept.
         #[arg(long)]
         init_sql: Option<PathBuf>,
@@ -174,6 +179,7 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             log_level,
             state_store,
+            checkpoint_interval_ms,
             init_sql,
             tls_cert,
             tls_key,
@@ -202,6 +208,8 @@ fn main() -> anyhow::Result<()> {
                         state_store: state_store
                             .map(|s| s.parse::<millrace::storage::StoreKind>())
                             .transpose()?,
+                        checkpoint_interval: (checkpoint_interval_ms > 0)
+                            .then(|| std::time::Duration::from_millis(checkpoint_interval_ms)),
                         init_sql,
                         tls: tls_cert.zip(tls_key),
                         auth: auth.map(|a| match a.as_str() {

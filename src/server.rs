@@ -28,6 +28,8 @@ pub struct ServerConfig {
     /// The state store a new data directory gets (an existing one keeps
     /// its own); `None`: the default.
     pub state_store: Option<crate::storage::StoreKind>,
+    /// How often checkpoints are taken; `None`: never.
+    pub checkpoint_interval: Option<std::time::Duration>,
     /// SQL file run once the server is up.
     pub init_sql: Option<PathBuf>,
     /// TLS certificate chain and private key (PEM files); without them
@@ -92,7 +94,11 @@ pub async fn run(config: ServerConfig, shutdown: watch::Receiver<bool>) -> Resul
         None => None,
     };
     let _lock = lock_data_dir(&config.data_dir)?;
-    let engine = Engine::open_dir_with(&config.data_dir, config.state_store).await?;
+    let engine = Engine::open_with(
+        crate::storage::open_in(&config.data_dir, config.state_store)?,
+        config.checkpoint_interval,
+    )
+    .await?;
     let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
         MillraceError::Io(std::io::Error::new(
             e.kind(),

@@ -50,6 +50,87 @@ pub trait BatchGenerator: Send {
     fn in_lockstep(&self) -> bool {
         false
     }
+
+    /// Where this generator stands after the batches it returned, when it
+    /// reads an external log (Kafka: the next offset of each partition it
+    /// reads). Generators that produce their stream themselves return
+    /// `None`; the runner counts their rows instead.
+    fn position(&self) -> Option<SourcePosition> {
+        None
+    }
+}
+
+/// How far a reader has read its source, saved with each checkpoint so
+/// that a restarted reader goes on from there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourcePosition {
+    /// A Kafka topic: the next offset to read, by partition.
+    Offsets(BTreeMap<i32, i64>),
+    /// A generator: rows produced so far by each of its threads.
+    Rows(Vec<u64>),
+}
+
+impl SourcePosition {
+    /// Folds in the position of generator thread `part`.
+    pub fn merge(&mut self, part: usize, other: &SourcePosition) {
+        match (self, other) {
+            (SourcePosition::Offsets(mine), SourcePosition::Offsets(theirs)) => {
+                mine.extend(theirs.iter().map(|(p, o)| (*p, *o)));
+            }
+            (SourcePosition::Rows(mine), SourcePosition::Rows(theirs)) => {
+                if mine.len() <= part {
+                    mine.resize(part + 1, 0);
+                }
+                mine[part] = theirs.iter().sum();
+            }
+            (me, other) => *me = other.clone(),
+        }
+    }
+
+    /// The position as bytes, for the state store.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            SourcePosition::Offsets(map) => {
+                out.push(0);
+                for (p, o) in map {
+                    out.extend_from_slice(&p.to_le_bytes());
+                    out.extend_from_slice(&o.to_le_bytes());
+                }
+            }
+            SourcePosition::Rows(rows) => {
+                out.push(1);
+                for r in rows {
+                    out.extend_from_slice(&r.to_le_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    /// The position [`SourcePosition::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let bad = || MillraceError::storage("a checkpointed source position is damaged");
+        match bytes.split_first() {
+            Some((0, rest)) if rest.len() % 12 == 0 => Ok(SourcePosition::Offsets(
+                rest.chunks_exact(12)
+                    .map(|c| {
+                        let (p, o) = c.split_at(4);
+                        Ok((
+                            i32::from_le_bytes(p.try_into().map_err(|_| bad())?),
+                            i64::from_le_bytes(o.try_into().map_err(|_| bad())?),
+                        ))
+                    })
+                    .collect::<Result<_>>()?,
+            )),
+            Some((1, rest)) if rest.len() % 8 == 0 => Ok(SourcePosition::Rows(
+                rest.chunks_exact(8)
+                    .map(|c| Ok(u64::from_le_bytes(c.try_into().map_err(|_| bad())?)))
+                    .collect::<Result<_>>()?,
+            )),
+            _ => Err(bad()),
+        }
+    }
 }
 
 /// Builds a source's generators (see [`SourceSpec::make_generators`]).
@@ -65,6 +146,8 @@ pub struct ReaderContext {
     pub view: String,
     /// The reader's counters, which generators update.
     pub progress: Arc<SourceProgress>,
+    /// Where to go on from, when the reader resumes a checkpointed view.
+    pub resume: Option<SourcePosition>,
 }
 
 /// A `CREATE SOURCE` statement, ready for its connector.
@@ -124,6 +207,11 @@ pub struct SourceSpec {
     /// Whether the source only ever inserts rows (generators, plain Kafka
     /// topics); upsert and change-data-capture sources also retract.
     pub append_only: bool,
+    /// Whether a reader can go on from a checkpointed [`SourcePosition`]
+    /// with nothing lost or repeated. Sources whose reader keeps state of
+    /// its own (upsert and change-data-capture topics remember each key's
+    /// last row) cannot yet.
+    pub resumable: bool,
     /// Builds fresh generators positioned at the start of the stream. Each
     /// produces a disjoint part of it, so that several threads can share the
     /// work; together they produce the whole stream.

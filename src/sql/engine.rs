@@ -34,6 +34,10 @@ use datafusion::sql::sqlparser::ast::{
 use tracing::{info, warn};
 
 use super::catalog::{decode_entry, rows_namespace, CatalogEntry, Comments, CATALOG_NAMESPACE};
+use super::checkpoint::{
+    self as ck, CheckpointRecord, ViewChanges, CHECKPOINT_NAMESPACE, LAST_CHECKPOINT_KEY,
+    POSITIONS_NAMESPACE, STALE_VIEWS_KEY,
+};
 use super::pg_catalog::{self, PgCatalogInfo, PgRelation, SharedCatalog};
 use super::snapshot::{RelationProvider, Snapshot, SourceProvider};
 use super::statement::{
@@ -46,8 +50,8 @@ use super::users::Users;
 use crate::error::{MillraceError, Result};
 use crate::sink::{build_sink, spawn_sink, SinkHandle, SinkTarget};
 use crate::source::{
-    build_declared, spawn_source, Include, IncludeKind, ReaderContext, SourceDecl, SourceProgress,
-    SourceReader, SourceSink, SourceSpec,
+    build_declared, spawn_source, Include, IncludeKind, ReaderContext, SourceDecl, SourcePosition,
+    SourceProgress, SourceReader, SourceSink, SourceSpec,
 };
 use crate::storage::{StateStore, WriteBatch};
 use crate::stream::lower::{is_append_only, lower_plan_marked};
@@ -111,6 +115,29 @@ struct MaterializedView {
     append_only: bool,
     /// `EMIT ON WINDOW CLOSE`: rows appear once their window closes.
     emit_on_window_close: bool,
+    /// The view's catalog id, which names its checkpointed state.
+    id: u64,
+    /// Whether the view's state is written at checkpoints (checkpoints
+    /// are on and every operator of its dataflow can write its state).
+    checkpointed: bool,
+    /// What its contents did since the last checkpoint.
+    changes: ViewChanges,
+}
+
+/// How often a checkpoint is taken when no option says otherwise (the
+/// server's `--checkpoint-interval-ms` default).
+pub const DEFAULT_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The last checkpoint, for `millrace_catalog.checkpoints`.
+#[derive(Debug, Default, Clone, Copy)]
+struct CheckpointStatus {
+    last: Option<CheckpointRecord>,
+    /// Checkpoints committed since the server started.
+    taken: u64,
+    /// How long the last one took to build and commit, in microseconds.
+    last_duration_us: u64,
+    /// Whether checkpoints stopped after a failed write.
+    failed: bool,
 }
 
 /// The longest a reader waits for the writer to publish the epoch it is
@@ -187,6 +214,25 @@ async fn run_timers(engine: Weak<Engine>, timers: Arc<Timers>) {
     }
 }
 
+/// Takes a checkpoint every `interval` while anything changed since the
+/// last; ends with the engine.
+async fn run_checkpoints(engine: Weak<Engine>, interval: std::time::Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(e) = engine.upgrade() else {
+            return;
+        };
+        let mut state = e.writer.lock().await;
+        if state.uncheckpointed {
+            if let Err(err) = e.checkpoint(&mut state) {
+                warn!(error = %err, "checkpoint failed");
+            }
+        }
+    }
+}
+
 /// Everything the single writer owns.
 #[derive(Default)]
 struct EngineState {
@@ -215,6 +261,15 @@ struct EngineState {
     /// Sources with `INCLUDE proctime`, with the schema their readers
     /// produce (without that column, which the engine appends).
     proctime_sources: HashMap<String, SchemaRef>,
+    /// Whether an epoch committed since the last checkpoint.
+    uncheckpointed: bool,
+    /// Where each reader (source, view) stands after what it committed.
+    positions: HashMap<(String, String), SourcePosition>,
+    /// Positions read from the last checkpoint, for readers about to start.
+    resume_positions: HashMap<(String, String), SourcePosition>,
+    /// A checkpoint write failed: no more are taken (the store keeps the
+    /// last whole one), and table writes mark the view checkpoints stale.
+    checkpoints_failed: bool,
 }
 
 /// One declared watermark as `millrace_catalog.watermarks` lists it: a
@@ -293,6 +348,13 @@ pub struct Engine {
     users: Arc<Users>,
     /// When a temporal filter next needs an epoch.
     timers: Arc<Timers>,
+    /// How often checkpoints are taken; `None`: never (views are rebuilt
+    /// on start, and views over sources start over).
+    checkpoint_interval: Option<std::time::Duration>,
+    /// The last checkpoint, readable without the writer lock.
+    checkpoint_status: std::sync::Mutex<CheckpointStatus>,
+    /// How many views are checkpointed, for the system view.
+    checkpointed_views: std::sync::atomic::AtomicUsize,
 }
 
 fn lower_name(name: &ObjectName) -> Result<String> {
@@ -339,8 +401,19 @@ pub fn text_batch(columns: &[&str], rows: Vec<Vec<String>>) -> Result<QueryOutpu
 }
 
 impl Engine {
-    /// Opens the engine on `store`, replaying its catalog and table contents.
+    /// Opens the engine on `store`, replaying its catalog and table contents,
+    /// with checkpoints every [`DEFAULT_CHECKPOINT_INTERVAL`].
     pub async fn open(store: Arc<dyn StateStore>) -> Result<Arc<Self>> {
+        Self::open_with(store, Some(DEFAULT_CHECKPOINT_INTERVAL)).await
+    }
+
+    /// Opens the engine on `store`, restoring the views from the last
+    /// checkpoint, and taking checkpoints every `checkpoint_interval`
+    /// (never with `None`).
+    pub async fn open_with(
+        store: Arc<dyn StateStore>,
+        checkpoint_interval: Option<std::time::Duration>,
+    ) -> Result<Arc<Self>> {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME)
             .with_create_default_catalog_and_schema(false)
@@ -386,11 +459,17 @@ impl Engine {
             store,
             users,
             timers: Arc::new(Timers::new()),
+            checkpoint_interval,
+            checkpoint_status: Default::default(),
+            checkpointed_views: Default::default(),
         });
         let system = engine.register_system_relations()?;
         engine.writer.lock().await.system_relations = system;
         engine.replay().await?;
         tokio::spawn(run_timers(Arc::downgrade(&engine), engine.timers.clone()));
+        if let Some(interval) = checkpoint_interval {
+            tokio::spawn(run_checkpoints(Arc::downgrade(&engine), interval));
+        }
         Ok(engine)
     }
 
@@ -456,8 +535,9 @@ impl Engine {
         }
         state.replaying = false;
         state.next_id = entries.last().map(|e| e.id + 1).unwrap_or(0);
-        // Views were replayed before table rows were loaded: rebuild them.
-        self.rebuild_views(&mut state, 0)?;
+        // Views were replayed before table rows were loaded: restore them
+        // from the last checkpoint, or rebuild them.
+        self.restore_views(&mut state)?;
         self.publish(&mut state);
         let read: Vec<(String, String)> = state
             .views
@@ -588,7 +668,20 @@ impl Engine {
 
     /// Makes the writer's current contents and catalog the published
     /// snapshot, wakes the readers waiting for one, and returns it.
+    ///
+    /// Readers see checkpointed state only: an epoch not yet in a
+    /// checkpoint is checkpointed first, so that what a reader saw is never
+    /// taken back by a crash. If that fails, the last published snapshot is
+    /// returned instead.
     fn publish(&self, state: &mut EngineState) -> Arc<Snapshot> {
+        if state.uncheckpointed && !state.replaying {
+            if let Err(e) = self.checkpoint(state) {
+                warn!(error = %e, "checkpoint before publishing failed");
+                if let Some(s) = self.published_snapshot() {
+                    return s;
+                }
+            }
+        }
         let mut relations = HashMap::new();
         for (name, t) in &state.tables {
             relations.insert(name.clone(), t.contents.snapshot());
@@ -1491,11 +1584,23 @@ impl Engine {
         } else {
             Contents::try_new(schema.clone())?
         };
+        let checkpointed = self.checkpoint_interval.is_some() && dataflow.checkpointable();
+        if checkpointed {
+            dataflow.track_changes();
+        }
         if !state.replaying {
             backfill(state, &mut dataflow, &inputs, &mut contents)?;
         }
+        let mut changes = ViewChanges {
+            reset: true,
+            ..ViewChanges::default()
+        };
+        if checkpointed {
+            record_contents(&mut changes, &contents)?;
+        }
+        let id = state.next_id;
         let entry = CatalogEntry {
-            id: state.next_id,
+            id,
             name: name.clone(),
             kind: ObjectKind::MaterializedView,
             schema: schema.clone(),
@@ -1520,7 +1625,11 @@ impl Engine {
             contents,
             append_only,
             emit_on_window_close,
+            id,
+            checkpointed,
+            changes,
         });
+        state.uncheckpointed = true;
         self.refresh_timers(state);
         self.publish(state);
         if !state.replaying {
@@ -1559,17 +1668,319 @@ impl Engine {
 
     /// Re-creates the dataflows and contents of views from index `from` on,
     /// from their inputs' current contents.
-    fn rebuild_views(&self, state: &mut EngineState, from: usize) -> Result<()> {
-        for i in from..state.views.len() {
+    /// Puts every view back as of the last checkpoint where it can be, and
+    /// rebuilds the others from their inputs. A view is restored when
+    /// checkpoints are on, the store holds its state with the same
+    /// dataflow layout, every view it reads was restored too, and every
+    /// source it reads can resume; its readers then go on from the
+    /// checkpoint's positions.
+    fn restore_views(&self, state: &mut EngineState) -> Result<()> {
+        let record = match store_get(
+            self.store.as_ref(),
+            CHECKPOINT_NAMESPACE,
+            LAST_CHECKPOINT_KEY,
+        )? {
+            Some(bytes) => Some(CheckpointRecord::decode(&bytes)?),
+            None => None,
+        };
+        let stale =
+            store_get(self.store.as_ref(), CHECKPOINT_NAMESPACE, STALE_VIEWS_KEY)?.is_some();
+        if let Some(r) = record {
+            // Epochs go on from the checkpoint's: never backwards.
+            state.epoch = state.epoch.max(r.epoch);
+            self.committed_epoch.store(state.epoch, Ordering::SeqCst);
+            self.lock_checkpoint_status().last = Some(r);
+        }
+        let mut positions: HashMap<u64, Vec<(String, SourcePosition)>> = HashMap::new();
+        for (key, value) in self.store.scan(POSITIONS_NAMESPACE)? {
+            if key.len() < 8 {
+                continue;
+            }
+            let (id, source) = key.split_at(8);
+            let id = u64::from_be_bytes(id.try_into().unwrap_or_default());
+            let source = String::from_utf8_lossy(source).into_owned();
+            positions
+                .entry(id)
+                .or_default()
+                .push((source, SourcePosition::decode(&value)?));
+        }
+        let mut restored: HashSet<String> = HashSet::new();
+        for i in 0..state.views.len() {
+            let view = &state.views[i];
+            let sources_resume = view.inputs.iter().all(|r| match state.sources.get(r) {
+                Some(spec) => spec.resumable,
+                None => state.tables.contains_key(r) || restored.contains(r),
+            });
+            let can_restore = record.is_some() && !stale && view.checkpointed && sources_resume;
+            if can_restore {
+                match self.restore_view(state, i) {
+                    Ok(true) => {
+                        let view = &state.views[i];
+                        restored.insert(view.name.clone());
+                        for (source, position) in positions.remove(&view.id).unwrap_or_default() {
+                            state
+                                .resume_positions
+                                .insert((source, view.name.clone()), position);
+                        }
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(view = %state.views[i].name, error = %e, "cannot restore the view from its checkpoint; rebuilding it");
+                    }
+                }
+            }
             self.rebuild_view(state, i)?;
         }
+        if stale {
+            let mut batch = WriteBatch::default();
+            batch.delete(CHECKPOINT_NAMESPACE, STALE_VIEWS_KEY.to_vec());
+            self.store.write(batch)?;
+        }
+        if !restored.is_empty() {
+            info!(
+                views = restored.len(),
+                epoch = state.epoch,
+                "views restored from the last checkpoint"
+            );
+        }
         Ok(())
+    }
+
+    /// Restores view `i`'s dataflow state and contents from its
+    /// checkpoint. False when the store holds none for its layout.
+    fn restore_view(&self, state: &mut EngineState, i: usize) -> Result<bool> {
+        let mut dataflow = ViewInputs::of(state)
+            .lower(&state.views[i].plan, state.views[i].emit_on_window_close)?;
+        let ns = ck::view_namespace(state.views[i].id);
+        let entries = self.store.scan(&ns)?;
+        let layout = dataflow.layout();
+        let mut operators: HashMap<usize, Vec<crate::stream::operator::StateEntry>> =
+            HashMap::new();
+        let mut rows = crate::stream::materialize::RowMap::new();
+        let mut appended: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut layout_found = false;
+        for (key, value) in entries {
+            match key.first() {
+                Some(&ck::OPERATOR_PREFIX) => {
+                    let (node, k) = ck::split_operator_key(&key)?;
+                    operators.entry(node).or_default().push((k, value));
+                }
+                Some(&ck::ROW_PREFIX) => {
+                    let count = i64::from_le_bytes(value.as_slice().try_into().map_err(|_| {
+                        MillraceError::storage("a checkpointed view row count is damaged")
+                    })?);
+                    rows.insert(Arc::from(&key[1..]), count);
+                }
+                Some(&ck::APPENDED_PREFIX) if key.len() == 9 => {
+                    let mut seq = [0u8; 8];
+                    seq.copy_from_slice(&key[1..]);
+                    appended.push((u64::from_be_bytes(seq), value));
+                }
+                _ if key == ck::LAYOUT_KEY => {
+                    if value != layout.as_bytes() {
+                        info!(view = %state.views[i].name, "the view's operators changed since its checkpoint; rebuilding it");
+                        return Ok(false);
+                    }
+                    layout_found = true;
+                }
+                _ => {
+                    return Err(MillraceError::storage(format!(
+                        "unknown key in the checkpoint of view \"{}\"",
+                        state.views[i].name
+                    )))
+                }
+            }
+        }
+        if !layout_found {
+            return Ok(false);
+        }
+        dataflow.restore(operators)?;
+        dataflow.track_changes();
+        let view = &mut state.views[i];
+        let schema = view.contents.schema().clone();
+        let mut contents = if view.append_only {
+            Contents::try_new_append_only(schema.clone())?
+        } else {
+            Contents::try_new(schema.clone())?
+        };
+        appended.sort_by_key(|(seq, _)| *seq);
+        let next_sequence = appended.last().map(|(s, _)| s + 1).unwrap_or(0);
+        if view.append_only {
+            for (_, bytes) in &appended {
+                for batch in ck::decode_batches(bytes)? {
+                    let batch = crate::stream::change::batch_from_columns(
+                        schema.clone(),
+                        batch.columns().to_vec(),
+                        batch.num_rows(),
+                    )?;
+                    contents.add(&ChangeBatch::with_uniform_weight(batch, 1), None)?;
+                }
+            }
+        } else {
+            contents.set_rows(rows);
+        }
+        self.register_view_watermarks(&view.name, &dataflow);
+        view.dataflow = dataflow;
+        view.contents = contents;
+        view.changes = ViewChanges {
+            next_sequence,
+            ..ViewChanges::default()
+        };
+        self.refresh_timers(state);
+        Ok(true)
+    }
+
+    /// Takes a checkpoint now: one atomic, durable store write of every
+    /// checkpointed view's changed state, the readers' positions and the
+    /// epoch. After a failed write no more are taken (see
+    /// [`EngineState::checkpoints_failed`]).
+    fn checkpoint(&self, state: &mut EngineState) -> Result<()> {
+        if self.checkpoint_interval.is_none() || state.checkpoints_failed {
+            state.uncheckpointed = false;
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let mut writes = WriteBatch::default();
+        let epoch = state.epoch;
+        let record = self.checkpoint_into(state, &mut writes, epoch)?;
+        self.commit_checkpoint(state, writes, record, started)
+    }
+
+    /// Writes `writes` (which hold a checkpoint) and records it as the
+    /// last, or marks checkpoints failed.
+    fn commit_checkpoint(
+        &self,
+        state: &mut EngineState,
+        writes: WriteBatch,
+        record: Option<CheckpointRecord>,
+        started: std::time::Instant,
+    ) -> Result<()> {
+        match self.store.write(writes) {
+            Ok(()) => {
+                state.uncheckpointed = false;
+                if let Some(record) = record {
+                    let mut status = self.lock_checkpoint_status();
+                    status.last = Some(record);
+                    status.taken += 1;
+                    status.last_duration_us = started.elapsed().as_micros() as u64;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if record.is_some() {
+                    state.checkpoints_failed = true;
+                    self.lock_checkpoint_status().failed = true;
+                    tracing::error!(error = %e, "a checkpoint could not be written; no more are taken until restart, and views will be rebuilt on start");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Adds a checkpoint of the current epoch to `writes`; returns its
+    /// record, or `None` when checkpoints are off or failed (then a write
+    /// that changes tables marks the view checkpoints stale).
+    fn checkpoint_into(
+        &self,
+        state: &mut EngineState,
+        writes: &mut WriteBatch,
+        epoch: u64,
+    ) -> Result<Option<CheckpointRecord>> {
+        if self.checkpoint_interval.is_none() {
+            return Ok(None);
+        }
+        if state.checkpoints_failed {
+            writes.put(CHECKPOINT_NAMESPACE, STALE_VIEWS_KEY.to_vec(), vec![1]);
+            return Ok(None);
+        }
+        for view in state.views.iter_mut().filter(|v| v.checkpointed) {
+            let ns = ck::view_namespace(view.id);
+            if view.changes.reset {
+                for (key, _) in self.store.scan(&ns)? {
+                    writes.delete(&ns, key);
+                }
+                writes.put(
+                    &ns,
+                    ck::LAYOUT_KEY.to_vec(),
+                    view.dataflow.layout().into_bytes(),
+                );
+                view.changes.reset = false;
+            }
+            for (node, changes) in view.dataflow.checkpoint()? {
+                for (key, value) in changes.ops {
+                    let key = ck::operator_key(node, &key)?;
+                    match value {
+                        Some(v) => writes.put(&ns, key, v),
+                        None => writes.delete(&ns, key),
+                    }
+                }
+            }
+            for (row, count) in view.changes.rows.drain() {
+                let mut key = Vec::with_capacity(row.len() + 1);
+                key.push(ck::ROW_PREFIX);
+                key.extend_from_slice(&row);
+                if count == 0 {
+                    writes.delete(&ns, key);
+                } else {
+                    writes.put(&ns, key, count.to_le_bytes().to_vec());
+                }
+            }
+            if !view.changes.appended.is_empty() {
+                let appended = std::mem::take(&mut view.changes.appended);
+                let schema = appended[0].schema();
+                let all = ChangeBatch::concat(schema, &appended)?;
+                let mut key = vec![ck::APPENDED_PREFIX];
+                key.extend_from_slice(&view.changes.next_sequence.to_be_bytes());
+                view.changes.next_sequence += 1;
+                writes.put(&ns, key, ck::encode_batch(all.data())?);
+            }
+        }
+        for ((source, view), position) in &state.positions {
+            let Some(v) = state
+                .views
+                .iter()
+                .find(|v| &v.name == view && v.checkpointed)
+            else {
+                continue;
+            };
+            writes.put(
+                POSITIONS_NAMESPACE,
+                ck::position_key(v.id, source),
+                position.encode(),
+            );
+        }
+        self.checkpointed_views.store(
+            state.views.iter().filter(|v| v.checkpointed).count(),
+            Ordering::Relaxed,
+        );
+        let record = CheckpointRecord {
+            epoch,
+            committed_at_ms: ck::now_ms(),
+        };
+        writes.put(
+            CHECKPOINT_NAMESPACE,
+            LAST_CHECKPOINT_KEY.to_vec(),
+            record.encode(),
+        );
+        Ok(Some(record))
+    }
+
+    fn lock_checkpoint_status(&self) -> std::sync::MutexGuard<'_, CheckpointStatus> {
+        match self.checkpoint_status.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
     }
 
     /// Re-creates one view's dataflow and contents from its inputs.
     fn rebuild_view(&self, state: &mut EngineState, i: usize) -> Result<()> {
         let mut dataflow = ViewInputs::of(state)
             .lower(&state.views[i].plan, state.views[i].emit_on_window_close)?;
+        let checkpointed = self.checkpoint_interval.is_some() && dataflow.checkpointable();
+        if checkpointed {
+            dataflow.track_changes();
+        }
         let schema = state.views[i].contents.schema().clone();
         let mut contents = if state.views[i].append_only {
             Contents::try_new_append_only(schema)?
@@ -1581,7 +1992,16 @@ impl Engine {
         let view = &mut state.views[i];
         self.register_view_watermarks(&view.name, &dataflow);
         view.dataflow = dataflow;
+        view.checkpointed = checkpointed;
+        view.changes = ViewChanges {
+            reset: true,
+            ..ViewChanges::default()
+        };
         view.contents = contents;
+        if checkpointed {
+            record_contents(&mut view.changes, &view.contents)?;
+        }
+        state.uncheckpointed = true;
         self.refresh_timers(state);
         Ok(())
     }
@@ -1670,6 +2090,7 @@ impl Engine {
         let mut writes = WriteBatch::default();
         let mut failure: Option<(usize, MillraceError)> = None;
         let mut stepped: Vec<usize> = Vec::new();
+        let mut recorded: Vec<(usize, ViewChanges)> = Vec::new();
         for (table, delta, index) in checked {
             let Some(t) = state.tables.get_mut(&table) else {
                 continue;
@@ -1737,6 +2158,15 @@ impl Engine {
                             .add(&o, Some(&mut view_undo[i]))
                             .map(|_| Some(o)),
                         _ => Ok(None),
+                    })
+                    .and_then(|out| {
+                        // Kept aside until the epoch succeeds.
+                        if let (true, Some(o)) = (view.checkpointed, &out) {
+                            let mut changed = ViewChanges::default();
+                            record_output(&mut changed, &view.contents, o)?;
+                            recorded.push((i, changed));
+                        }
+                        Ok(out)
                     });
                 match result {
                     Ok(Some(out)) => {
@@ -1755,10 +2185,35 @@ impl Engine {
                 }
             }
         }
+        // The epoch's changes to view contents, merged once it holds.
+        let merge = |state: &mut EngineState, recorded: Vec<(usize, ViewChanges)>| {
+            for (i, changed) in recorded {
+                if let Some(view) = state.views.get_mut(i) {
+                    view.changes.rows.extend(changed.rows);
+                    view.changes.appended.extend(changed.appended);
+                }
+            }
+        };
+        let mut checkpoint_record = None;
+        let started = std::time::Instant::now();
         if failure.is_none() && !writes.is_empty() {
-            if let Err(e) = self.store.write(writes) {
+            // A change to tables is durable before it is answered; the
+            // views it changed are checkpointed in the same write, so that
+            // tables and views never disagree after a restart.
+            merge(state, std::mem::take(&mut recorded));
+            // This epoch's number, once committed.
+            let epoch = state.epoch + 1;
+            let attempt = self
+                .checkpoint_into(state, &mut writes, epoch)
+                .and_then(|record| {
+                    checkpoint_record = record;
+                    self.commit_checkpoint(state, writes, record, started)
+                });
+            if let Err(e) = attempt {
                 failure = Some((state.views.len(), e));
             }
+        } else if failure.is_none() {
+            merge(state, std::mem::take(&mut recorded));
         }
         if let Some((_, err)) = failure {
             warn!(error = %err, "change rejected; rolling back");
@@ -1821,6 +2276,9 @@ impl Engine {
                 },
             });
         state.epoch += 1;
+        if checkpoint_record.is_none() {
+            state.uncheckpointed = true;
+        }
         self.committed_epoch
             .store(state.epoch, std::sync::atomic::Ordering::SeqCst);
         if publish_now
@@ -2423,11 +2881,67 @@ impl Engine {
                 }),
             )),
         )?;
+        let checkpoints = Arc::new(Schema::new(vec![
+            Field::new("epoch", DataType::Int64, true),
+            Field::new(
+                "committed_at",
+                DataType::Timestamp(
+                    datafusion::arrow::datatypes::TimeUnit::Millisecond,
+                    Some(super::types::UTC.into()),
+                ),
+                true,
+            ),
+            Field::new("interval_ms", DataType::Int64, true),
+            Field::new("taken", DataType::Int64, false),
+            Field::new("last_duration_us", DataType::Int64, false),
+            Field::new("views", DataType::Int64, false),
+            Field::new("failed", DataType::Boolean, false),
+        ]));
+        let me = self.me.clone();
+        let rows_schema = checkpoints.clone();
+        system.register_table(
+            "checkpoints".into(),
+            Arc::new(SystemRelation::new(
+                checkpoints.clone(),
+                Box::new(move |_| {
+                    let Some(e) = me.upgrade() else {
+                        return Ok(RecordBatch::new_empty(rows_schema.clone()));
+                    };
+                    e.checkpoint_batch(&rows_schema)
+                }),
+            )),
+        )?;
         Ok(vec![
             ("source_partitions".to_string(), schema),
             ("subscriptions".to_string(), subscriptions),
             ("watermarks".to_string(), watermarks),
+            ("checkpoints".to_string(), checkpoints),
         ])
+    }
+
+    /// The one row of `millrace_catalog.checkpoints`: the last committed
+    /// checkpoint's epoch and time, the interval, how many were taken
+    /// since start, how long the last took, how many views are
+    /// checkpointed, and whether checkpoints stopped after a failure.
+    fn checkpoint_batch(&self, schema: &SchemaRef) -> Result<RecordBatch> {
+        use datafusion::arrow::array::{BooleanArray, Int64Array, TimestampMillisecondArray};
+        let status = *self.lock_checkpoint_status();
+        let views = self.checkpointed_views.load(Ordering::Relaxed) as i64;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![status.last.map(|r| r.epoch as i64)])),
+            Arc::new(
+                TimestampMillisecondArray::from(vec![status.last.map(|r| r.committed_at_ms)])
+                    .with_timezone(super::types::UTC),
+            ),
+            Arc::new(Int64Array::from(vec![self
+                .checkpoint_interval
+                .map(|d| d.as_millis() as i64)])),
+            Arc::new(Int64Array::from(vec![status.taken as i64])),
+            Arc::new(Int64Array::from(vec![status.last_duration_us as i64])),
+            Arc::new(Int64Array::from(vec![views])),
+            Arc::new(BooleanArray::from(vec![status.failed])),
+        ];
+        Ok(RecordBatch::try_new(schema.clone(), columns)?)
     }
 
     fn open_subscriptions(&self) -> std::sync::MutexGuard<'_, Vec<SubscriptionEntry>> {
@@ -2718,10 +3232,21 @@ impl Engine {
             view: view.to_string(),
             progress: progress.clone(),
         });
+        let resume = state
+            .resume_positions
+            .remove(&(source.to_string(), view.to_string()));
+        if let Some(position) = &resume {
+            // Until the reader commits a batch, the checkpoint's position
+            // is its position.
+            state
+                .positions
+                .insert((source.to_string(), view.to_string()), position.clone());
+        }
         let ctx = ReaderContext {
             source: source.to_string(),
             view: view.to_string(),
             progress: progress.clone(),
+            resume: resume.clone(),
         };
         match (spec.make_generators)(&ctx) {
             Ok(generators) => {
@@ -2732,6 +3257,7 @@ impl Engine {
                     generators,
                     progress,
                     engine,
+                    resume,
                 );
             }
             Err(e) => {
@@ -2807,6 +3333,17 @@ impl Engine {
             if state.tables.remove(name).is_some() {
                 self.store.drop_namespace(&rows_namespace(entry.id))?;
             }
+            if entry.kind == ObjectKind::MaterializedView {
+                self.store.drop_namespace(&ck::view_namespace(entry.id))?;
+                for (key, _) in self.store.scan(POSITIONS_NAMESPACE)? {
+                    if key.starts_with(&entry.id.to_be_bytes()) {
+                        batch.delete(POSITIONS_NAMESPACE, key);
+                    }
+                }
+            }
+            state
+                .positions
+                .retain(|(source, view), _| source != name && view != name);
             state.views.retain(|v| &v.name != name);
             self.refresh_timers(state);
             state.sources.remove(name);
@@ -2999,15 +3536,22 @@ fn relation_grows(state: &EngineState, name: &str) -> bool {
 
 #[async_trait::async_trait]
 impl SourceSink for Engine {
-    async fn ingest(&self, source: &str, view: &str, batches: Vec<ChangeBatch>) -> Result<()> {
+    async fn ingest(
+        &self,
+        source: &str,
+        view: &str,
+        batches: Vec<ChangeBatch>,
+        position: SourcePosition,
+    ) -> Result<()> {
         // Published when read (see `Engine::snapshot`): a published view's
         // contents are shared with readers, so the next change to them
         // copies the parts it touches.
-        self.commit_streamed(source, view, batches, false).await
+        self.commit_streamed(source, view, batches, false, Some(position))
+            .await
     }
 
     async fn finish(&self, source: &str, view: &str) -> Result<()> {
-        self.commit_streamed(source, view, vec![], true).await
+        self.commit_streamed(source, view, vec![], true, None).await
     }
 }
 
@@ -3021,6 +3565,7 @@ impl Engine {
         view: &str,
         batches: Vec<ChangeBatch>,
         ended: bool,
+        position: Option<SourcePosition>,
     ) -> Result<()> {
         let mut state = self.writer.lock().await;
         let Some(spec) = state.sources.get(source) else {
@@ -3042,6 +3587,16 @@ impl Engine {
             delta,
             ended,
         };
+        // The position moves with the epoch, before it commits: a checkpoint
+        // taken while committing it (to publish) must hold both. A batch
+        // that fails is skipped (and counted by the reader): the reader is
+        // past it either way.
+        if let Some(position) = position {
+            state
+                .positions
+                .insert((source.to_string(), view.to_string()), position);
+            state.uncheckpointed = true;
+        }
         self.commit_epoch(&mut state, vec![], Some(streamed), ended)
     }
 }
@@ -3150,6 +3705,45 @@ struct Streamed {
     delta: ChangeBatch,
     /// The source's stream has ended: nothing follows.
     ended: bool,
+}
+
+/// The value of `key` in a small `namespace`.
+fn store_get(store: &dyn StateStore, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    Ok(store
+        .scan(namespace)?
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v))
+}
+
+/// Records all of `contents` as changed, for a checkpoint that rewrites a
+/// view's state whole.
+fn record_contents(changes: &mut ViewChanges, contents: &Contents) -> Result<()> {
+    for batch in contents.as_change_batches()? {
+        record_output(changes, contents, &batch)?;
+    }
+    Ok(())
+}
+
+/// Records what adding `delta` did to `contents` (already added): for
+/// keyed contents each touched row's count now; for append-only contents
+/// the batch.
+fn record_output(
+    changes: &mut ViewChanges,
+    contents: &Contents,
+    delta: &ChangeBatch,
+) -> Result<()> {
+    if contents.is_append_only() {
+        changes.appended.push(delta.clone());
+        return Ok(());
+    }
+    let rows = contents.encode(delta.data())?;
+    for i in 0..rows.num_rows() {
+        let row = crate::stream::change::row_bytes(&rows, i);
+        let count = contents.count(row);
+        changes.rows.insert(Arc::from(row), count);
+    }
+    Ok(())
 }
 
 /// Feeds the full contents of `inputs` through a new dataflow.

@@ -2,6 +2,7 @@
 //! consistent snapshots for reads, and the engine that executes statements.
 
 pub mod catalog;
+pub mod checkpoint;
 pub mod engine;
 pub mod pg_catalog;
 pub mod pg_functions;

@@ -12,7 +12,7 @@
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::change::ChangeBatch;
-use super::operator::{Operator, OperatorStats};
+use super::operator::{Operator, OperatorStats, StateChanges, StateEntry};
 use super::watermark::Watermarks;
 use crate::error::{MillraceError, Result};
 
@@ -25,6 +25,8 @@ pub struct EmitOnCloseOperator {
     /// Rows in `pending` after its last consolidation.
     consolidated_rows: usize,
     stats: OperatorStats,
+    /// Whether `pending` changed since the last checkpoint.
+    changed: bool,
 }
 
 impl EmitOnCloseOperator {
@@ -41,6 +43,7 @@ impl EmitOnCloseOperator {
             pending: Vec::new(),
             consolidated_rows: 0,
             stats: OperatorStats::default(),
+            changed: false,
         })
     }
 
@@ -67,6 +70,7 @@ impl Operator for EmitOnCloseOperator {
             self.stats.rows_in += delta.num_rows() as u64;
             if !delta.is_empty() {
                 self.pending.push(delta.clone());
+                self.changed = true;
             }
         }
         Ok(None)
@@ -107,6 +111,7 @@ impl Operator for EmitOnCloseOperator {
             }
         };
         self.stats.state_touched += all.num_rows() as u64;
+        self.changed = true;
         if released.is_empty() {
             return Ok(None);
         }
@@ -121,6 +126,88 @@ impl Operator for EmitOnCloseOperator {
     fn is_stateful(&self) -> bool {
         true
     }
+
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    /// The held changes, summed, as one entry (an Arrow IPC batch with the
+    /// weights as its last column), rewritten whole when they changed:
+    /// they are at most the open windows' rows.
+    fn checkpoint(&mut self, out: &mut StateChanges) -> Result<()> {
+        if !self.changed {
+            return Ok(());
+        }
+        self.changed = false;
+        if self.pending.is_empty() {
+            out.delete(Vec::new());
+            return Ok(());
+        }
+        let held = ChangeBatch::concat(self.schema.clone(), &self.pending)?.consolidate()?;
+        self.consolidated_rows = held.num_rows();
+        self.pending = vec![held.clone()];
+        out.put(Vec::new(), encode_change(&held)?);
+        Ok(())
+    }
+
+    fn restore(&mut self, entries: Vec<StateEntry>) -> Result<()> {
+        if let Some((_, value)) = entries.first() {
+            let held = decode_change(&self.schema, value)?;
+            self.consolidated_rows = held.num_rows();
+            self.pending = vec![held];
+        }
+        Ok(())
+    }
+}
+
+/// A change as Arrow IPC bytes: its columns and then its weights.
+fn encode_change(change: &ChangeBatch) -> Result<Vec<u8>> {
+    use datafusion::arrow::array::RecordBatch;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let data = change.data();
+    let mut fields: Vec<Field> = data
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("__weight", DataType::Int64, false));
+    let mut columns = data.columns().to_vec();
+    columns.push(std::sync::Arc::new(change.weights().clone()));
+    let batch = RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)?;
+    let mut out = Vec::new();
+    {
+        let mut writer =
+            datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut out, batch.schema_ref())?;
+        writer.write(&batch)?;
+        writer.finish()?;
+    }
+    Ok(out)
+}
+
+/// The change [`encode_change`] wrote, with the columns of `schema`.
+fn decode_change(schema: &SchemaRef, bytes: &[u8]) -> Result<ChangeBatch> {
+    use datafusion::arrow::array::{AsArray, RecordBatch};
+    use datafusion::arrow::datatypes::Int64Type;
+    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(bytes, None)?;
+    let batches = reader.collect::<std::result::Result<Vec<RecordBatch>, _>>()?;
+    let mut parts = Vec::new();
+    for batch in batches {
+        let n = batch.num_columns();
+        if n != schema.fields().len() + 1 {
+            return Err(MillraceError::storage(
+                "a checkpointed EMIT ON WINDOW CLOSE buffer does not match the view",
+            ));
+        }
+        let weights = batch.column(n - 1).as_primitive::<Int64Type>().clone();
+        let data = super::change::batch_from_columns(
+            schema.clone(),
+            batch.columns()[..n - 1].to_vec(),
+            batch.num_rows(),
+        )?;
+        parts.push(ChangeBatch::try_new(data, weights)?);
+    }
+    ChangeBatch::concat(schema.clone(), &parts)
 }
 
 #[cfg(test)]
@@ -159,5 +246,36 @@ mod tests {
         let out = op.advance(&[&end], &end).unwrap().unwrap();
         assert_eq!(to_pretty_lines(&out).unwrap(), vec!["10 1 | +1"]);
         assert_eq!(op.pending_rows(), 0);
+    }
+
+    #[test]
+    fn a_restored_buffer_releases_what_the_original_would() {
+        let first = from_pretty("I I\n 0 1 +1\n 10 1 +1\n 0 1 -1\n 0 2 +1").unwrap();
+        let schema = first.schema();
+        let mut op = EmitOnCloseOperator::try_new(schema.clone(), 0).unwrap();
+        op.step(&[Some(first)]).unwrap();
+        let mut changes = StateChanges::default();
+        op.checkpoint(&mut changes).unwrap();
+        let entries: Vec<StateEntry> = changes
+            .ops
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+        assert_eq!(entries.len(), 1);
+        let mut restored = EmitOnCloseOperator::try_new(schema, 0).unwrap();
+        restored.restore(entries).unwrap();
+        // Restored state equals the store's: nothing to write.
+        let mut changes = StateChanges::default();
+        restored.checkpoint(&mut changes).unwrap();
+        assert!(changes.is_empty());
+        for op in [&mut op, &mut restored] {
+            let out = op.advance(&[&marks(5)], &marks(5)).unwrap().unwrap();
+            assert_eq!(to_pretty_lines(&out).unwrap(), vec!["0 2 | +1"]);
+            assert_eq!(op.pending_rows(), 1);
+        }
+        // A release rewrites the buffer.
+        let mut changes = StateChanges::default();
+        op.checkpoint(&mut changes).unwrap();
+        assert_eq!(changes.ops.len(), 1);
     }
 }

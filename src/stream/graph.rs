@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::change::ChangeBatch;
-use super::operator::{Operator, OperatorStats};
+use super::operator::{Operator, OperatorStats, StateChanges, StateEntry};
 use super::temporal::Clock;
 use super::watermark::{WatermarkEntry, WatermarkRule, Watermarks};
 use crate::error::{MillraceError, Result};
@@ -223,6 +223,61 @@ impl Dataflow {
     /// True when any operator keeps state between epochs.
     pub fn is_stateful(&self) -> bool {
         self.nodes.iter().any(|n| n.operator.is_stateful())
+    }
+
+    /// True when every operator can write its state at checkpoints and
+    /// read it back.
+    pub fn checkpointable(&self) -> bool {
+        self.nodes.iter().all(|n| n.operator.checkpointable())
+    }
+
+    /// From now on, every operator remembers what of its state changes,
+    /// for [`Dataflow::checkpoint`].
+    pub fn track_changes(&mut self) {
+        for node in &mut self.nodes {
+            node.operator.track_changes();
+        }
+    }
+
+    /// What identifies the graph's state layout: its operators as `EXPLAIN`
+    /// describes them (kinds, keys, workers). A checkpoint is restored only
+    /// into a graph with the same layout.
+    pub fn layout(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.operator.describe())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The state each operator changed since the last checkpoint, by node
+    /// id (nodes without changes are left out).
+    pub fn checkpoint(&mut self) -> Result<Vec<(usize, StateChanges)>> {
+        let mut changed = Vec::new();
+        for (id, node) in self.nodes.iter_mut().enumerate() {
+            let mut out = StateChanges::default();
+            node.operator.checkpoint(&mut out)?;
+            if !out.is_empty() {
+                changed.push((id, out));
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Restores each node's state from its checkpointed entries (a graph
+    /// that has run no epoch).
+    pub fn restore(&mut self, mut entries: HashMap<usize, Vec<StateEntry>>) -> Result<()> {
+        for (id, node) in self.nodes.iter_mut().enumerate() {
+            if let Some(e) = entries.remove(&id) {
+                node.operator.restore(e)?;
+            }
+        }
+        if let Some(id) = entries.keys().next() {
+            return Err(MillraceError::storage(format!(
+                "the checkpoint holds state for operator {id}, which the view does not have"
+            )));
+        }
+        Ok(())
     }
 
     /// Per-node description and counters, in node order.

@@ -50,7 +50,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::change::{batch_from_columns, evaluate_keys, row_converter, ChangeBatch};
 use super::filter::evaluate_predicate;
-use super::operator::{Operator, OperatorStats};
+use super::operator::{codec, Operator, OperatorStats, StateChanges, StateEntry};
 use super::watermark::{least_mark, values_as_i64, Watermarks};
 use crate::error::{MillraceError, Result};
 
@@ -63,6 +63,66 @@ struct JoinSide {
     rows: RowConverter,
     index: HashMap<Box<[u8]>, Bucket, RandomState>,
     schema: SchemaRef,
+    /// Keys whose rows changed since the last checkpoint, when checkpoints
+    /// are taken.
+    changed: Option<HashSet<Box<[u8]>, RandomState>>,
+}
+
+impl JoinSide {
+    /// Notes that the rows of `key` changed, for the next checkpoint.
+    fn touch(&mut self, key: &[u8]) {
+        if let Some(changed) = &mut self.changed {
+            if !changed.contains(key) {
+                changed.insert(key.into());
+            }
+        }
+    }
+
+    /// Writes each changed key's rows (or its deletion) under `tag`.
+    fn checkpoint(&mut self, tag: u8, out: &mut StateChanges) {
+        let Some(changed) = &mut self.changed else {
+            return;
+        };
+        for key in changed.drain() {
+            let mut store_key = Vec::with_capacity(1 + key.len());
+            store_key.push(tag);
+            store_key.extend_from_slice(&key);
+            match self.index.get(&key) {
+                None => out.delete(store_key),
+                Some(bucket) => {
+                    let mut value = Vec::with_capacity(4 + bucket.len() * 32);
+                    value.extend_from_slice(&(bucket.len() as u32).to_le_bytes());
+                    for (row, w) in bucket {
+                        codec::put_bytes(&mut value, row);
+                        value.extend_from_slice(&w.to_le_bytes());
+                    }
+                    out.put(store_key, value);
+                }
+            }
+        }
+    }
+
+    /// The rows of checkpointed buckets `values` as one change.
+    fn decode(&self, values: &[&[u8]]) -> Result<Option<ChangeBatch>> {
+        let mut rows: Vec<&[u8]> = Vec::new();
+        let mut weights: Vec<i64> = Vec::new();
+        for value in values {
+            let mut r = codec::Reader::new(value);
+            for _ in 0..r.u32()? {
+                rows.push(r.bytes()?);
+                weights.push(r.i64()?);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let parser = self.rows.parser();
+        let columns = self
+            .rows
+            .convert_rows(rows.iter().map(|r| parser.parse(r)))?;
+        let data = batch_from_columns(self.schema.clone(), columns, rows.len())?;
+        Ok(Some(ChangeBatch::try_new(data, Int64Array::from(weights))?))
+    }
 }
 
 /// A bound on the state of one side of an inner join: rows of that side
@@ -201,12 +261,14 @@ impl JoinOperator {
                 rows: row_converter(left_schema)?,
                 index: HashMap::default(),
                 schema: left_schema.clone(),
+                changed: None,
             },
             right: JoinSide {
                 keys: right_keys,
                 rows: row_converter(right_schema)?,
                 index: HashMap::default(),
                 schema: right_schema.clone(),
+                changed: None,
             },
             kind: JoinKind::Inner,
             key_types,
@@ -336,6 +398,7 @@ impl JoinOperator {
                 }
             }
             for key in &keys {
+                side.touch(key);
                 if side.index.get(key).is_some_and(|b| b.is_empty()) {
                     side.index.remove(key);
                 }
@@ -630,6 +693,7 @@ impl JoinOperator {
         for (i, (key, w)) in keys.iter().zip(delta.weights().values()).enumerate() {
             let Some(key) = key else { continue };
             let row = super::change::row_bytes(&rows, i);
+            side.touch(key);
             match side.index.get_mut(key) {
                 Some(bucket) => {
                     match bucket.get_mut(row) {
@@ -760,6 +824,55 @@ impl Operator for JoinOperator {
 
     fn is_stateful(&self) -> bool {
         true
+    }
+
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    fn track_changes(&mut self) {
+        for side in [&mut self.left, &mut self.right] {
+            side.changed = Some(HashSet::with_hasher(RandomState::default()));
+        }
+    }
+
+    /// Each key of each side is one entry: a side tag (0 left, 1 right)
+    /// and the join key, holding the side's rows of that key with their
+    /// weights.
+    fn checkpoint(&mut self, out: &mut StateChanges) -> Result<()> {
+        self.left.checkpoint(0, out);
+        self.right.checkpoint(1, out);
+        Ok(())
+    }
+
+    /// Puts the rows back by joining them in again: the left side's into
+    /// an empty right side, then the right side's. What that emits is the
+    /// output the view already holds, and is dropped.
+    fn restore(&mut self, entries: Vec<StateEntry>) -> Result<()> {
+        let mut left: Vec<&[u8]> = Vec::new();
+        let mut right: Vec<&[u8]> = Vec::new();
+        for (key, value) in &entries {
+            match key.first() {
+                Some(0) => left.push(value),
+                Some(1) => right.push(value),
+                _ => {
+                    return Err(MillraceError::storage(
+                        "a checkpointed join entry has no side tag",
+                    ))
+                }
+            }
+        }
+        let left = self.left.decode(&left)?;
+        let right = self.right.decode(&right)?;
+        let stats = self.stats;
+        if left.is_some() {
+            self.step(&[left, None])?;
+        }
+        if right.is_some() {
+            self.step(&[None, right])?;
+        }
+        self.stats = stats;
+        Ok(())
     }
 
     fn advance(
@@ -1056,6 +1169,24 @@ mod tests {
         for (l, r, want_semi, want_anti) in epochs {
             assert_eq!(step(&mut semi, l, r), want_semi);
             assert_eq!(step(&mut anti, l, r), want_anti);
+        }
+    }
+
+    #[test]
+    fn a_restored_join_goes_on_exactly_like_the_original() {
+        let b = |t: &str| Some(from_pretty(t).unwrap());
+        let epochs = vec![
+            vec![b("I T\n 1 a +1\n 2 b +1"), None],
+            vec![None, b("I I\n 1 10 +1\n 3 30 +1")],
+            vec![b("I T\n 3 c +1\n 1 a -1"), b("I I\n 2 20 +2")],
+            vec![b("I T\n 1 z +1"), b("I I\n 3 30 -1")],
+            vec![b("I T\n 2 b -1"), b("I I\n 1 11 +1")],
+        ];
+        for kind in [JoinKind::Inner, JoinKind::Full, JoinKind::LeftAnti] {
+            crate::stream::operator::checkpoint_testing::assert_restores_exactly(
+                || Box::new(join_of(kind)),
+                &epochs,
+            );
         }
     }
 }

@@ -71,4 +71,195 @@ pub trait Operator: Send {
     fn is_stateful(&self) -> bool {
         false
     }
+
+    /// True when the operator can write its state at checkpoints and read
+    /// it back ([`Operator::checkpoint`], [`Operator::restore`]). Stateless
+    /// operators trivially can.
+    fn checkpointable(&self) -> bool {
+        !self.is_stateful()
+    }
+
+    /// From now on, remember which parts of the state change, so that a
+    /// checkpoint writes only those. Called once, when the engine takes
+    /// checkpoints: on a new operator before its first epoch, or right
+    /// after [`Operator::restore`] (the state then equals the store's).
+    fn track_changes(&mut self) {}
+
+    /// Writes into `out` the state changed since the last checkpoint (all
+    /// of it at the first), as keys of the operator's own part of the store.
+    fn checkpoint(&mut self, _out: &mut StateChanges) -> Result<()> {
+        Ok(())
+    }
+
+    /// Restores the state from every entry the operator's checkpoints left
+    /// in the store, on a new operator that has run no epoch.
+    fn restore(&mut self, _entries: Vec<StateEntry>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// One key and value of an operator's checkpointed state.
+pub type StateEntry = (Vec<u8>, Vec<u8>);
+
+/// The changes an operator's checkpoint makes to its part of the store:
+/// puts, and deletes of keys whose state is gone. Applied in order.
+#[derive(Debug, Default)]
+pub struct StateChanges {
+    /// Each key with its new value, or `None` to delete it.
+    pub ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl StateChanges {
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((key, Some(value)));
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.ops.push((key, None));
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Little-endian encoding helpers for checkpointed state values.
+pub mod codec {
+    use crate::error::{MillraceError, Result};
+
+    /// Reads fixed-size and length-prefixed fields from a value in order.
+    pub struct Reader<'a> {
+        bytes: &'a [u8],
+    }
+
+    impl<'a> Reader<'a> {
+        /// A reader at the start of `bytes`.
+        pub fn new(bytes: &'a [u8]) -> Self {
+            Self { bytes }
+        }
+
+        /// The next `n` bytes.
+        pub fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+            if self.bytes.len() < n {
+                return Err(MillraceError::storage(
+                    "a checkpointed state value is shorter than its layout",
+                ));
+            }
+            let (head, rest) = self.bytes.split_at(n);
+            self.bytes = rest;
+            Ok(head)
+        }
+
+        /// The next `N` bytes as an array.
+        fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+            let mut a = [0u8; N];
+            a.copy_from_slice(self.take(N)?);
+            Ok(a)
+        }
+
+        /// The next `i64`.
+        pub fn i64(&mut self) -> Result<i64> {
+            Ok(i64::from_le_bytes(self.array()?))
+        }
+
+        /// The next `i128`.
+        pub fn i128(&mut self) -> Result<i128> {
+            Ok(i128::from_le_bytes(self.array()?))
+        }
+
+        /// The next `f64`.
+        pub fn f64(&mut self) -> Result<f64> {
+            Ok(f64::from_le_bytes(self.array()?))
+        }
+
+        /// The next `u32`.
+        pub fn u32(&mut self) -> Result<u32> {
+            Ok(u32::from_le_bytes(self.array()?))
+        }
+
+        /// The next length-prefixed byte string.
+        pub fn bytes(&mut self) -> Result<&'a [u8]> {
+            let n = self.u32()? as usize;
+            self.take(n)
+        }
+
+        /// Whether every byte was read.
+        pub fn is_done(&self) -> bool {
+            self.bytes.is_empty()
+        }
+    }
+
+    /// Appends `b` with its length in front.
+    pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        out.extend_from_slice(b);
+    }
+}
+
+/// Checks an operator's checkpoints: one copy runs every epoch, taking a
+/// checkpoint after each into a map that stands for the store; at each
+/// epoch a second copy is restored from that map and must go on exactly
+/// as the first (same output for every later epoch).
+#[cfg(test)]
+pub mod checkpoint_testing {
+    use std::collections::BTreeMap;
+
+    use super::{Operator, StateChanges};
+    use crate::stream::change::ChangeBatch;
+    use crate::stream::pretty::to_pretty_lines;
+
+    fn lines(out: Option<ChangeBatch>) -> Vec<String> {
+        let mut v = out
+            .map(|b| to_pretty_lines(&b.consolidate().unwrap()).unwrap())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Runs `epochs` (each the inputs of one step) through operators made
+    /// by `make`, restoring a fresh copy after every epoch and comparing.
+    pub fn assert_restores_exactly(
+        make: impl Fn() -> Box<dyn Operator>,
+        epochs: &[Vec<Option<ChangeBatch>>],
+    ) {
+        let mut original = make();
+        original.track_changes();
+        let mut store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut written = 0usize;
+        for cut in 0..epochs.len() {
+            original.step(&epochs[cut]).unwrap();
+            let mut changes = StateChanges::default();
+            original.checkpoint(&mut changes).unwrap();
+            written += changes.ops.len();
+            for (k, v) in changes.ops {
+                match v {
+                    Some(v) => store.insert(k, v),
+                    None => store.remove(&k),
+                };
+            }
+            // A copy restored here must continue like the original.
+            let mut restored = make();
+            restored
+                .restore(store.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap();
+            restored.track_changes();
+            let mut reference = make();
+            reference.track_changes();
+            for e in &epochs[..=cut] {
+                reference.step(e).unwrap();
+            }
+            for (later, e) in epochs[cut + 1..].iter().enumerate() {
+                assert_eq!(
+                    lines(restored.step(e).unwrap()),
+                    lines(reference.step(e).unwrap()),
+                    "restored after epoch {cut}, epoch {} differs",
+                    cut + 1 + later
+                );
+            }
+        }
+        assert!(written > 0, "the operator never wrote any state");
+    }
 }

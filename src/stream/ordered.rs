@@ -13,7 +13,7 @@
 //! the operator's rows for it are final, and [`OrderedPartitions::expire`]
 //! drops its state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, Int64Array};
@@ -23,7 +23,8 @@ use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::hash_utils::RandomState;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::change::{evaluate_keys, row_converter, ChangeBatch};
+use super::change::{batch_from_columns, evaluate_keys, row_converter, ChangeBatch};
+use super::operator::{codec, StateChanges, StateEntry};
 use super::watermark::{values_as_i64, Watermarks};
 use crate::error::{MillraceError, Result};
 
@@ -44,6 +45,9 @@ pub struct OrderedPartitions {
     pub partitions: HashMap<Vec<u8>, Partition, RandomState>,
     input: SchemaRef,
     expiry: Option<PartitionExpiry>,
+    /// Keys of partitions changed since the last checkpoint, when
+    /// checkpoints are taken.
+    changed: Option<HashSet<Vec<u8>, RandomState>>,
 }
 
 /// Partitions by their value in a watermarked input column. A partition
@@ -103,6 +107,7 @@ impl OrderedPartitions {
             partitions: HashMap::with_hasher(RandomState::default()),
             input: input.clone(),
             expiry: None,
+            changed: None,
         })
     }
 
@@ -147,6 +152,11 @@ impl OrderedPartitions {
         values: Option<&Int64Array>,
         first: usize,
     ) -> &mut Partition {
+        if let Some(changed) = &mut self.changed {
+            if !changed.contains(key) {
+                changed.insert(key.to_vec());
+            }
+        }
         if let (Some(e), Some(values)) = (&mut self.expiry, values) {
             if !self.partitions.contains_key(key) && values.is_valid(first) {
                 e.by_value
@@ -178,9 +188,62 @@ impl OrderedPartitions {
         for key in expired.into_values().flatten() {
             if self.partitions.remove(&key).is_some() {
                 dropped += 1;
+                if let Some(changed) = &mut self.changed {
+                    changed.insert(key);
+                }
             }
         }
         Ok(dropped)
+    }
+
+    /// From now on, remember which partitions change.
+    pub fn track_changes(&mut self) {
+        self.changed = Some(HashSet::with_hasher(RandomState::default()));
+    }
+
+    /// Writes each changed partition (key: its partition key) as its rows
+    /// with their weights, or deletes it when it is gone.
+    pub fn checkpoint(&mut self, out: &mut StateChanges) {
+        let Some(changed) = &mut self.changed else {
+            return;
+        };
+        for key in changed.drain() {
+            match self.partitions.get(&key) {
+                None => out.delete(key),
+                Some(partition) => {
+                    let mut value = Vec::with_capacity(4 + partition.len() * 32);
+                    value.extend_from_slice(&(partition.len() as u32).to_le_bytes());
+                    for ((_, row), w) in partition {
+                        codec::put_bytes(&mut value, row);
+                        value.extend_from_slice(&w.to_le_bytes());
+                    }
+                    out.put(key, value);
+                }
+            }
+        }
+    }
+
+    /// The rows of checkpointed partitions `entries` as one change, to be
+    /// fed back through the operator.
+    pub fn decode(&self, entries: &[StateEntry]) -> Result<Option<ChangeBatch>> {
+        let mut rows: Vec<&[u8]> = Vec::new();
+        let mut weights: Vec<i64> = Vec::new();
+        for (_, value) in entries {
+            let mut r = codec::Reader::new(value);
+            for _ in 0..r.u32()? {
+                rows.push(r.bytes()?);
+                weights.push(r.i64()?);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let parser = self.input_rows.parser();
+        let columns = self
+            .input_rows
+            .convert_rows(rows.iter().map(|r| parser.parse(r)))?;
+        let data = batch_from_columns(self.input.clone(), columns, rows.len())?;
+        Ok(Some(ChangeBatch::try_new(data, Int64Array::from(weights))?))
     }
 
     /// How many expressions partition the rows.

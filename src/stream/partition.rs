@@ -14,7 +14,7 @@ use datafusion::common::hash_utils::{create_hashes, RandomState};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::change::{evaluate_keys, ChangeBatch};
-use super::operator::{Operator, OperatorStats};
+use super::operator::{Operator, OperatorStats, StateChanges, StateEntry};
 use super::watermark::Watermarks;
 use crate::error::{MillraceError, Result};
 
@@ -154,6 +154,56 @@ impl Operator for PartitionedOperator {
 
     fn is_stateful(&self) -> bool {
         self.shards.iter().any(|s| s.is_stateful())
+    }
+
+    fn checkpointable(&self) -> bool {
+        self.shards.len() <= usize::from(u8::MAX) && self.shards.iter().all(|s| s.checkpointable())
+    }
+
+    fn track_changes(&mut self) {
+        for shard in &mut self.shards {
+            shard.track_changes();
+        }
+    }
+
+    /// Each shard's keys, behind one byte: the shard's number.
+    fn checkpoint(&mut self, out: &mut StateChanges) -> Result<()> {
+        for (i, shard) in self.shards.iter_mut().enumerate() {
+            let mut part = StateChanges::default();
+            shard.checkpoint(&mut part)?;
+            let tag = u8::try_from(i)
+                .map_err(|_| MillraceError::execution("too many shards to checkpoint"))?;
+            for (key, value) in part.ops {
+                let mut k = Vec::with_capacity(key.len() + 1);
+                k.push(tag);
+                k.extend_from_slice(&key);
+                out.ops.push((k, value));
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, entries: Vec<StateEntry>) -> Result<()> {
+        let mut parts: Vec<Vec<StateEntry>> = vec![Vec::new(); self.shards.len()];
+        for (mut key, value) in entries {
+            let Some(&tag) = key.first() else {
+                return Err(MillraceError::storage(
+                    "a checkpointed shard entry has no shard",
+                ));
+            };
+            let part = parts.get_mut(usize::from(tag)).ok_or_else(|| {
+                MillraceError::storage(format!(
+                    "the checkpoint was taken with more than {} workers",
+                    self.shards.len()
+                ))
+            })?;
+            key.remove(0);
+            part.push((key, value));
+        }
+        for (shard, part) in self.shards.iter_mut().zip(parts) {
+            shard.restore(part)?;
+        }
+        Ok(())
     }
 
     fn advance(

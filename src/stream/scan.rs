@@ -11,7 +11,7 @@
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::change::{batch_from_columns, ChangeBatch};
-use super::operator::{Operator, OperatorStats};
+use super::operator::{Operator, OperatorStats, StateChanges, StateEntry};
 use super::watermark::{Mark, WatermarkTracker, Watermarks};
 use crate::error::Result;
 
@@ -23,6 +23,8 @@ pub struct ScanOperator {
     stats: OperatorStats,
     /// The relation's declared watermark, applied to its changes.
     tracker: Option<WatermarkTracker>,
+    /// The watermark as of the last checkpoint.
+    checkpointed: Option<Mark>,
 }
 
 impl ScanOperator {
@@ -34,6 +36,7 @@ impl ScanOperator {
             schema,
             stats: OperatorStats::default(),
             tracker: None,
+            checkpointed: None,
         })
     }
 
@@ -101,6 +104,27 @@ impl Operator for ScanOperator {
 
     fn stats(&self) -> OperatorStats {
         self.stats
+    }
+
+    /// The declared watermark, when it moved: one entry with an empty key.
+    fn checkpoint(&mut self, out: &mut StateChanges) -> Result<()> {
+        let Some(mark) = self.tracker.as_ref().and_then(|t| t.mark()) else {
+            return Ok(());
+        };
+        if self.checkpointed.as_ref() != Some(mark) {
+            out.put(Vec::new(), mark.encode()?);
+            self.checkpointed = Some(mark.clone());
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, entries: Vec<StateEntry>) -> Result<()> {
+        if let (Some(tracker), Some((_, value))) = (&mut self.tracker, entries.first()) {
+            let mark = Mark::decode(value)?;
+            tracker.restore(mark.clone());
+            self.checkpointed = Some(mark);
+        }
+        Ok(())
     }
 
     fn advance(

@@ -36,7 +36,7 @@ use datafusion::common::hash_utils::RandomState;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::change::{batch_from_columns, ChangeBatch};
-use super::operator::{Operator, OperatorStats};
+use super::operator::{Operator, OperatorStats, StateChanges, StateEntry};
 use super::ordered::{OrderedPartitions, Partition};
 use super::watermark::Watermarks;
 use crate::error::{MillraceError, Result};
@@ -311,6 +311,31 @@ impl Operator for TopNOperator {
         true
     }
 
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    fn track_changes(&mut self) {
+        self.state.track_changes();
+    }
+
+    /// Each partition is one entry: its key, holding its rows.
+    fn checkpoint(&mut self, out: &mut StateChanges) -> Result<()> {
+        self.state.checkpoint(out);
+        Ok(())
+    }
+
+    /// Feeds the stored rows back through the operator, dropping what it
+    /// emits (the view already holds it).
+    fn restore(&mut self, entries: Vec<StateEntry>) -> Result<()> {
+        if let Some(rows) = self.state.decode(&entries)? {
+            let stats = self.stats;
+            self.step(&[Some(rows)])?;
+            self.stats = stats;
+        }
+        Ok(())
+    }
+
     fn stats(&self) -> OperatorStats {
         self.stats
     }
@@ -572,6 +597,23 @@ mod tests {
         assert_eq!(
             out,
             vec!["1 3 2 | -1", "1 4 1 | -1", "1 4 2 | +1", "1 5 1 | +1"]
+        );
+    }
+
+    #[test]
+    fn a_restored_top_n_goes_on_exactly_like_the_original() {
+        let epochs: Vec<Vec<Option<ChangeBatch>>> = [
+            "I I\n 1 5 +1\n 1 7 +1\n 2 1 +1",
+            "I I\n 1 9 +1\n 1 5 -1",
+            "I I\n 2 3 +1\n 1 9 -1",
+            "I I\n 1 8 +1\n 2 1 -1\n 2 4 +1",
+        ]
+        .iter()
+        .map(|t| vec![Some(from_pretty(t).unwrap())])
+        .collect();
+        crate::stream::operator::checkpoint_testing::assert_restores_exactly(
+            || Box::new(operator(Some(Ranking::RowNumber), 1, 2, false)),
+            &epochs,
         );
     }
 }

@@ -91,6 +91,42 @@ impl Mark {
     /// The mark as an `i64` of a column of `data_type` (see
     /// [`values_as_i64`]); `None` for [`Mark::End`], behind which everything
     /// is.
+    /// The mark as bytes for a checkpoint: a tag (0: a value, 1: the
+    /// end), and for a value its integer value and its type's name.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        match self {
+            Mark::End => Ok(vec![1]),
+            Mark::Value(v) => {
+                let data_type = v.data_type();
+                let Some(n) = self.as_i64(&data_type)? else {
+                    return Ok(vec![1]);
+                };
+                let mut out = vec![0];
+                out.extend_from_slice(&n.to_le_bytes());
+                out.extend_from_slice(data_type.to_string().as_bytes());
+                Ok(out)
+            }
+        }
+    }
+
+    /// The mark [`Mark::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<Mark> {
+        let bad = || MillraceError::storage("a checkpointed watermark is damaged");
+        match bytes.split_first() {
+            Some((1, _)) => Ok(Mark::End),
+            Some((0, rest)) if rest.len() >= 8 => {
+                let (n, name) = rest.split_at(8);
+                let n = i64::from_le_bytes(n.try_into().map_err(|_| bad())?);
+                let name = std::str::from_utf8(name).map_err(|_| bad())?;
+                let data_type: DataType = name.parse().map_err(|_| bad())?;
+                Ok(Mark::Value(
+                    ScalarValue::Int64(Some(n)).cast_to(&data_type)?,
+                ))
+            }
+            _ => Err(bad()),
+        }
+    }
+
     pub fn as_i64(&self, data_type: &DataType) -> Result<Option<i64>> {
         match self {
             Mark::End => Ok(None),
@@ -468,6 +504,12 @@ impl WatermarkTracker {
         };
         self.progress.set(&next);
         self.mark = Some(next);
+    }
+
+    /// Sets the watermark restored from a checkpoint.
+    pub fn restore(&mut self, mark: Mark) {
+        self.progress.set(&mark);
+        self.mark = Some(mark);
     }
 
     /// The stream has ended: nothing more will come.

@@ -74,6 +74,17 @@ impl Broker {
         Ok(broker)
     }
 
+    /// A handle on a broker already running at `servers` (owning no
+    /// process), for a thread of the test that needs its own clients.
+    pub fn external(servers: &str) -> Self {
+        Self {
+            servers: servers.to_string(),
+            child: None,
+            port: 0,
+            binary: None,
+        }
+    }
+
     /// Whether this broker is a process the test controls (and can stop).
     pub fn is_local(&self) -> bool {
         self.binary.is_some()

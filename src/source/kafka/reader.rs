@@ -24,7 +24,7 @@ use super::decode::PayloadDecoder;
 use super::{consumer_config, partitions_of, Envelope, KafkaSource, Startup};
 use crate::error::{MillraceError, Result};
 use crate::source::upsert::KeyedState;
-use crate::source::{BatchGenerator, IncludeKind, ReaderContext};
+use crate::source::{BatchGenerator, IncludeKind, ReaderContext, SourcePosition};
 use crate::stream::change::{row_converter, ChangeBatch};
 
 /// How long one poll waits for the first record.
@@ -72,6 +72,16 @@ impl KafkaReader {
     /// Reader `part` of the source's reader threads.
     pub fn try_new(source: Arc<KafkaSource>, ctx: &ReaderContext, part: usize) -> Result<Self> {
         let client = ReaderClient::try_new(&source, &ctx.source)?;
+        // A resumed reader goes on from the checkpoint's offsets of the
+        // partitions it reads (see `discover`).
+        let next_offsets = match &ctx.resume {
+            Some(SourcePosition::Offsets(offsets)) => offsets
+                .iter()
+                .filter(|(p, _)| reads_partition(source.threads, part, **p))
+                .map(|(p, o)| (*p, *o))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
         let watcher = Watcher::start(&source, ctx)?;
         let decoder_schema = match source.envelope {
             Envelope::Debezium => super::debezium_schema(&source.value_schema),
@@ -94,7 +104,7 @@ impl KafkaReader {
                 bad_seen: 0,
             },
             assigned: BTreeSet::new(),
-            next_offsets: BTreeMap::new(),
+            next_offsets,
             last_discovery: None,
             started: false,
             skip_before: BTreeMap::new(),
@@ -121,7 +131,10 @@ impl KafkaReader {
                 self.d.source.servers()
             )));
         };
-        let first = !self.started;
+        // A reader resumed from a checkpoint reads partitions the checkpoint
+        // does not know from their start, not from the startup mode: their
+        // records may have been produced while the server was down.
+        let first = !self.started && self.d.ctx.resume.is_none();
         self.started = true;
         let new: Vec<i32> = partitions
             .into_iter()
@@ -211,7 +224,7 @@ impl KafkaReader {
 
     /// Whether partition `p` is this reader's.
     fn mine(&self, p: i32) -> bool {
-        (p as usize) % self.d.source.threads == self.part
+        reads_partition(self.d.source.threads, self.part, p)
     }
 
     /// The topic was deleted: forget its partitions. If it is created
@@ -648,6 +661,15 @@ impl BatchGenerator for KafkaReader {
     fn rows_per_second(&self) -> Option<f64> {
         None
     }
+
+    fn position(&self) -> Option<SourcePosition> {
+        Some(SourcePosition::Offsets(self.next_offsets.clone()))
+    }
+}
+
+/// Whether reader `part` of `threads` reads partition `p`.
+fn reads_partition(threads: usize, part: usize, p: i32) -> bool {
+    (p as usize) % threads.max(1) == part
 }
 
 /// Where the reader is in each partition, updated as records are taken.

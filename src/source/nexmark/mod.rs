@@ -157,6 +157,7 @@ pub fn build(
         connector: "nexmark".into(),
         schema,
         append_only: true,
+        resumable: true,
         make_generators: Box::new(move |_: &super::ReaderContext| {
             Ok((0..settings.split)
                 .map(|k| {

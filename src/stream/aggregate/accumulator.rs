@@ -22,6 +22,7 @@ use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64T
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
 use crate::error::{MillraceError, Result};
+use crate::stream::operator::codec::{put_bytes, Reader};
 
 use super::AggregateKind;
 
@@ -533,6 +534,65 @@ impl AccColumn {
             }
             AccColumn::Values(sets) => put(sets, g, BTreeMap::new()),
         }
+    }
+}
+
+impl AccColumn {
+    /// Appends group `g`'s state to `out` (for a checkpoint).
+    pub(super) fn encode(&self, g: u32, out: &mut Vec<u8>) {
+        let g = g as usize;
+        match self {
+            AccColumn::Count(c) => out.extend_from_slice(&c[g].to_le_bytes()),
+            AccColumn::Sum { sum, n } | AccColumn::IntExtreme { value: sum, n } => {
+                out.extend_from_slice(&sum[g].to_le_bytes());
+                out.extend_from_slice(&n[g].to_le_bytes());
+            }
+            AccColumn::FloatSum { sum, n } | AccColumn::FloatExtreme { value: sum, n } => {
+                out.extend_from_slice(&sum[g].to_le_bytes());
+                out.extend_from_slice(&n[g].to_le_bytes());
+            }
+            AccColumn::Bools { t, f } => {
+                out.extend_from_slice(&t[g].to_le_bytes());
+                out.extend_from_slice(&f[g].to_le_bytes());
+            }
+            AccColumn::Values(sets) => {
+                out.extend_from_slice(&(sets[g].len() as u32).to_le_bytes());
+                for (value, count) in &sets[g] {
+                    put_bytes(out, value);
+                    out.extend_from_slice(&count.to_le_bytes());
+                }
+            }
+        }
+    }
+
+    /// Reads group `g`'s state, written by [`AccColumn::encode`], from
+    /// `r` into the (empty) group.
+    pub(super) fn decode(&mut self, g: u32, r: &mut Reader<'_>) -> Result<()> {
+        let g = g as usize;
+        match self {
+            AccColumn::Count(c) => c[g] = r.i64()?,
+            AccColumn::Sum { sum, n } | AccColumn::IntExtreme { value: sum, n } => {
+                sum[g] = r.i128()?;
+                n[g] = r.i64()?;
+            }
+            AccColumn::FloatSum { sum, n } | AccColumn::FloatExtreme { value: sum, n } => {
+                sum[g] = r.f64()?;
+                n[g] = r.i64()?;
+            }
+            AccColumn::Bools { t, f } => {
+                t[g] = r.i64()?;
+                f[g] = r.i64()?;
+            }
+            AccColumn::Values(sets) => {
+                let len = r.u32()?;
+                let set = &mut sets[g];
+                for _ in 0..len {
+                    let value: Box<[u8]> = r.bytes()?.into();
+                    set.insert(value, r.i64()?);
+                }
+            }
+        }
+        Ok(())
     }
 }
 

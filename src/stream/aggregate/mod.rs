@@ -47,7 +47,8 @@ use self::accumulator::{active_rows, AccColumn, AccPlan};
 use self::groups::GroupTable;
 use super::change::{batch_from_columns, ChangeBatch};
 use super::filter::evaluate_predicate;
-use super::operator::{Operator, OperatorStats};
+use super::operator::codec::Reader;
+use super::operator::{Operator, OperatorStats, StateChanges, StateEntry};
 use super::watermark::{values_as_i64, Watermarks};
 use crate::error::{MillraceError, Result};
 
@@ -108,6 +109,32 @@ pub struct AggregateOperator {
     stats: OperatorStats,
     /// Groups by their value in the group column that carries a watermark.
     expiry: Option<Expiry>,
+    /// Groups changed since the last checkpoint, when checkpoints are taken.
+    changes: Option<GroupChanges>,
+}
+
+/// The groups an aggregate changed since its last checkpoint.
+#[derive(Default)]
+struct GroupChanges {
+    /// Ids of groups touched (each once; see `flagged`).
+    touched: Vec<u32>,
+    /// Per group id, whether it is in `touched`.
+    flagged: Vec<bool>,
+    /// Keys of groups removed.
+    removed: Vec<Box<[u8]>>,
+}
+
+impl GroupChanges {
+    fn touch(&mut self, g: u32) {
+        let i = g as usize;
+        if self.flagged.len() <= i {
+            self.flagged.resize(i + 1, false);
+        }
+        if !self.flagged[i] {
+            self.flagged[i] = true;
+            self.touched.push(g);
+        }
+    }
 }
 
 /// The groups of an aggregate ordered by their value in one group column
@@ -181,6 +208,7 @@ impl AggregateOperator {
             schema,
             stats: OperatorStats::default(),
             expiry: None,
+            changes: None,
         };
         if op.is_global() {
             // The one group of a global aggregate has id 0 and is never
@@ -208,6 +236,9 @@ impl AggregateOperator {
 
     /// Removes group `g`: its id and state are free for a new group.
     fn remove_group(&mut self, g: u32) {
+        if let Some(changes) = &mut self.changes {
+            changes.removed.push(self.groups.key(g).into());
+        }
         self.groups.remove(g);
         self.counts[g as usize] = 0;
         for c in &mut self.columns {
@@ -255,6 +286,16 @@ impl AggregateOperator {
 
     fn is_global(&self) -> bool {
         self.group_exprs.is_empty()
+    }
+
+    /// Whether group id `g` holds a group (the global group once emitted;
+    /// otherwise a group not removed).
+    fn is_live(&self, g: u32) -> bool {
+        if self.is_global() {
+            self.global_emitted
+        } else {
+            !self.groups.key(g).is_empty()
+        }
     }
 
     fn push_group(&mut self) {
@@ -431,6 +472,11 @@ impl Operator for AggregateOperator {
             }
         }
         self.stats.state_touched += touched.len() as u64;
+        if let Some(changes) = &mut self.changes {
+            for &g in &touched {
+                changes.touch(g);
+            }
+        }
 
         // Outputs before and after the change.
         let old_exists = self.existing(&touched, self.global_emitted);
@@ -548,6 +594,92 @@ impl Operator for AggregateOperator {
 
     fn is_stateful(&self) -> bool {
         true
+    }
+
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    fn track_changes(&mut self) {
+        self.changes = Some(GroupChanges::default());
+    }
+
+    /// Each group is one key (its group key in row format; empty for the
+    /// global group) whose value is its row count and then each
+    /// aggregate's state.
+    fn checkpoint(&mut self, out: &mut StateChanges) -> Result<()> {
+        let Some(changes) = self.changes.take() else {
+            return Ok(());
+        };
+        for key in &changes.removed {
+            out.delete(key.to_vec());
+        }
+        for &g in &changes.touched {
+            if !self.is_live(g) {
+                continue;
+            }
+            let mut value = Vec::with_capacity(8 + 24 * self.columns.len());
+            value.extend_from_slice(&self.counts[g as usize].to_le_bytes());
+            for column in &self.columns {
+                column.encode(g, &mut value);
+            }
+            let key = if self.is_global() {
+                Vec::new()
+            } else {
+                self.groups.key(g).to_vec()
+            };
+            out.put(key, value);
+        }
+        let mut next = GroupChanges {
+            flagged: changes.flagged,
+            ..GroupChanges::default()
+        };
+        next.flagged.iter_mut().for_each(|f| *f = false);
+        self.changes = Some(next);
+        Ok(())
+    }
+
+    fn restore(&mut self, entries: Vec<StateEntry>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<u32> = match &self.group_converter {
+            None => {
+                self.global_emitted = true;
+                vec![0; entries.len()]
+            }
+            Some(conv) => {
+                let parser = conv.parser();
+                let keys = conv.convert_rows(entries.iter().map(|(k, _)| parser.parse(k)))?;
+                let rows = conv.convert_columns(&keys)?;
+                self.groups.hash_batch(&keys, entries.len())?;
+                let mut ids = Vec::with_capacity(entries.len());
+                let mut created = Vec::new();
+                for row in 0..entries.len() {
+                    let id = self.groups.intern(&rows, row);
+                    if id as usize == self.counts.len() {
+                        self.push_group();
+                    }
+                    created.push((row as u32, id));
+                    ids.push(id);
+                }
+                self.track_new_groups(&keys, &created)?;
+                ids
+            }
+        };
+        for ((_, value), g) in entries.iter().zip(ids) {
+            let mut r = Reader::new(value);
+            self.counts[g as usize] = r.i64()?;
+            for column in &mut self.columns {
+                column.decode(g, &mut r)?;
+            }
+            if !r.is_done() {
+                return Err(MillraceError::storage(
+                    "a checkpointed aggregate group is longer than its layout",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -800,5 +932,23 @@ mod tests {
             vec!["b 1 9 9 9 | -1", "c 1 4 4 4 | -1", "c 2 6 2 4 | +1"]
         );
         assert_eq!(op.group_count(), 1);
+    }
+
+    #[test]
+    fn a_restored_aggregate_goes_on_exactly_like_the_original() {
+        let epochs: Vec<Vec<Option<ChangeBatch>>> = [
+            "T I\n a 1 +1\n a 5 +1\n b 2 +2",
+            "T I\n a 1 -1\n c 9 +1",
+            "T I\n b 2 -2\n a . +1",
+            "T I\n b 4 +1\n c 9 -1\n a 7 +3",
+            "T I\n a 5 -1\n a 3 +1",
+        ]
+        .iter()
+        .map(|t| vec![Some(from_pretty(t).unwrap())])
+        .collect();
+        crate::stream::operator::checkpoint_testing::assert_restores_exactly(
+            || Box::new(grouped()),
+            &epochs,
+        );
     }
 }
