@@ -48,5 +48,8 @@ make_env sa21 SQLAlchemy==2.1.9 psycopg2-binary==2.9.10 'psycopg[binary]==3.3.9'
 # Flask-Caching before 2.4 besides what it declares.
 make_env superset apache-superset==6.1.0 rich psycopg2-binary==2.9.10 cachetools 'flask-caching<2.4'
 
-cargo build --locked --all-targets
-cargo test --locked --all-targets -- --test-threads=2
+# The `crash-points` feature builds the server with the crash points the
+# recovery tests use (tests/crash_points.rs); they do nothing unless
+# MILLRACE_CRASH_AT names one.
+cargo build --locked --all-targets --features crash-points
+cargo test --locked --all-targets --features crash-points -- --test-threads=2

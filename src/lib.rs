@@ -4,6 +4,7 @@
 //! PostgreSQL wire protocol.
 
 pub mod bench;
+pub mod crash;
 pub mod error;
 pub mod pgwire;
 pub mod server;

@@ -77,6 +77,21 @@ enum CommandLine {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Measure recovery: build a view holding a chosen amount of state,
+    /// checkpoint it, restart the engine and time the restore
+    /// (docs/benchmarks.md).
+    BenchRecovery {
+        /// Rows (and aggregate groups) in the view.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// Bytes of text per row.
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
+        /// Data directory for the run (default: under the system's
+        /// temporary directory); removed afterwards.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run Nexmark queries from the built-in generator into views and
     /// report throughput, CPU efficiency and peak memory.
     Bench {
@@ -145,6 +160,23 @@ fn main() -> anyhow::Result<()> {
                 _ => Feed::Generator,
             };
             bench(events, queries, !no_verify, single, &feed)
+        }
+        CommandLine::BenchRecovery {
+            rows,
+            payload_bytes,
+            dir,
+        } => {
+            let dir = dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("millrace-bench-recovery-{}", std::process::id()))
+            });
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the runtime")?;
+            let result =
+                runtime.block_on(millrace::bench::recovery::run(rows, payload_bytes, &dir))?;
+            println!("{}", millrace::bench::recovery::markdown(&result));
+            Ok(())
         }
         CommandLine::BenchStore {
             keys,

@@ -19,6 +19,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 use serde::{Deserialize, Serialize};
 
 pub mod kafka;
+pub mod recovery;
 pub mod store;
 
 use crate::error::{MillraceError, Result};
@@ -147,12 +148,33 @@ pub enum Feed {
     },
 }
 
+/// The checkpoint interval a benchmark runs with:
+/// `MILLRACE_CHECKPOINT_INTERVAL_MS` (0: none), as for the server, or the
+/// server's default.
+pub fn checkpoint_interval_from_env() -> Result<Option<Duration>> {
+    match std::env::var("MILLRACE_CHECKPOINT_INTERVAL_MS") {
+        Err(_) => Ok(Some(crate::sql::engine::DEFAULT_CHECKPOINT_INTERVAL)),
+        Ok(v) => {
+            let ms: u64 = v.trim().parse().map_err(|_| {
+                MillraceError::plan(format!(
+                    "MILLRACE_CHECKPOINT_INTERVAL_MS must be a number of milliseconds, not \"{v}\""
+                ))
+            })?;
+            Ok((ms > 0).then(|| Duration::from_millis(ms)))
+        }
+    }
+}
+
 /// Runs one query in this process.
 pub async fn run_single(name: &str, events: u64, verify: bool, feed: &Feed) -> Result<BenchResult> {
     let sql = query_file(name)?;
     let dir = std::env::temp_dir().join(format!("millrace-bench-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let engine = Engine::open_dir(&dir).await?;
+    let engine = Engine::open_with(
+        crate::storage::open_in(&dir, None)?,
+        checkpoint_interval_from_env()?,
+    )
+    .await?;
     let options = EngineOptions::default();
     let mut sources: Vec<(String, BTreeMap<String, String>)> = Vec::new();
     let mut tables: Vec<String> = Vec::new();

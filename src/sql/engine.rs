@@ -1715,6 +1715,7 @@ impl Engine {
             if can_restore {
                 match self.restore_view(state, i) {
                     Ok(true) => {
+                        crate::crash::hit("restore");
                         let view = &state.views[i];
                         restored.insert(view.name.clone());
                         for (source, position) in positions.remove(&view.id).unwrap_or_default() {
@@ -1856,8 +1857,14 @@ impl Engine {
         record: Option<CheckpointRecord>,
         started: std::time::Instant,
     ) -> Result<()> {
+        if record.is_some() {
+            crate::crash::hit("checkpoint-before");
+        }
         match self.store.write(writes) {
             Ok(()) => {
+                if record.is_some() {
+                    crate::crash::hit("checkpoint-after");
+                }
                 state.uncheckpointed = false;
                 if let Some(record) = record {
                     let mut status = self.lock_checkpoint_status();

@@ -101,9 +101,18 @@ impl StateStore for RedbStore {
         let txn = self.db.begin_write().map_err(|e| self.error(e))?;
         {
             let mut table = txn.open_table(STATE).map_err(|e| self.error(e))?;
-            for op in batch.ops {
-                let key = namespaced_key(&op.namespace, &op.key);
-                match op.value {
+            let mut ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = batch
+                .ops
+                .into_iter()
+                .map(|op| (namespaced_key(&op.namespace, &op.key), op.value))
+                .collect();
+            // In key order, each B-tree page is copied once per commit
+            // rather than once per key that lands on it (a checkpoint's
+            // keys come in hash order). The sort is stable: writes to one
+            // key keep their order.
+            ops.sort_by(|a, b| a.0.cmp(&b.0));
+            for (key, value) in ops {
+                match value {
                     Some(v) => {
                         table
                             .insert(key.as_slice(), v.as_slice())
@@ -115,6 +124,7 @@ impl StateStore for RedbStore {
                 }
             }
         }
+        crate::crash::hit("store-commit");
         txn.commit().map_err(|e| self.error(e))
     }
 
