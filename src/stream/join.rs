@@ -89,39 +89,20 @@ impl JoinSide {
             store_key.extend_from_slice(&key);
             match self.index.get(&key) {
                 None => out.delete(store_key),
-                Some(bucket) => {
-                    let mut value = Vec::with_capacity(4 + bucket.len() * 32);
-                    value.extend_from_slice(&(bucket.len() as u32).to_le_bytes());
-                    for (row, w) in bucket {
-                        codec::put_bytes(&mut value, row);
-                        value.extend_from_slice(&w.to_le_bytes());
-                    }
-                    out.put(store_key, value);
-                }
+                Some(bucket) => out.put(
+                    store_key,
+                    codec::encode_weighted_rows(
+                        bucket.len(),
+                        bucket.iter().map(|(r, w)| (r.as_ref(), *w)),
+                    ),
+                ),
             }
         }
     }
 
     /// The rows of checkpointed buckets `values` as one change.
     fn decode(&self, values: &[&[u8]]) -> Result<Option<ChangeBatch>> {
-        let mut rows: Vec<&[u8]> = Vec::new();
-        let mut weights: Vec<i64> = Vec::new();
-        for value in values {
-            let mut r = codec::Reader::new(value);
-            for _ in 0..r.u32()? {
-                rows.push(r.bytes()?);
-                weights.push(r.i64()?);
-            }
-        }
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let parser = self.rows.parser();
-        let columns = self
-            .rows
-            .convert_rows(rows.iter().map(|r| parser.parse(r)))?;
-        let data = batch_from_columns(self.schema.clone(), columns, rows.len())?;
-        Ok(Some(ChangeBatch::try_new(data, Int64Array::from(weights))?))
+        codec::decode_weighted_rows(values.iter().copied(), &self.rows, &self.schema)
     }
 }
 
@@ -864,15 +845,7 @@ impl Operator for JoinOperator {
         }
         let left = self.left.decode(&left)?;
         let right = self.right.decode(&right)?;
-        let stats = self.stats;
-        if left.is_some() {
-            self.step(&[left, None])?;
-        }
-        if right.is_some() {
-            self.step(&[None, right])?;
-        }
-        self.stats = stats;
-        Ok(())
+        super::operator::replay(self, vec![vec![left, None], vec![None, right]])
     }
 
     fn advance(

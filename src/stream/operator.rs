@@ -197,6 +197,62 @@ pub mod codec {
         out.extend_from_slice(&(b.len() as u32).to_le_bytes());
         out.extend_from_slice(b);
     }
+
+    /// Rows (row format) with their weights as one value: a count, then
+    /// each row length-prefixed and its weight.
+    pub fn encode_weighted_rows<'a>(
+        len: usize,
+        rows: impl Iterator<Item = (&'a [u8], i64)>,
+    ) -> Vec<u8> {
+        let mut value = Vec::with_capacity(4 + len * 32);
+        value.extend_from_slice(&(len as u32).to_le_bytes());
+        for (row, w) in rows {
+            put_bytes(&mut value, row);
+            value.extend_from_slice(&w.to_le_bytes());
+        }
+        value
+    }
+
+    /// The rows of values [`encode_weighted_rows`] wrote, decoded with
+    /// `converter` into one change of `schema` (`None` when there are no
+    /// rows).
+    pub fn decode_weighted_rows<'a>(
+        values: impl Iterator<Item = &'a [u8]>,
+        converter: &datafusion::arrow::row::RowConverter,
+        schema: &datafusion::arrow::datatypes::SchemaRef,
+    ) -> Result<Option<crate::stream::ChangeBatch>> {
+        let mut rows: Vec<&[u8]> = Vec::new();
+        let mut weights: Vec<i64> = Vec::new();
+        for value in values {
+            let mut r = Reader::new(value);
+            for _ in 0..r.u32()? {
+                rows.push(r.bytes()?);
+                weights.push(r.i64()?);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let parser = converter.parser();
+        let columns = converter.convert_rows(rows.iter().map(|r| parser.parse(r)))?;
+        let data = crate::stream::change::batch_from_columns(schema.clone(), columns, rows.len())?;
+        Ok(Some(crate::stream::ChangeBatch::try_new(
+            data,
+            datafusion::arrow::array::Int64Array::from(weights),
+        )?))
+    }
+}
+
+/// Restores an operator whose state is the rows it was fed: feeds it
+/// `epochs` (each one step's inputs), dropping its output, which the view
+/// already holds.
+pub fn replay(op: &mut dyn Operator, epochs: Vec<Vec<Option<ChangeBatch>>>) -> Result<()> {
+    for inputs in epochs {
+        if inputs.iter().any(Option::is_some) {
+            op.step(&inputs)?;
+        }
+    }
+    Ok(())
 }
 
 /// Checks an operator's checkpoints: one copy runs every epoch, taking a

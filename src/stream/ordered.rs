@@ -23,10 +23,44 @@ use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::hash_utils::RandomState;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::change::{batch_from_columns, evaluate_keys, row_converter, ChangeBatch};
+use super::change::{evaluate_keys, row_converter, ChangeBatch};
 use super::operator::{codec, StateChanges, StateEntry};
 use super::watermark::{values_as_i64, Watermarks};
 use crate::error::{MillraceError, Result};
+
+/// The checkpoint methods of an [`super::operator::Operator`] whose state
+/// is the [`OrderedPartitions`] in its field `state`: each changed
+/// partition is one entry (its key, holding its rows); a restore feeds the
+/// stored rows back through the operator, dropping what it emits (the
+/// view already holds it).
+macro_rules! checkpoint_by_partitions {
+    () => {
+        fn checkpointable(&self) -> bool {
+            true
+        }
+
+        fn track_changes(&mut self) {
+            self.state.track_changes();
+        }
+
+        fn checkpoint(
+            &mut self,
+            out: &mut $crate::stream::operator::StateChanges,
+        ) -> $crate::error::Result<()> {
+            self.state.checkpoint(out);
+            Ok(())
+        }
+
+        fn restore(
+            &mut self,
+            entries: Vec<$crate::stream::operator::StateEntry>,
+        ) -> $crate::error::Result<()> {
+            let rows = self.state.decode(&entries)?;
+            $crate::stream::operator::replay(self, vec![vec![rows]])
+        }
+    };
+}
+pub(crate) use checkpoint_by_partitions;
 
 /// The ordered rows of one partition: (order key, row) to summed weight.
 pub type Partition = BTreeMap<(Vec<u8>, Vec<u8>), i64>;
@@ -210,15 +244,13 @@ impl OrderedPartitions {
         for key in changed.drain() {
             match self.partitions.get(&key) {
                 None => out.delete(key),
-                Some(partition) => {
-                    let mut value = Vec::with_capacity(4 + partition.len() * 32);
-                    value.extend_from_slice(&(partition.len() as u32).to_le_bytes());
-                    for ((_, row), w) in partition {
-                        codec::put_bytes(&mut value, row);
-                        value.extend_from_slice(&w.to_le_bytes());
-                    }
-                    out.put(key, value);
-                }
+                Some(partition) => out.put(
+                    key,
+                    codec::encode_weighted_rows(
+                        partition.len(),
+                        partition.iter().map(|((_, row), w)| (row.as_slice(), *w)),
+                    ),
+                ),
             }
         }
     }
@@ -226,24 +258,11 @@ impl OrderedPartitions {
     /// The rows of checkpointed partitions `entries` as one change, to be
     /// fed back through the operator.
     pub fn decode(&self, entries: &[StateEntry]) -> Result<Option<ChangeBatch>> {
-        let mut rows: Vec<&[u8]> = Vec::new();
-        let mut weights: Vec<i64> = Vec::new();
-        for (_, value) in entries {
-            let mut r = codec::Reader::new(value);
-            for _ in 0..r.u32()? {
-                rows.push(r.bytes()?);
-                weights.push(r.i64()?);
-            }
-        }
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let parser = self.input_rows.parser();
-        let columns = self
-            .input_rows
-            .convert_rows(rows.iter().map(|r| parser.parse(r)))?;
-        let data = batch_from_columns(self.input.clone(), columns, rows.len())?;
-        Ok(Some(ChangeBatch::try_new(data, Int64Array::from(weights))?))
+        codec::decode_weighted_rows(
+            entries.iter().map(|(_, v)| v.as_slice()),
+            &self.input_rows,
+            &self.input,
+        )
     }
 
     /// How many expressions partition the rows.

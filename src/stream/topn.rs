@@ -36,7 +36,7 @@ use datafusion::common::hash_utils::RandomState;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::change::{batch_from_columns, ChangeBatch};
-use super::operator::{Operator, OperatorStats, StateChanges, StateEntry};
+use super::operator::{Operator, OperatorStats};
 use super::ordered::{OrderedPartitions, Partition};
 use super::watermark::Watermarks;
 use crate::error::{MillraceError, Result};
@@ -311,30 +311,7 @@ impl Operator for TopNOperator {
         true
     }
 
-    fn checkpointable(&self) -> bool {
-        true
-    }
-
-    fn track_changes(&mut self) {
-        self.state.track_changes();
-    }
-
-    /// Each partition is one entry: its key, holding its rows.
-    fn checkpoint(&mut self, out: &mut StateChanges) -> Result<()> {
-        self.state.checkpoint(out);
-        Ok(())
-    }
-
-    /// Feeds the stored rows back through the operator, dropping what it
-    /// emits (the view already holds it).
-    fn restore(&mut self, entries: Vec<StateEntry>) -> Result<()> {
-        if let Some(rows) = self.state.decode(&entries)? {
-            let stats = self.stats;
-            self.step(&[Some(rows)])?;
-            self.stats = stats;
-        }
-        Ok(())
-    }
+    super::ordered::checkpoint_by_partitions!();
 
     fn stats(&self) -> OperatorStats {
         self.stats
