@@ -2160,20 +2160,25 @@ impl Engine {
                             .transpose()
                     })
                     .and_then(|out| match out {
-                        Some(o) if !o.is_empty() => view
-                            .contents
-                            .add(&o, Some(&mut view_undo[i]))
-                            .map(|_| Some(o)),
-                        _ => Ok(None),
-                    })
-                    .and_then(|out| {
-                        // Kept aside until the epoch succeeds.
-                        if let (true, Some(o)) = (view.checkpointed, &out) {
-                            let mut changed = ViewChanges::default();
-                            record_output(&mut changed, &view.contents, o)?;
-                            recorded.push((i, changed));
+                        Some(o) if !o.is_empty() => {
+                            let undo = Some(&mut view_undo[i]);
+                            if view.checkpointed {
+                                // What the change did to the contents, kept
+                                // aside until the epoch succeeds.
+                                let rows = view.contents.apply(&o, undo)?;
+                                let mut changed = ViewChanges::default();
+                                if view.contents.is_append_only() {
+                                    changed.appended.push(o.clone());
+                                } else {
+                                    changed.rows.extend(rows);
+                                }
+                                recorded.push((i, changed));
+                            } else {
+                                view.contents.add(&o, undo)?;
+                            }
+                            Ok(Some(o))
                         }
-                        Ok(out)
+                        _ => Ok(None),
                     });
                 match result {
                     Ok(Some(out)) => {
@@ -3724,31 +3729,19 @@ fn store_get(store: &dyn StateStore, namespace: &str, key: &[u8]) -> Result<Opti
 }
 
 /// Records all of `contents` as changed, for a checkpoint that rewrites a
-/// view's state whole.
+/// view's state whole: every batch of append-only contents, or every row of
+/// keyed contents with its count.
 fn record_contents(changes: &mut ViewChanges, contents: &Contents) -> Result<()> {
     for batch in contents.as_change_batches()? {
-        record_output(changes, contents, &batch)?;
-    }
-    Ok(())
-}
-
-/// Records what adding `delta` did to `contents` (already added): for
-/// keyed contents each touched row's count now; for append-only contents
-/// the batch.
-fn record_output(
-    changes: &mut ViewChanges,
-    contents: &Contents,
-    delta: &ChangeBatch,
-) -> Result<()> {
-    if contents.is_append_only() {
-        changes.appended.push(delta.clone());
-        return Ok(());
-    }
-    let rows = contents.encode(delta.data())?;
-    for i in 0..rows.num_rows() {
-        let row = crate::stream::change::row_bytes(&rows, i);
-        let count = contents.count(row);
-        changes.rows.insert(Arc::from(row), count);
+        if contents.is_append_only() {
+            changes.appended.push(batch);
+            continue;
+        }
+        let rows = contents.encode(batch.data())?;
+        for (i, count) in batch.weights().values().iter().enumerate() {
+            let row = crate::stream::change::row_bytes(&rows, i);
+            changes.rows.insert(Arc::from(row), *count);
+        }
     }
     Ok(())
 }

@@ -132,15 +132,6 @@ impl Contents {
         matches!(self.store, Store::Appended(_))
     }
 
-    /// The count of encoded row `row` (0 when absent; always 0 for
-    /// append-only contents, which keep no counts).
-    pub fn count(&self, row: &[u8]) -> i64 {
-        match &self.store {
-            Store::Keyed(map) => map.get(row).copied().unwrap_or(0),
-            Store::Appended(_) => 0,
-        }
-    }
-
     /// Number of distinct rows (rows, for append-only contents).
     pub fn distinct_rows(&self) -> usize {
         match &self.store {
