@@ -1089,3 +1089,123 @@ async fn the_kafka_guide_works_as_written() {
         vec!["buy\t1\t12", "click\t1\t0.5"]
     );
 }
+
+/// The ids in a Debezium sink's `after` rows, with how often each came.
+fn debezium_ids(records: &[ReadRecord]) -> std::collections::BTreeMap<i64, usize> {
+    let mut ids = std::collections::BTreeMap::new();
+    for (_, _, v) in records {
+        let e: serde_json::Value = serde_json::from_slice(v.as_deref().unwrap_or(b"null")).unwrap();
+        if let Some(id) = e["after"]["id"].as_i64() {
+            *ids.entry(id).or_insert(0) += 1;
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_deliver_what_was_committed_before_a_sigkill() {
+    let broker = Broker::start().expect("a Kafka broker");
+    let servers = &broker.servers;
+    let rows_topic = broker.unique_topic("sink-rows");
+    let snap_topic = broker.unique_topic("sink-snapshot");
+    let progress = broker.unique_topic("sink-progress");
+    for t in [&rows_topic, &snap_topic] {
+        broker.create_topic(t, 2).unwrap();
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_on(temp.path(), &[]).unwrap();
+    let client = server.connect().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT);
+             CREATE SINK rows_out FROM t
+               WITH (connector = 'kafka', topic = '{rows_topic}', properties.bootstrap.server = '{servers}',
+                     exactly_once = 'true', progress_topic = '{progress}')
+               FORMAT DEBEZIUM ENCODE JSON;"
+        ))
+        .await
+        .unwrap();
+    // Every answered insert is in the sink log with the row itself: the
+    // kill right after the last answer loses none of them.
+    for id in 0..200 {
+        client
+            .batch_execute(&format!("INSERT INTO t VALUES ({id}, 'row {id}')"))
+            .await
+            .unwrap();
+    }
+    // A sink created just before the kill still sends its snapshot.
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE u (id BIGINT PRIMARY KEY);
+             INSERT INTO u VALUES (1), (2), (3);
+             CREATE SINK snap_out FROM u
+               WITH (connector = 'kafka', topic = '{snap_topic}', properties.bootstrap.server = '{servers}')
+               FORMAT DEBEZIUM ENCODE JSON;"
+        ))
+        .await
+        .unwrap();
+    drop(client);
+    server.kill().unwrap();
+
+    let server = TestServer::start_on(temp.path(), &[]).unwrap();
+    let got = read_until(&broker, &rows_topic, |r| debezium_ids(r).len() >= 200);
+    let ids = debezium_ids(&got);
+    assert_eq!(
+        ids.keys().copied().collect::<Vec<_>>(),
+        (0..200).collect::<Vec<_>>(),
+        "every committed row reaches the sink"
+    );
+    if broker.hides_aborted_transactions().unwrap() {
+        assert!(ids.values().all(|n| *n == 1), "{ids:?}");
+    }
+    let got = read_until(&broker, &snap_topic, |r| debezium_ids(r).len() >= 3);
+    assert_eq!(
+        debezium_ids(&got).keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    // After the restart the sinks go on with new changes.
+    let client = server.connect().await.unwrap();
+    client
+        .batch_execute("INSERT INTO t VALUES (200, 'after'); INSERT INTO u VALUES (4)")
+        .await
+        .unwrap();
+    let got = read_until(&broker, &rows_topic, |r| debezium_ids(r).contains_key(&200));
+    assert!(debezium_ids(&got).contains_key(&200));
+    let got = read_until(&broker, &snap_topic, |r| debezium_ids(r).contains_key(&4));
+    assert_eq!(
+        debezium_ids(&got).keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+
+    // exactly_once needs a checkpointed relation.
+    client
+        .batch_execute(
+            "CREATE TABLE ev (id BIGINT, ts TIMESTAMP);
+             CREATE MATERIALIZED VIEW recent AS SELECT id FROM ev WHERE ts > now() - INTERVAL '1' MINUTE;",
+        )
+        .await
+        .unwrap();
+    let err = client
+        .batch_execute(&format!(
+            "CREATE SINK bad FROM recent WITH (connector = 'kafka', topic = '{rows_topic}',
+             properties.bootstrap.server = '{servers}', exactly_once = 'true') FORMAT DEBEZIUM ENCODE JSON"
+        ))
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("not checkpointed"), "{err:?}");
+    server.stop().unwrap();
+
+    let off = TestServer::start_on(temp.path(), &["--checkpoint-interval-ms", "0"]).unwrap();
+    let client = off.connect().await.unwrap();
+    let err = client
+        .batch_execute(&format!(
+            "CREATE SINK bad FROM t WITH (connector = 'kafka', topic = '{rows_topic}',
+             properties.bootstrap.server = '{servers}', exactly_once = 'true') FORMAT DEBEZIUM ENCODE JSON"
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("checkpoints are off"),
+        "{err:?}"
+    );
+}

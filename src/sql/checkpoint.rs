@@ -17,6 +17,13 @@
 //! (u64, big-endian) a batch of append-only contents (Arrow IPC). Reader
 //! positions live in `source_positions` under view id and source name; the
 //! last checkpoint's epoch and time under `checkpoint`.
+//!
+//! Sinks keep a log: each checkpoint writes the changes a sink's relation
+//! made since the previous one as one entry of `sink_log`, keyed by sink id
+//! and a sequence number (both u64, big-endian), and `sink_progress` holds,
+//! per sink id, the last sequence the sink delivered. A sink is handed an
+//! entry only once its checkpoint is durable, and after a restart it is
+//! handed again every entry after the one it last delivered.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +44,36 @@ pub const LAST_CHECKPOINT_KEY: &[u8] = b"last";
 pub const STALE_VIEWS_KEY: &[u8] = b"stale_views";
 /// The namespace of reader positions.
 pub const POSITIONS_NAMESPACE: &str = "source_positions";
+
+/// The namespace of sink log entries (see the module documentation).
+pub const SINK_LOG_NAMESPACE: &str = "sink_log";
+/// The namespace of the last sequence number each sink delivered.
+pub const SINK_PROGRESS_NAMESPACE: &str = "sink_progress";
+
+/// The key of sink `sink_id`'s log entry `seq`.
+pub fn sink_log_key(sink_id: u64, seq: u64) -> Vec<u8> {
+    let mut key = sink_id.to_be_bytes().to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The sink id and sequence number of a `sink_log` key.
+pub fn split_sink_log_key(key: &[u8]) -> Result<(u64, u64)> {
+    let (id, seq) = key
+        .split_first_chunk::<8>()
+        .and_then(|(id, rest)| Some((id, rest.first_chunk::<8>()?)))
+        .filter(|_| key.len() == 16)
+        .ok_or_else(|| MillraceError::storage("a malformed sink log key"))?;
+    Ok((u64::from_be_bytes(*id), u64::from_be_bytes(*seq)))
+}
+
+/// A sequence number as stored in `sink_progress`.
+pub fn decode_sequence(bytes: &[u8]) -> Result<u64> {
+    let b: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| MillraceError::storage("a malformed sink progress record"))?;
+    Ok(u64::from_be_bytes(b))
+}
 
 /// Key prefix of a view's dataflow layout.
 pub const LAYOUT_KEY: &[u8] = b"l";
@@ -169,5 +206,10 @@ mod tests {
         let k = operator_key(7, b"xyz").unwrap();
         assert_eq!(split_operator_key(&k).unwrap(), (7, b"xyz".to_vec()));
         assert!(split_operator_key(b"c123").is_err());
+        let k = sink_log_key(3, 900);
+        assert_eq!(split_sink_log_key(&k).unwrap(), (3, 900));
+        assert!(split_sink_log_key(&k[..15]).is_err());
+        assert_eq!(decode_sequence(&7u64.to_be_bytes()).unwrap(), 7);
+        assert!(decode_sequence(b"x").is_err());
     }
 }

@@ -225,7 +225,7 @@ async fn run_checkpoints(engine: Weak<Engine>, interval: std::time::Duration) {
             return;
         };
         let mut state = e.writer.lock().await;
-        if state.uncheckpointed {
+        if state.uncheckpointed || super::sink_log::delivery_unrecorded(&state.sinks) {
             if let Err(err) = e.checkpoint(&mut state) {
                 warn!(error = %err, "checkpoint failed");
             }
@@ -538,6 +538,7 @@ impl Engine {
         // Views were replayed before table rows were loaded: restore them
         // from the last checkpoint, or rebuild them.
         self.restore_views(&mut state)?;
+        self.resume_sinks(&mut state)?;
         self.publish(&mut state);
         let read: Vec<(String, String)> = state
             .views
@@ -1844,8 +1845,13 @@ impl Engine {
         let started = std::time::Instant::now();
         let mut writes = WriteBatch::default();
         let epoch = state.epoch;
-        let record = self.checkpoint_into(state, &mut writes, epoch)?;
-        self.commit_checkpoint(state, writes, record, started)
+        let result = self
+            .checkpoint_into(state, &mut writes, epoch)
+            .and_then(|record| self.commit_checkpoint(state, writes, record, started));
+        if state.checkpoints_failed {
+            super::sink_log::release_pending(&mut state.sinks);
+        }
+        result
     }
 
     /// Writes `writes` (which hold a checkpoint) and records it as the
@@ -1867,6 +1873,7 @@ impl Engine {
                 }
                 state.uncheckpointed = false;
                 if let Some(record) = record {
+                    super::sink_log::hand_over(&mut state.sinks);
                     let mut status = self.lock_checkpoint_status();
                     status.last = Some(record);
                     status.taken += 1;
@@ -1875,6 +1882,7 @@ impl Engine {
                 Ok(())
             }
             Err(e) => {
+                super::sink_log::abandon_in_flight(&mut state.sinks);
                 if record.is_some() {
                     state.checkpoints_failed = true;
                     self.lock_checkpoint_status().failed = true;
@@ -1957,6 +1965,7 @@ impl Engine {
                 position.encode(),
             );
         }
+        super::sink_log::write_pending(&mut state.sinks, writes)?;
         self.checkpointed_views.store(
             state.views.iter().filter(|v| v.checkpointed).count(),
             Ordering::Relaxed,
@@ -2206,6 +2215,18 @@ impl Engine {
                 }
             }
         };
+        // A logged sink's share of the epoch goes into the checkpoint that
+        // covers the epoch; the others are handed theirs below, once the
+        // epoch holds.
+        let mut sinks_pushed: Vec<String> = Vec::new();
+        if failure.is_none() && !state.checkpoints_failed {
+            for (name, sink) in state.sinks.iter_mut().filter(|(_, s)| s.logged) {
+                if let Some(change) = deltas.get(&sink.relation).and_then(|c| sink.conform(c)) {
+                    sink.pending.push(change);
+                    sinks_pushed.push(name.clone());
+                }
+            }
+        }
         let mut checkpoint_record = None;
         let started = std::time::Instant::now();
         if failure.is_none() && !writes.is_empty() {
@@ -2229,6 +2250,11 @@ impl Engine {
         }
         if let Some((_, err)) = failure {
             warn!(error = %err, "change rejected; rolling back");
+            for name in &sinks_pushed {
+                if let Some(sink) = state.sinks.get_mut(name) {
+                    sink.pending.pop();
+                }
+            }
             for (t, undo, index) in saved_tables {
                 if let Some(ts) = state.tables.get_mut(&t) {
                     ts.contents.roll_back(undo);
@@ -2267,10 +2293,13 @@ impl Engine {
                 tracker.observe(delta)?;
             }
         }
-        for sink in state.sinks.values() {
+        for sink in state.sinks.values().filter(|s| !s.logged) {
             if let Some(change) = deltas.get(&sink.relation) {
                 sink.send(change);
             }
+        }
+        if state.checkpoints_failed {
+            super::sink_log::release_pending(&mut state.sinks);
         }
         let epoch = state.epoch;
         // A subscriber whose client is gone, or which fell too far behind,
@@ -3179,8 +3208,10 @@ impl Engine {
                 )))
             }
         };
+        let id = state.next_id;
         let target = SinkTarget {
             name: &cs.name,
+            id,
             relation: &cs.from,
             schema: schema.clone(),
             append_only: relation_grows(state, &cs.from),
@@ -3188,7 +3219,22 @@ impl Engine {
             validate: !state.replaying,
         };
         let spec = build_sink(&target, &cs.options, cs.format.clone())?;
-        let handle = spawn_sink(
+        let logged = self.relation_checkpointed(state, &cs.from);
+        if spec.needs_log && !logged {
+            let why = format!(
+                "exactly_once for a sink from \"{}\": {}",
+                cs.from,
+                self.why_not_checkpointed(state)
+            );
+            if !state.replaying {
+                return Err(MillraceError::not_supported(why));
+            }
+            // Started with checkpoints off: the sink runs, each change in
+            // a transaction of its own, but without the log.
+            warn!(sink = %cs.name, "not in effect: {why}");
+        }
+        let mut handle = spawn_sink(
+            id,
             &cs.name,
             &cs.from,
             schema.clone(),
@@ -3196,21 +3242,18 @@ impl Engine {
             spec.format,
             spec.make_writer,
         )?;
+        handle.logged = logged;
+        handle.snapshot = spec.snapshot;
         // The snapshot goes first, under the writer lock, so that no change
-        // is missed or sent twice. On restart the catalog is replayed before
-        // contents are loaded: a restarted sink sends only new changes.
+        // is missed or sent twice. A logged sink's snapshot is its first log
+        // entry, written by the checkpoint taken below. On restart the
+        // catalog is replayed before contents are loaded: a restarted sink
+        // sends only its log (see `resume_sinks`).
         if spec.snapshot && !state.replaying {
-            let contents = state.tables.get(&cs.from).map(|t| &t.contents).or_else(|| {
-                state
-                    .views
-                    .iter()
-                    .find(|v| v.name == cs.from)
-                    .map(|v| &v.contents)
-            });
-            if let Some(contents) = contents {
-                let parts = contents.as_change_batches()?;
-                let all = ChangeBatch::concat(schema.clone(), &parts)?;
-                if !all.is_empty() {
+            if let Some(all) = relation_rows(state, &cs.from, &schema)? {
+                if logged {
+                    handle.pending.push(all);
+                } else {
                     handle.send(&all);
                 }
             }
@@ -3226,7 +3269,67 @@ impl Engine {
         };
         self.register(state, entry)?;
         state.sinks.insert(cs.name, handle);
+        if logged && !state.replaying {
+            // The sink's first log entry and its progress record: without
+            // them a restart takes the sink for one never started.
+            state.uncheckpointed = true;
+            if let Err(e) = self.checkpoint(state) {
+                warn!(error = %e, "the checkpoint of a new sink failed");
+            }
+        }
         Ok(QueryOutput::command("CREATE SINK"))
+    }
+
+    /// Whether changes to `relation` are checkpointed: a table's always
+    /// (with its statement), a view's when its operators can checkpoint;
+    /// neither once checkpoints are off or have failed.
+    fn relation_checkpointed(&self, state: &EngineState, relation: &str) -> bool {
+        self.checkpoint_interval.is_some()
+            && !state.checkpoints_failed
+            && (state.tables.contains_key(relation)
+                || state
+                    .views
+                    .iter()
+                    .any(|v| v.name == relation && v.checkpointed))
+    }
+
+    /// Why [`Engine::relation_checkpointed`] is false, for an error.
+    fn why_not_checkpointed(&self, state: &EngineState) -> &'static str {
+        if self.checkpoint_interval.is_none() {
+            "checkpoints are off (--checkpoint-interval-ms 0), and a sink can only deliver exactly once what a checkpoint keeps"
+        } else if state.checkpoints_failed {
+            "checkpoints stopped after a failed write; restart the server"
+        } else {
+            "its state is not checkpointed (views with temporal filters on now(), or over upsert or keyed change-data-capture sources, are rebuilt on restart), so its changes cannot be delivered exactly once"
+        }
+    }
+
+    /// At start: hands each sink the log entries it has not delivered, and
+    /// starts the sinks created just before a crash as new ones.
+    fn resume_sinks(&self, state: &mut EngineState) -> Result<()> {
+        let unstarted = super::sink_log::resume(&mut state.sinks, self.store.as_ref())?;
+        if unstarted.is_empty() {
+            return Ok(());
+        }
+        for name in &unstarted {
+            let Some((relation, schema, snapshot)) = state
+                .sinks
+                .get(name)
+                .map(|s| (s.relation.clone(), s.schema.clone(), s.snapshot))
+            else {
+                continue;
+            };
+            if !snapshot {
+                continue;
+            }
+            if let Some(all) = relation_rows(state, &relation, &schema)? {
+                if let Some(sink) = state.sinks.get_mut(name) {
+                    sink.pending.push(all);
+                }
+            }
+        }
+        state.uncheckpointed = true;
+        self.checkpoint(state)
     }
 
     /// Starts a reader of `source` (if it is a source) for `view`: its own
@@ -3345,6 +3448,9 @@ impl Engine {
             if state.tables.remove(name).is_some() {
                 self.store.drop_namespace(&rows_namespace(entry.id))?;
             }
+            if entry.kind == ObjectKind::Sink {
+                super::sink_log::forget(self.store.as_ref(), entry.id, &mut batch)?;
+            }
             if entry.kind == ObjectKind::MaterializedView {
                 self.store.drop_namespace(&ck::view_namespace(entry.id))?;
                 for (key, _) in self.store.scan(POSITIONS_NAMESPACE)? {
@@ -3378,6 +3484,28 @@ impl Engine {
         self.publish(state);
         Ok(QueryOutput::command(&tag))
     }
+}
+
+/// Every row of table or view `relation` as one insertion with `schema`'s
+/// column names, or `None` when it is empty.
+fn relation_rows(
+    state: &EngineState,
+    relation: &str,
+    schema: &SchemaRef,
+) -> Result<Option<ChangeBatch>> {
+    let contents = state.tables.get(relation).map(|t| &t.contents).or_else(|| {
+        state
+            .views
+            .iter()
+            .find(|v| v.name == relation)
+            .map(|v| &v.contents)
+    });
+    let Some(contents) = contents else {
+        return Ok(None);
+    };
+    let parts = contents.as_change_batches()?;
+    let all = ChangeBatch::concat(schema.clone(), &parts)?.with_schema(schema.clone())?;
+    Ok((!all.is_empty()).then_some(all))
 }
 
 /// The relations that only ever grow (see [`relation_grows`]), as a set

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod pg_catalog;
 pub mod pg_functions;
 pub mod pg_rewrite;
+pub mod sink_log;
 pub mod snapshot;
 pub mod statement;
 pub mod system;

@@ -204,6 +204,66 @@ impl ChangeBatch {
     pub fn weight_sum(&self) -> i64 {
         self.weights.values().iter().sum()
     }
+
+    /// The change as Arrow IPC stream bytes: its columns, then its weights
+    /// as a last column named `__weight`. Read back with
+    /// [`ChangeBatch::from_ipc`].
+    pub fn to_ipc(&self) -> Result<Vec<u8>> {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        let mut fields: Vec<Field> = self
+            .data
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("__weight", DataType::Int64, false));
+        let mut columns = self.data.columns().to_vec();
+        columns.push(std::sync::Arc::new(self.weights.clone()));
+        let batch = RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)?;
+        let mut out = Vec::new();
+        {
+            let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(
+                &mut out,
+                batch.schema_ref(),
+            )?;
+            writer.write(&batch)?;
+            writer.finish()?;
+        }
+        Ok(out)
+    }
+
+    /// The change [`ChangeBatch::to_ipc`] wrote, with the columns of
+    /// `schema`; bytes of another shape are an error.
+    pub fn from_ipc(schema: &SchemaRef, bytes: &[u8]) -> Result<Self> {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::Int64Type;
+        let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(bytes, None)?;
+        let mut parts = Vec::new();
+        for batch in reader {
+            let batch = batch?;
+            let n = batch.num_columns();
+            if n != schema.fields().len() + 1 {
+                return Err(MillraceError::storage(format!(
+                    "a stored change has {} columns where {} were expected",
+                    n.saturating_sub(1),
+                    schema.fields().len()
+                )));
+            }
+            let weights = batch
+                .column(n - 1)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| MillraceError::storage("a stored change has no weights"))?
+                .clone();
+            let data = batch_from_columns(
+                schema.clone(),
+                batch.columns()[..n - 1].to_vec(),
+                batch.num_rows(),
+            )?;
+            parts.push(Self::try_new(data, weights)?);
+        }
+        Self::concat(schema.clone(), &parts)
+    }
 }
 
 fn downcast_weights(a: &ArrayRef) -> Result<Int64Array> {
@@ -267,4 +327,24 @@ pub fn evaluate_keys(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::pretty::{from_pretty, to_pretty_lines};
+
+    #[test]
+    fn ipc_bytes_keep_rows_and_weights_and_refuse_another_shape() {
+        let change = from_pretty("I T\n 1 a +2\n 2 b -1\n 3 . +1").unwrap();
+        let back = ChangeBatch::from_ipc(&change.schema(), &change.to_ipc().unwrap()).unwrap();
+        assert_eq!(
+            to_pretty_lines(&back).unwrap(),
+            to_pretty_lines(&change).unwrap()
+        );
+        let narrower = from_pretty("I\n 1 +1").unwrap();
+        let err = ChangeBatch::from_ipc(&narrower.schema(), &change.to_ipc().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("2 columns where 1"), "{err}");
+        assert!(ChangeBatch::from_ipc(&change.schema(), b"not ipc").is_err());
+    }
 }

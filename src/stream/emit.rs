@@ -146,68 +146,22 @@ impl Operator for EmitOnCloseOperator {
         let held = ChangeBatch::concat(self.schema.clone(), &self.pending)?.consolidate()?;
         self.consolidated_rows = held.num_rows();
         self.pending = vec![held.clone()];
-        out.put(Vec::new(), encode_change(&held)?);
+        out.put(Vec::new(), held.to_ipc()?);
         Ok(())
     }
 
     fn restore(&mut self, entries: Vec<StateEntry>) -> Result<()> {
         if let Some((_, value)) = entries.first() {
-            let held = decode_change(&self.schema, value)?;
+            let held = ChangeBatch::from_ipc(&self.schema, value).map_err(|_| {
+                MillraceError::storage(
+                    "a checkpointed EMIT ON WINDOW CLOSE buffer does not match the view",
+                )
+            })?;
             self.consolidated_rows = held.num_rows();
             self.pending = vec![held];
         }
         Ok(())
     }
-}
-
-/// A change as Arrow IPC bytes: its columns and then its weights.
-fn encode_change(change: &ChangeBatch) -> Result<Vec<u8>> {
-    use datafusion::arrow::array::RecordBatch;
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    let data = change.data();
-    let mut fields: Vec<Field> = data
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new("__weight", DataType::Int64, false));
-    let mut columns = data.columns().to_vec();
-    columns.push(std::sync::Arc::new(change.weights().clone()));
-    let batch = RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)?;
-    let mut out = Vec::new();
-    {
-        let mut writer =
-            datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut out, batch.schema_ref())?;
-        writer.write(&batch)?;
-        writer.finish()?;
-    }
-    Ok(out)
-}
-
-/// The change [`encode_change`] wrote, with the columns of `schema`.
-fn decode_change(schema: &SchemaRef, bytes: &[u8]) -> Result<ChangeBatch> {
-    use datafusion::arrow::array::{AsArray, RecordBatch};
-    use datafusion::arrow::datatypes::Int64Type;
-    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(bytes, None)?;
-    let batches = reader.collect::<std::result::Result<Vec<RecordBatch>, _>>()?;
-    let mut parts = Vec::new();
-    for batch in batches {
-        let n = batch.num_columns();
-        if n != schema.fields().len() + 1 {
-            return Err(MillraceError::storage(
-                "a checkpointed EMIT ON WINDOW CLOSE buffer does not match the view",
-            ));
-        }
-        let weights = batch.column(n - 1).as_primitive::<Int64Type>().clone();
-        let data = super::change::batch_from_columns(
-            schema.clone(),
-            batch.columns()[..n - 1].to_vec(),
-            batch.num_rows(),
-        )?;
-        parts.push(ChangeBatch::try_new(data, weights)?);
-    }
-    ChangeBatch::concat(schema.clone(), &parts)
 }
 
 #[cfg(test)]

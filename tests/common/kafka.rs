@@ -217,6 +217,36 @@ impl Broker {
         Ok(Sender { producer })
     }
 
+    /// Whether a `read_committed` consumer of this broker skips the records
+    /// of an aborted transaction, as Kafka's protocol says it must. (The
+    /// test broker, tansu 0.6, accepts transactions but serves aborted
+    /// records too.)
+    pub fn hides_aborted_transactions(&self) -> anyhow::Result<bool> {
+        let topic = self.unique_topic("isolation-probe");
+        self.create_topic(&topic, 1)?;
+        let producer: BaseProducer = self.config().set("transactional.id", &topic).create()?;
+        producer.init_transactions(Duration::from_secs(30))?;
+        for (value, commit) in [(&b"aborted"[..], false), (&b"committed"[..], true)] {
+            producer.begin_transaction()?;
+            producer
+                .send(BaseRecord::<[u8], [u8]>::to(&topic).payload(value))
+                .map_err(|(e, _)| e)?;
+            producer.flush(Duration::from_secs(30))?;
+            if commit {
+                producer.commit_transaction(Duration::from_secs(30))?;
+            } else {
+                producer.abort_transaction(Duration::from_secs(30))?;
+            }
+        }
+        let read = self.read_all(&topic, usize::MAX, Duration::from_secs(30))?;
+        let values: Vec<&[u8]> = read.iter().filter_map(|(_, _, v)| v.as_deref()).collect();
+        anyhow::ensure!(
+            values.contains(&&b"committed"[..]),
+            "the probe's committed record was not read back"
+        );
+        Ok(!values.contains(&&b"aborted"[..]))
+    }
+
     /// Reads every record of `topic` from the start until `expected`
     /// records arrived or `timeout` passed: (partition, key, value).
     pub fn read_all(
@@ -229,6 +259,7 @@ impl Broker {
             .config()
             .set("group.id", "millrace-test-reader")
             .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
             .create()?;
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
         let mut tpl = TopicPartitionList::new();

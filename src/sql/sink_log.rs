@@ -1,0 +1,170 @@
+//! The sink log: how the engine makes a sink send only checkpointed
+//! changes, and send them again after a restart until they are delivered.
+//!
+//! A logged sink (see [`crate::sink`]) collects each epoch's change to its
+//! relation in `pending`. A checkpoint writes the pending changes, summed
+//! into one change, as the sink's next log entry, together with the last
+//! sequence number the sink reported delivered; log entries up to that
+//! number are deleted in the same write. Only when the write is durable is
+//! the entry handed to the sink's thread. So an entry is sent only if the
+//! state that made it survives a crash, and after a crash every entry
+//! after the last recorded delivery is sent again. The keys are laid out
+//! in [`super::checkpoint`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use super::checkpoint::{
+    decode_sequence, sink_log_key, split_sink_log_key, SINK_LOG_NAMESPACE, SINK_PROGRESS_NAMESPACE,
+};
+use crate::error::Result;
+use crate::sink::SinkHandle;
+use crate::storage::{StateStore, WriteBatch};
+use crate::stream::ChangeBatch;
+
+/// The running sinks, by name.
+pub type Sinks = HashMap<String, SinkHandle>;
+
+/// Adds each logged sink's pending changes as its next log entry, and its
+/// delivered sequence number, to checkpoint `writes`. The entries are
+/// handed over by [`hand_over`] once the write is durable.
+pub fn write_pending(sinks: &mut Sinks, writes: &mut WriteBatch) -> Result<()> {
+    for sink in sinks.values_mut().filter(|s| s.logged) {
+        let delivered = sink.progress.delivered_seq.load(Ordering::SeqCst);
+        if sink.recorded_delivered != Some(delivered) {
+            writes.put(
+                SINK_PROGRESS_NAMESPACE,
+                sink.id.to_be_bytes().to_vec(),
+                delivered.to_be_bytes().to_vec(),
+            );
+            while let Some(seq) = sink.log.front().copied().filter(|s| *s <= delivered) {
+                writes.delete(SINK_LOG_NAMESPACE, sink_log_key(sink.id, seq));
+                sink.log.pop_front();
+            }
+            sink.recorded_delivered = Some(delivered);
+        }
+        sink.in_flight = None;
+        if sink.pending.is_empty() {
+            continue;
+        }
+        let change = ChangeBatch::concat(sink.schema.clone(), &sink.pending)?.consolidate()?;
+        if change.is_empty() {
+            continue;
+        }
+        let seq = sink.next_seq;
+        sink.next_seq += 1;
+        writes.put(
+            SINK_LOG_NAMESPACE,
+            sink_log_key(sink.id, seq),
+            change.to_ipc()?,
+        );
+        sink.in_flight = Some((seq, change));
+    }
+    Ok(())
+}
+
+/// After a durable checkpoint: every pending change is in the log; hands
+/// the new entries to the sinks.
+pub fn hand_over(sinks: &mut Sinks) {
+    for sink in sinks.values_mut().filter(|s| s.logged) {
+        sink.pending.clear();
+        if let Some((seq, change)) = sink.in_flight.take() {
+            sink.log.push_back(seq);
+            sink.send_logged(seq, change);
+        }
+    }
+}
+
+/// After a failed checkpoint write: nothing it held is in the log.
+pub fn abandon_in_flight(sinks: &mut Sinks) {
+    for sink in sinks.values_mut() {
+        sink.in_flight = None;
+    }
+}
+
+/// Once checkpoints have stopped (after a failed write), logged sinks are
+/// handed their pending changes as they commit, unlogged.
+pub fn release_pending(sinks: &mut Sinks) {
+    for sink in sinks.values_mut().filter(|s| !s.pending.is_empty()) {
+        for change in std::mem::take(&mut sink.pending) {
+            sink.send(&change);
+        }
+    }
+}
+
+/// Whether a sink delivered entries that the store does not record yet (a
+/// checkpoint would then trim the log).
+pub fn delivery_unrecorded(sinks: &Sinks) -> bool {
+    sinks.values().any(|s| {
+        s.logged && s.recorded_delivered != Some(s.progress.delivered_seq.load(Ordering::SeqCst))
+    })
+}
+
+/// Adds the deletion of sink `id`'s log and progress to `batch`.
+pub fn forget(store: &dyn StateStore, id: u64, batch: &mut WriteBatch) -> Result<()> {
+    batch.delete(SINK_PROGRESS_NAMESPACE, id.to_be_bytes().to_vec());
+    for (key, _) in store.scan(SINK_LOG_NAMESPACE)? {
+        if key.starts_with(&id.to_be_bytes()) {
+            batch.delete(SINK_LOG_NAMESPACE, key);
+        }
+    }
+    Ok(())
+}
+
+/// At start, after the catalog and the views are restored: hands every
+/// sink the log entries after its last recorded delivery, and deletes the
+/// log of sinks that no longer exist. Returns the logged sinks whose first
+/// checkpoint was never written (created just before a crash): they start
+/// as new sinks, with their snapshot, at the next checkpoint.
+pub fn resume(sinks: &mut Sinks, store: &dyn StateStore) -> Result<Vec<String>> {
+    let mut delivered: HashMap<u64, u64> = HashMap::new();
+    for (key, value) in store.scan(SINK_PROGRESS_NAMESPACE)? {
+        if let Ok(id) = <[u8; 8]>::try_from(key.as_slice()) {
+            delivered.insert(u64::from_be_bytes(id), decode_sequence(&value)?);
+        }
+    }
+    let mut entries: BTreeMap<(u64, u64), Vec<u8>> = BTreeMap::new();
+    for (key, value) in store.scan(SINK_LOG_NAMESPACE)? {
+        entries.insert(split_sink_log_key(&key)?, value);
+    }
+    let live: HashSet<u64> = sinks.values().map(|s| s.id).collect();
+    let mut cleanup = WriteBatch::default();
+    for id in delivered.keys().filter(|id| !live.contains(id)) {
+        cleanup.delete(SINK_PROGRESS_NAMESPACE, id.to_be_bytes().to_vec());
+    }
+    for (id, seq) in entries.keys().filter(|(id, _)| !live.contains(id)) {
+        cleanup.delete(SINK_LOG_NAMESPACE, sink_log_key(*id, *seq));
+    }
+    let mut unstarted = Vec::new();
+    for (name, sink) in sinks.iter_mut() {
+        let done = delivered.get(&sink.id).copied();
+        if sink.logged && done.is_none() {
+            unstarted.push(name.clone());
+        }
+        let done = done.unwrap_or(0);
+        sink.progress.delivered_seq.store(done, Ordering::SeqCst);
+        sink.recorded_delivered = (sink.logged && delivered.contains_key(&sink.id)).then_some(done);
+        sink.next_seq = sink.next_seq.max(done + 1);
+        for ((_, seq), bytes) in entries.range((sink.id, 0)..=(sink.id, u64::MAX)) {
+            sink.next_seq = sink.next_seq.max(seq + 1);
+            if *seq <= done {
+                cleanup.delete(SINK_LOG_NAMESPACE, sink_log_key(sink.id, *seq));
+                continue;
+            }
+            let change = ChangeBatch::from_ipc(&sink.schema, bytes)?;
+            if sink.logged {
+                sink.log.push_back(*seq);
+                sink.send_logged(*seq, change);
+            } else {
+                // The relation is no longer checkpointed: the entries go
+                // out once, and the log is gone.
+                sink.send(&change);
+                cleanup.delete(SINK_LOG_NAMESPACE, sink_log_key(sink.id, *seq));
+            }
+        }
+    }
+    if !cleanup.is_empty() {
+        store.write(cleanup)?;
+    }
+    Ok(unstarted)
+}
