@@ -1185,27 +1185,19 @@ async fn sinks_deliver_what_was_committed_before_a_sigkill() {
         )
         .await
         .unwrap();
-    let err = client
-        .batch_execute(&format!(
-            "CREATE SINK bad FROM recent WITH (connector = 'kafka', topic = '{rows_topic}',
+    // The error of an exactly-once sink from `relation`.
+    let refusal = |client: Client, relation: &'static str| {
+        let sql = format!(
+            "CREATE SINK bad FROM {relation} WITH (connector = 'kafka', topic = '{rows_topic}',
              properties.bootstrap.server = '{servers}', exactly_once = 'true') FORMAT DEBEZIUM ENCODE JSON"
-        ))
-        .await
-        .unwrap_err();
-    assert!(format!("{err:?}").contains("not checkpointed"), "{err:?}");
+        );
+        async move { format!("{:?}", client.batch_execute(&sql).await.unwrap_err()) }
+    };
+    let err = refusal(client, "recent").await;
+    assert!(err.contains("not checkpointed"), "{err}");
     server.stop().unwrap();
 
     let off = TestServer::start_on(temp.path(), &["--checkpoint-interval-ms", "0"]).unwrap();
-    let client = off.connect().await.unwrap();
-    let err = client
-        .batch_execute(&format!(
-            "CREATE SINK bad FROM t WITH (connector = 'kafka', topic = '{rows_topic}',
-             properties.bootstrap.server = '{servers}', exactly_once = 'true') FORMAT DEBEZIUM ENCODE JSON"
-        ))
-        .await
-        .unwrap_err();
-    assert!(
-        format!("{err:?}").contains("checkpoints are off"),
-        "{err:?}"
-    );
+    let err = refusal(off.connect().await.unwrap(), "t").await;
+    assert!(err.contains("checkpoints are off"), "{err}");
 }
