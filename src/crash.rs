@@ -8,8 +8,7 @@
 //! `store-commit` (a store write's keys are in its transaction, not yet
 //! committed), `checkpoint-after` (a checkpoint is committed, nothing has
 //! been told of it), `restore` (the first view is restored on start, the
-//! others not yet), `compaction` (a checkpoint is about to fold the
-//! checkpoint log into the keyed view state).
+//! others not yet).
 
 /// Aborts the process if `MILLRACE_CRASH_AT` names `point` and this is the
 /// time it asks for.

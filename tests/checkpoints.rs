@@ -24,10 +24,6 @@ use common::kafka::Broker;
 use common::TestServer;
 use rand::{Rng, SeedableRng};
 
-/// The checkpoint log is compacted every fifth checkpoint, so that kills
-/// find it both folded and not.
-const LOG_ENTRIES: (&str, &str) = ("MILLRACE_CHECKPOINT_LOG_ENTRIES", "4");
-
 /// Partitions of the topic.
 const PARTITIONS: i64 = 3;
 /// Keys of the events; the table names all but the last.
@@ -258,7 +254,7 @@ async fn views_over_kafka_count_every_event_once_across_sigkills() -> anyhow::Re
     ));
 
     for cycle in 0..cycles {
-        let server = TestServer::start_with_env(&dir, &args, &[LOG_ENTRIES])?;
+        let server = TestServer::start_on(&dir, &args)?;
         if cycle == 0 {
             let names: Vec<String> = (0..KEYS - 1).map(|k| format!("({k}, 'key {k}')")).collect();
             server
@@ -330,7 +326,7 @@ async fn views_over_kafka_count_every_event_once_across_sigkills() -> anyhow::Re
     }
 
     // The last start: stop producing, and let the views catch up.
-    let server = TestServer::start_with_env(&dir, &args, &[LOG_ENTRIES])?;
+    let server = TestServer::start_on(&dir, &args)?;
     port.store(i64::from(server.port), Ordering::SeqCst);
     stop_producer.store(true, Ordering::SeqCst);
     producer

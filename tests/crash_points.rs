@@ -94,11 +94,8 @@ async fn assert_exact(server: &TestServer) -> anyhow::Result<()> {
 async fn crash_at(point: &str, nth: u32) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let crash = format!("{point}:{nth}");
-    let mut server = TestServer::start_with_env(
-        temp.path(),
-        &ARGS,
-        &[("MILLRACE_CRASH_AT", &crash), LOG_ENTRIES],
-    )?;
+    let mut server =
+        TestServer::start_with_env(temp.path(), &ARGS, &[("MILLRACE_CRASH_AT", &crash)])?;
     server.connect().await?.batch_execute(SETUP).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
@@ -110,17 +107,8 @@ async fn crash_at(point: &str, nth: u32) -> anyhow::Result<()> {
     };
     assert!(!status.success(), "{point}: the server should have aborted");
     drop(server);
-    let server = TestServer::start_with_env(temp.path(), &ARGS, &[LOG_ENTRIES])?;
+    let server = TestServer::start_on(temp.path(), &ARGS)?;
     assert_exact(&server).await
-}
-
-/// Compacts the checkpoint log every third checkpoint, so that crashes
-/// find it both folded and not.
-const LOG_ENTRIES: (&str, &str) = ("MILLRACE_CHECKPOINT_LOG_ENTRIES", "2");
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_before_the_checkpoint_log_is_compacted_recovers_exactly() -> anyhow::Result<()> {
-    crash_at("compaction", 3).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -270,8 +270,6 @@ struct EngineState {
     /// A checkpoint write failed: no more are taken (the store keeps the
     /// last whole one), and table writes mark the view checkpoints stale.
     checkpoints_failed: bool,
-    /// View state changes logged since the last compaction.
-    checkpoint_log: super::checkpoint_log::CheckpointLog,
 }
 
 /// One declared watermark as `millrace_catalog.watermarks` lists it: a
@@ -1688,16 +1686,6 @@ impl Engine {
         };
         let stale =
             store_get(self.store.as_ref(), CHECKPOINT_NAMESPACE, STALE_VIEWS_KEY)?.is_some();
-        let log_entries = match std::env::var("MILLRACE_CHECKPOINT_LOG_ENTRIES") {
-            Ok(v) => v.parse::<usize>().map_err(|_| {
-                MillraceError::storage(format!(
-                    "MILLRACE_CHECKPOINT_LOG_ENTRIES must be a number of checkpoints, not '{v}'"
-                ))
-            })?,
-            Err(_) => super::checkpoint_log::MAX_ENTRIES,
-        };
-        state.checkpoint_log =
-            super::checkpoint_log::CheckpointLog::load(self.store.as_ref(), log_entries)?;
         if let Some(r) = record {
             // Epochs go on from the checkpoint's: never backwards.
             state.epoch = state.epoch.max(r.epoch);
@@ -1767,7 +1755,7 @@ impl Engine {
         let mut dataflow = ViewInputs::of(state)
             .lower(&state.views[i].plan, state.views[i].emit_on_window_close)?;
         let ns = ck::view_namespace(state.views[i].id);
-        let entries = state.checkpoint_log.entries_of(self.store.as_ref(), &ns)?;
+        let entries = self.store.scan(&ns)?;
         let layout = dataflow.layout();
         let mut operators: HashMap<usize, Vec<crate::stream::operator::StateEntry>> =
             HashMap::new();
@@ -1921,18 +1909,13 @@ impl Engine {
             writes.put(CHECKPOINT_NAMESPACE, STALE_VIEWS_KEY.to_vec(), vec![1]);
             return Ok(None);
         }
-        // Operator state and keyed contents go through the checkpoint
-        // log; append-only contents batches, written once each, go straight
-        // to the view's namespace.
-        let mut ops = super::checkpoint_log::StateOps::default();
         for view in state.views.iter_mut().filter(|v| v.checkpointed) {
             let ns = ck::view_namespace(view.id);
             if view.changes.reset {
-                ops.clear(&ns);
                 for (key, _) in self.store.scan(&ns)? {
                     writes.delete(&ns, key);
                 }
-                ops.put(
+                writes.put(
                     &ns,
                     ck::LAYOUT_KEY.to_vec(),
                     view.dataflow.layout().into_bytes(),
@@ -1943,8 +1926,8 @@ impl Engine {
                 for (key, value) in changes.ops {
                     let key = ck::operator_key(node, &key)?;
                     match value {
-                        Some(v) => ops.put(&ns, key, v),
-                        None => ops.delete(&ns, key),
+                        Some(v) => writes.put(&ns, key, v),
+                        None => writes.delete(&ns, key),
                     }
                 }
             }
@@ -1953,9 +1936,9 @@ impl Engine {
                 key.push(ck::ROW_PREFIX);
                 key.extend_from_slice(&row);
                 if count == 0 {
-                    ops.delete(&ns, key);
+                    writes.delete(&ns, key);
                 } else {
-                    ops.put(&ns, key, count.to_le_bytes().to_vec());
+                    writes.put(&ns, key, count.to_le_bytes().to_vec());
                 }
             }
             if !view.changes.appended.is_empty() {
@@ -1982,7 +1965,6 @@ impl Engine {
                 position.encode(),
             );
         }
-        state.checkpoint_log.write(ops, writes);
         super::sink_log::write_pending(&mut state.sinks, writes)?;
         self.checkpointed_views.store(
             state.views.iter().filter(|v| v.checkpointed).count(),
@@ -3470,9 +3452,7 @@ impl Engine {
                 super::sink_log::forget(self.store.as_ref(), entry.id, &mut batch)?;
             }
             if entry.kind == ObjectKind::MaterializedView {
-                let ns = ck::view_namespace(entry.id);
-                self.store.drop_namespace(&ns)?;
-                state.checkpoint_log.forget(&ns, &mut batch);
+                self.store.drop_namespace(&ck::view_namespace(entry.id))?;
                 for (key, _) in self.store.scan(POSITIONS_NAMESPACE)? {
                     if key.starts_with(&entry.id.to_be_bytes()) {
                         batch.delete(POSITIONS_NAMESPACE, key);

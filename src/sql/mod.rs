@@ -3,7 +3,6 @@
 
 pub mod catalog;
 pub mod checkpoint;
-pub mod checkpoint_log;
 pub mod engine;
 pub mod pg_catalog;
 pub mod pg_functions;
