@@ -34,3 +34,28 @@ pub fn hit(point: &str) {
 #[cfg(not(feature = "crash-points"))]
 #[inline(always)]
 pub fn hit(_point: &str) {}
+
+/// Whether the operation at `point` should fail this time, for tests of
+/// failure handling: with the `crash-points` feature,
+/// `MILLRACE_FAIL_AT=<point>[:<n>]` makes the `n`-th time (first by
+/// default) fail. Point: `checkpoint-write` (a checkpoint's store write).
+#[cfg(feature = "crash-points")]
+pub fn fails(point: &str) -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static REACHED: AtomicU64 = AtomicU64::new(0);
+    let Ok(spec) = std::env::var("MILLRACE_FAIL_AT") else {
+        return false;
+    };
+    let (name, nth) = match spec.split_once(':') {
+        Some((name, n)) => (name.to_string(), n.parse::<u64>().unwrap_or(1)),
+        None => (spec, 1),
+    };
+    name == point && REACHED.fetch_add(1, Ordering::SeqCst) + 1 == nth
+}
+
+/// Never: failures are injected only with the `crash-points` feature.
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+pub fn fails(_point: &str) -> bool {
+    false
+}

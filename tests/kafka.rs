@@ -1201,3 +1201,59 @@ async fn sinks_deliver_what_was_committed_before_a_sigkill() {
     let err = refusal(off.connect().await.unwrap(), "t").await;
     assert!(err.contains("checkpoints are off"), "{err}");
 }
+
+/// After a checkpoint write fails, checkpoints stop; a sink that was
+/// logged goes on with every change, unlogged.
+#[cfg(feature = "crash-points")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_goes_on_after_checkpoints_fail() {
+    let broker = Broker::start().expect("a Kafka broker");
+    let servers = &broker.servers;
+    let topic = broker.unique_topic("sink-after-failure");
+    broker.create_topic(&topic, 1).unwrap();
+    let temp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with_env(
+        temp.path(),
+        &["--checkpoint-interval-ms", "3600000"],
+        &[("MILLRACE_FAIL_AT", "checkpoint-write:6")],
+    )
+    .unwrap();
+    let client = server.connect().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE t (id BIGINT PRIMARY KEY);
+             CREATE SINK out FROM t
+               WITH (connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{servers}')
+               FORMAT DEBEZIUM ENCODE JSON;"
+        ))
+        .await
+        .unwrap();
+    let mut committed = Vec::new();
+    for id in 0..20 {
+        if client
+            .batch_execute(&format!("INSERT INTO t VALUES ({id})"))
+            .await
+            .is_ok()
+        {
+            committed.push(id);
+        }
+    }
+    assert!(
+        committed.len() < 20,
+        "one insert's checkpoint should have failed"
+    );
+    let failed: bool = client
+        .query_one("SELECT failed FROM millrace_catalog.checkpoints", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(failed, "checkpoints are marked failed");
+    let got = read_until(&broker, &topic, |r| {
+        debezium_ids(r).len() >= committed.len()
+    });
+    assert_eq!(
+        debezium_ids(&got).keys().copied().collect::<Vec<_>>(),
+        committed,
+        "every committed row reaches the sink"
+    );
+}

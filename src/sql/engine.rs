@@ -1866,7 +1866,14 @@ impl Engine {
         if record.is_some() {
             crate::crash::hit("checkpoint-before");
         }
-        match self.store.write(writes) {
+        let written = if record.is_some() && crate::crash::fails("checkpoint-write") {
+            Err(MillraceError::storage(
+                "injected failure of a checkpoint write",
+            ))
+        } else {
+            self.store.write(writes)
+        };
+        match written {
             Ok(()) => {
                 if record.is_some() {
                     crate::crash::hit("checkpoint-after");
@@ -2293,13 +2300,16 @@ impl Engine {
                 tracker.observe(delta)?;
             }
         }
-        for sink in state.sinks.values().filter(|s| !s.logged) {
+        // Once checkpoints have failed, logged sinks get their waiting
+        // changes, then each epoch's, unlogged.
+        let unlogged = state.checkpoints_failed;
+        if unlogged {
+            super::sink_log::release_pending(&mut state.sinks);
+        }
+        for sink in state.sinks.values().filter(|s| unlogged || !s.logged) {
             if let Some(change) = deltas.get(&sink.relation) {
                 sink.send(change);
             }
-        }
-        if state.checkpoints_failed {
-            super::sink_log::release_pending(&mut state.sinks);
         }
         let epoch = state.epoch;
         // A subscriber whose client is gone, or which fell too far behind,
