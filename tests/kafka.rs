@@ -1165,6 +1165,15 @@ async fn sinks_deliver_what_was_committed_before_a_sigkill() {
     );
     // After the restart the sinks go on with new changes.
     let client = server.connect().await.unwrap();
+    let sinks = rows(&client, "SHOW SINKS").await;
+    assert!(
+        sinks[0].starts_with("rows_out\t") && sinks[0].contains("\texactly once\t"),
+        "{sinks:?}"
+    );
+    assert!(
+        sinks[1].starts_with("snap_out\t") && sinks[1].contains("\tat least once\t"),
+        "{sinks:?}"
+    );
     client
         .batch_execute("INSERT INTO t VALUES (200, 'after'); INSERT INTO u VALUES (4)")
         .await

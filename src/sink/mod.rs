@@ -110,6 +110,9 @@ pub struct SinkHandle {
     pub logged: bool,
     /// Whether the relation's rows are sent first.
     pub snapshot: bool,
+    /// Whether the writer delivers log entries exactly once (Kafka
+    /// `exactly_once`).
+    pub exactly_once: bool,
     /// The relation's schema: changes are sent with its column names.
     pub schema: datafusion::arrow::datatypes::SchemaRef,
     /// Where the engine sends changes.
@@ -164,15 +167,19 @@ impl SinkHandle {
         let _ = self.tx.send(SinkEntry { seq, change });
     }
 
-    /// The changes pending for the log, as one consolidated change, or
-    /// `None` when they cancel out.
-    pub fn take_pending(&mut self) -> Result<Option<ChangeBatch>> {
-        if self.pending.is_empty() {
-            return Ok(None);
+    /// What the sink promises across a crash, as `SHOW SINKS` says it.
+    pub fn guarantee(&self) -> &'static str {
+        match (self.logged, self.exactly_once) {
+            (true, true) => "exactly once",
+            (true, false) => "at least once",
+            (false, _) => "none",
         }
-        let all = ChangeBatch::concat(self.schema.clone(), &self.pending)?.consolidate()?;
-        self.pending.clear();
-        Ok((!all.is_empty()).then_some(all))
+    }
+
+    /// Log entries written and not yet delivered.
+    pub fn undelivered(&self) -> usize {
+        let delivered = self.progress.delivered_seq.load(Ordering::Relaxed);
+        self.log.iter().filter(|s| **s > delivered).count()
     }
 }
 
@@ -314,6 +321,7 @@ pub fn spawn_sink(
         format,
         logged: false,
         snapshot: false,
+        exactly_once: false,
         schema,
         tx,
         progress,

@@ -1025,6 +1025,8 @@ impl Engine {
                                 p.rows.load(Ordering::Relaxed).to_string(),
                                 p.delivered.load(Ordering::Relaxed).to_string(),
                                 p.errors.load(Ordering::Relaxed).to_string(),
+                                h.guarantee().to_string(),
+                                h.undelivered().to_string(),
                                 p.last_error
                                     .lock()
                                     .ok()
@@ -3254,6 +3256,7 @@ impl Engine {
         )?;
         handle.logged = logged;
         handle.snapshot = spec.snapshot;
+        handle.exactly_once = spec.needs_log;
         // The snapshot goes first, under the writer lock, so that no change
         // is missed or sent twice. A logged sink's snapshot is its first log
         // entry, written by the checkpoint taken below. On restart the
@@ -4112,6 +4115,8 @@ const SHOW_SINKS_COLUMNS: &[&str] = &[
     "rows",
     "delivered",
     "errors",
+    "guarantee",
+    "undelivered_entries",
     "last_error",
 ];
 
