@@ -128,6 +128,8 @@ pub struct SinkHandle {
     pub log: VecDeque<u64>,
     /// The next log sequence number.
     pub next_seq: u64,
+    /// The last log entry handed to the sink's thread.
+    pub handed: u64,
     /// The delivered sequence number the store holds (`None`: the sink's
     /// first checkpoint is not written yet).
     pub recorded_delivered: Option<u64>,
@@ -329,6 +331,7 @@ pub fn spawn_sink(
         in_flight: None,
         log: VecDeque::new(),
         next_seq: 1,
+        handed: 0,
         recorded_delivered: None,
     })
 }

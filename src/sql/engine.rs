@@ -1882,7 +1882,11 @@ impl Engine {
                 }
                 state.uncheckpointed = false;
                 if let Some(record) = record {
-                    super::sink_log::hand_over(&mut state.sinks);
+                    if let Err(e) =
+                        super::sink_log::hand_over(&mut state.sinks, self.store.as_ref())
+                    {
+                        warn!(error = %e, "handing sink log entries to sinks failed");
+                    }
                     let mut status = self.lock_checkpoint_status();
                     status.last = Some(record);
                     status.taken += 1;
@@ -3862,11 +3866,7 @@ struct Streamed {
 
 /// The value of `key` in a small `namespace`.
 fn store_get(store: &dyn StateStore, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-    Ok(store
-        .scan(namespace)?
-        .into_iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v))
+    store.get(namespace, key)
 }
 
 /// Records all of `contents` as changed, for a checkpoint that rewrites a

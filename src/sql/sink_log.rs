@@ -10,6 +10,11 @@
 //! state that made it survives a crash, and after a crash every entry
 //! after the last recorded delivery is sent again. The keys are laid out
 //! in [`super::checkpoint`].
+//!
+//! A sink's thread holds at most [`MAX_HANDED`] undelivered entries: while
+//! the external system refuses them, later entries stay in the store only,
+//! and are read back and handed over as deliveries catch up (each
+//! delivery makes the next checkpoint, which hands over more).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -24,6 +29,9 @@ use crate::stream::ChangeBatch;
 
 /// The running sinks, by name.
 pub type Sinks = HashMap<String, SinkHandle>;
+
+/// Undelivered log entries a sink's thread holds at most.
+pub const MAX_HANDED: usize = 16;
 
 /// Adds each logged sink's pending changes as its next log entry, and its
 /// delivered sequence number, to checkpoint `writes`. The entries are
@@ -65,14 +73,61 @@ pub fn write_pending(sinks: &mut Sinks, writes: &mut WriteBatch) -> Result<()> {
 
 /// After a durable checkpoint: every pending change is in the log; hands
 /// the new entries to the sinks.
-pub fn hand_over(sinks: &mut Sinks) {
+pub fn hand_over(sinks: &mut Sinks, store: &dyn StateStore) -> Result<()> {
     for sink in sinks.values_mut().filter(|s| s.logged) {
         sink.pending.clear();
-        if let Some((seq, change)) = sink.in_flight.take() {
-            sink.log.push_back(seq);
-            sink.send_logged(seq, change);
+        let fresh = sink.in_flight.take();
+        if let Some((seq, _)) = &fresh {
+            sink.log.push_back(*seq);
         }
+        catch_up(sink, store, fresh)?;
     }
+    Ok(())
+}
+
+/// Hands the sink the log entries after the last one handed, up to
+/// [`MAX_HANDED`] undelivered; `fresh` is an entry just written, kept in
+/// memory, which spares reading it back.
+fn catch_up(
+    sink: &mut SinkHandle,
+    store: &dyn StateStore,
+    fresh: Option<(u64, ChangeBatch)>,
+) -> Result<()> {
+    let delivered = sink.progress.delivered_seq.load(Ordering::SeqCst);
+    let mut held = sink
+        .log
+        .iter()
+        .filter(|s| **s > delivered && **s <= sink.handed)
+        .count();
+    let next: Vec<u64> = sink
+        .log
+        .iter()
+        .copied()
+        .filter(|s| *s > sink.handed)
+        .take(MAX_HANDED.saturating_sub(held))
+        .collect();
+    let mut fresh = fresh;
+    for seq in next {
+        let change = match fresh.take() {
+            Some((s, change)) if s == seq => change,
+            _ => {
+                let bytes = store
+                    .get(SINK_LOG_NAMESPACE, &sink_log_key(sink.id, seq))?
+                    .ok_or_else(|| {
+                        crate::error::MillraceError::storage(format!(
+                            "sink log entry {seq} of sink {} is missing",
+                            sink.id
+                        ))
+                    })?;
+                ChangeBatch::from_ipc(&sink.schema, &bytes)?
+            }
+        };
+        sink.send_logged(seq, change);
+        sink.handed = seq;
+        held += 1;
+    }
+    debug_assert!(held <= MAX_HANDED);
+    Ok(())
 }
 
 /// After a failed checkpoint write: nothing it held is in the log.
@@ -145,17 +200,17 @@ pub fn resume(sinks: &mut Sinks, store: &dyn StateStore) -> Result<Vec<String>> 
         sink.progress.delivered_seq.store(done, Ordering::SeqCst);
         sink.recorded_delivered = (sink.logged && delivered.contains_key(&sink.id)).then_some(done);
         sink.next_seq = sink.next_seq.max(done + 1);
+        sink.handed = done;
         for ((_, seq), bytes) in entries.range((sink.id, 0)..=(sink.id, u64::MAX)) {
             sink.next_seq = sink.next_seq.max(seq + 1);
             if *seq <= done {
                 cleanup.delete(SINK_LOG_NAMESPACE, sink_log_key(sink.id, *seq));
                 continue;
             }
-            let change = ChangeBatch::from_ipc(&sink.schema, bytes)?;
             if sink.logged {
                 sink.log.push_back(*seq);
-                sink.send_logged(*seq, change);
             } else {
+                let change = ChangeBatch::from_ipc(&sink.schema, bytes)?;
                 // The relation is no longer checkpointed: the entries go
                 // out once, and the log is gone.
                 sink.send(&change);
@@ -166,5 +221,89 @@ pub fn resume(sinks: &mut Sinks, store: &dyn StateStore) -> Result<Vec<String>> 
     if !cleanup.is_empty() {
         store.write(cleanup)?;
     }
+    for sink in sinks.values_mut().filter(|s| s.logged) {
+        catch_up(sink, store, None)?;
+    }
     Ok(unstarted)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::sink::{spawn_sink, SinkFormat, SinkProgress, SinkWriter};
+    use crate::storage::RedbStore;
+    use crate::stream::pretty::from_pretty;
+
+    /// Refuses every write until `open`, then records the sequence
+    /// numbers it delivered.
+    struct Gate {
+        open: Arc<AtomicBool>,
+        delivered: Arc<Mutex<Vec<u64>>>,
+    }
+
+    impl SinkWriter for Gate {
+        fn write(&mut self, _: &ChangeBatch, seq: Option<u64>) -> Result<()> {
+            if !self.open.load(Ordering::SeqCst) {
+                return Err(crate::error::MillraceError::execution("closed"));
+            }
+            if let (Some(s), Ok(mut d)) = (seq, self.delivered.lock()) {
+                d.push(s);
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_refusing_sink_holds_a_bounded_backlog_and_later_gets_every_entry_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        let open = Arc::new(AtomicBool::new(false));
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let change = from_pretty("I\n 1 +1").unwrap();
+        let (gate_open, gate_delivered) = (open.clone(), delivered.clone());
+        let mut sink = spawn_sink(
+            7,
+            "out",
+            "t",
+            change.schema(),
+            "test".into(),
+            SinkFormat::Plain,
+            Box::new(move |_: Arc<SinkProgress>| {
+                Ok(Box::new(Gate {
+                    open: gate_open.clone(),
+                    delivered: gate_delivered.clone(),
+                }) as Box<dyn SinkWriter>)
+            }),
+        )
+        .unwrap();
+        sink.logged = true;
+        let mut sinks: Sinks = HashMap::from([("out".to_string(), sink)]);
+        let checkpoint = |sinks: &mut Sinks| {
+            let mut writes = WriteBatch::default();
+            write_pending(sinks, &mut writes).unwrap();
+            store.write(writes).unwrap();
+            hand_over(sinks, &store).unwrap();
+        };
+        for _ in 0..40 {
+            sinks.get_mut("out").unwrap().pending.push(change.clone());
+            checkpoint(&mut sinks);
+            assert!(sinks["out"].handed as usize <= MAX_HANDED);
+        }
+        assert_eq!(sinks["out"].undelivered(), 40);
+        open.store(true, Ordering::SeqCst);
+        // Each delivery makes a checkpoint, which hands over more.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while delivered.lock().unwrap().len() < 40 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            checkpoint(&mut sinks);
+        }
+        assert_eq!(*delivered.lock().unwrap(), (1..=40).collect::<Vec<u64>>());
+        checkpoint(&mut sinks);
+        assert_eq!(sinks["out"].undelivered(), 0);
+        assert!(store.scan(SINK_LOG_NAMESPACE).unwrap().is_empty());
+    }
 }

@@ -157,6 +157,9 @@ pub trait StateStore: Send + Sync {
     /// Every key and value of `namespace`, in key order.
     fn scan(&self, namespace: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
+    /// The value of `key` in `namespace`, if any.
+    fn get(&self, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
     /// Applies `batch` atomically and durably: when it returns, a crash of
     /// the process or the machine keeps all of it, and before, none.
     fn write(&self, batch: WriteBatch) -> Result<()>;
@@ -227,6 +230,10 @@ mod tests {
             );
             assert_eq!(store.scan("t10").expect("scan").len(), 1, "{kind:?}");
             assert_eq!(store.scan("t").expect("scan").len(), 1, "{kind:?}");
+            assert_eq!(store.get("t1", b"c").expect("get"), Some(b"3".to_vec()));
+            assert_eq!(store.get("t1", b"b").expect("get"), None, "{kind:?}");
+            assert_eq!(store.get("t10", b"a").expect("get"), Some(b"x".to_vec()));
+            assert_eq!(store.get("never", b"a").expect("get"), None, "{kind:?}");
             store.drop_namespace("t1").expect("drop");
             assert!(store.scan("t1").expect("scan").is_empty(), "{kind:?}");
             assert_eq!(store.scan("t10").expect("scan").len(), 1, "{kind:?}");

@@ -97,6 +97,21 @@ impl StateStore for RedbStore {
         Ok(out)
     }
 
+    fn get(&self, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let key = namespaced_key(namespace, key);
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = match txn.open_table(STATE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.error(e)),
+        };
+        let value = table
+            .get(key.as_slice())
+            .map_err(|e| self.error(e))?
+            .map(|v| v.value().to_vec());
+        Ok(value)
+    }
+
     fn write(&self, batch: WriteBatch) -> Result<()> {
         let txn = self.db.begin_write().map_err(|e| self.error(e))?;
         {

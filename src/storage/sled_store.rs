@@ -63,6 +63,14 @@ impl StateStore for SledStore {
             .collect()
     }
 
+    fn get(&self, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let value = self
+            .tree
+            .get(prefixed(namespace, key))
+            .map_err(MillraceError::storage)?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
     fn write(&self, batch: WriteBatch) -> Result<()> {
         let mut sled_batch = sled::Batch::default();
         for op in batch.ops {
