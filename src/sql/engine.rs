@@ -1678,16 +1678,14 @@ impl Engine {
     /// source it reads can resume; its readers then go on from the
     /// checkpoint's positions.
     fn restore_views(&self, state: &mut EngineState) -> Result<()> {
-        let record = match store_get(
-            self.store.as_ref(),
-            CHECKPOINT_NAMESPACE,
-            LAST_CHECKPOINT_KEY,
-        )? {
+        let record = match self.store.get(CHECKPOINT_NAMESPACE, LAST_CHECKPOINT_KEY)? {
             Some(bytes) => Some(CheckpointRecord::decode(&bytes)?),
             None => None,
         };
-        let stale =
-            store_get(self.store.as_ref(), CHECKPOINT_NAMESPACE, STALE_VIEWS_KEY)?.is_some();
+        let stale = self
+            .store
+            .get(CHECKPOINT_NAMESPACE, STALE_VIEWS_KEY)?
+            .is_some();
         if let Some(r) = record {
             // Epochs go on from the checkpoint's: never backwards.
             state.epoch = state.epoch.max(r.epoch);
@@ -3862,11 +3860,6 @@ struct Streamed {
     delta: ChangeBatch,
     /// The source's stream has ended: nothing follows.
     ended: bool,
-}
-
-/// The value of `key` in a small `namespace`.
-fn store_get(store: &dyn StateStore, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-    store.get(namespace, key)
 }
 
 /// Records all of `contents` as changed, for a checkpoint that rewrites a

@@ -257,16 +257,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_refusing_sink_holds_a_bounded_backlog_and_later_gets_every_entry_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
-        let open = Arc::new(AtomicBool::new(false));
-        let delivered = Arc::new(Mutex::new(Vec::new()));
-        let change = from_pretty("I\n 1 +1").unwrap();
+    /// A logged sink `id` whose writer is a [`Gate`].
+    fn gated_sink(
+        id: u64,
+        change: &ChangeBatch,
+        open: &Arc<AtomicBool>,
+        delivered: &Arc<Mutex<Vec<u64>>>,
+    ) -> SinkHandle {
         let (gate_open, gate_delivered) = (open.clone(), delivered.clone());
         let mut sink = spawn_sink(
-            7,
+            id,
             "out",
             "t",
             change.schema(),
@@ -281,7 +281,72 @@ mod tests {
         )
         .unwrap();
         sink.logged = true;
-        let mut sinks: Sinks = HashMap::from([("out".to_string(), sink)]);
+        sink
+    }
+
+    #[test]
+    fn a_restart_sends_what_came_after_the_last_recorded_delivery_and_forgets_dropped_sinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        let change = from_pretty("I\n 1 +1").unwrap();
+        let entry = change.to_ipc().unwrap();
+        // Sink 7 delivered entry 1 of 3; sink 9 no longer exists.
+        let mut w = WriteBatch::default();
+        w.put(
+            SINK_PROGRESS_NAMESPACE,
+            7u64.to_be_bytes().to_vec(),
+            1u64.to_be_bytes().to_vec(),
+        );
+        w.put(
+            SINK_PROGRESS_NAMESPACE,
+            9u64.to_be_bytes().to_vec(),
+            0u64.to_be_bytes().to_vec(),
+        );
+        for (id, seq) in [(7, 1), (7, 2), (7, 3), (9, 1)] {
+            w.put(SINK_LOG_NAMESPACE, sink_log_key(id, seq), entry.clone());
+        }
+        store.write(w).unwrap();
+        let open = Arc::new(AtomicBool::new(true));
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let mut sinks: Sinks =
+            HashMap::from([("out".to_string(), gated_sink(7, &change, &open, &delivered))]);
+        assert!(resume(&mut sinks, &store).unwrap().is_empty());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while delivered.lock().unwrap().len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(*delivered.lock().unwrap(), vec![2, 3]);
+        assert_eq!(sinks["out"].next_seq, 4);
+        let left: Vec<(u64, u64)> = store
+            .scan(SINK_LOG_NAMESPACE)
+            .unwrap()
+            .iter()
+            .map(|(k, _)| split_sink_log_key(k).unwrap())
+            .collect();
+        assert_eq!(
+            left,
+            vec![(7, 2), (7, 3)],
+            "entry 1 and sink 9's log are gone"
+        );
+        assert_eq!(store.scan(SINK_PROGRESS_NAMESPACE).unwrap().len(), 1);
+        // A logged sink without a progress record never had its first
+        // checkpoint: it starts as new.
+        let mut fresh: Sinks = HashMap::from([(
+            "new".to_string(),
+            gated_sink(11, &change, &open, &delivered),
+        )]);
+        assert_eq!(resume(&mut fresh, &store).unwrap(), vec!["new".to_string()]);
+    }
+
+    #[test]
+    fn a_refusing_sink_holds_a_bounded_backlog_and_later_gets_every_entry_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        let open = Arc::new(AtomicBool::new(false));
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let change = from_pretty("I\n 1 +1").unwrap();
+        let mut sinks: Sinks =
+            HashMap::from([("out".to_string(), gated_sink(7, &change, &open, &delivered))]);
         let checkpoint = |sinks: &mut Sinks| {
             let mut writes = WriteBatch::default();
             write_pending(sinks, &mut writes).unwrap();
