@@ -4,8 +4,10 @@
 //! moments, ten times, and restarted each time. Meanwhile a reader asserts
 //! that the last committed epoch and an append-only count never go
 //! backwards, across the restarts too. At the end every view (aggregates,
-//! a join with a table, a windowed aggregate) must equal a recomputation
-//! over everything produced: nothing lost, nothing counted twice.
+//! a join with a table, a windowed aggregate, and an aggregate over an
+//! upsert source of the same topic, whose records carry keys) must equal a
+//! recomputation over everything produced: nothing lost, nothing counted
+//! twice, and each key's last row only.
 //!
 //! Two Kafka sinks run through the same kills: an upsert sink of the
 //! per-key aggregate (the default, at least once), whose last message per
@@ -28,6 +30,10 @@ use rand::{Rng, SeedableRng};
 const PARTITIONS: i64 = 3;
 /// Keys of the events; the table names all but the last.
 const KEYS: i64 = 7;
+/// Record keys of the events: event `id` has key `id % SLOTS`, a multiple
+/// of [`PARTITIONS`] so that every key stays in one partition (upsert
+/// order is per partition).
+const SLOTS: i64 = 150;
 /// Event time of event 0, in milliseconds since the Unix epoch.
 const BASE_MS: i64 = 1_798_761_600_000;
 
@@ -70,7 +76,16 @@ fn produce(
                 r#"{{"id": {id}, "k": {k}, "amount": {amount}, "ts": "{}"}}"#,
                 iso_time(ts)
             );
-            tx.value(&topic, (id % PARTITIONS) as i32, value.as_bytes())?;
+            let slot = (id % SLOTS).to_string();
+            tx.send(
+                &topic,
+                common::kafka::Record {
+                    partition: Some((id % PARTITIONS) as i32),
+                    key: Some(slot.as_bytes()),
+                    value: Some(value.as_bytes()),
+                    ..Default::default()
+                },
+            )?;
             id += 1;
         }
         tx.flush()?;
@@ -128,11 +143,20 @@ fn expected(n: i64) -> BTreeMap<&'static str, Vec<String>> {
                 .collect(),
         ),
         ("total", vec![format!("{n}")]),
+        (
+            "latest",
+            // The upsert source holds each slot's last event.
+            vec![format!(
+                "{}|{}",
+                n.min(SLOTS),
+                (n.saturating_sub(SLOTS)..n).sum::<i64>()
+            )],
+        ),
     ])
 }
 
 /// The queries whose answers [`expected`] predicts.
-const QUERIES: [(&str, &str); 4] = [
+const QUERIES: [(&str, &str); 5] = [
     (
         "per_key",
         "SELECT k || '|' || n || '|' || amount || '|' || lo || '|' || hi FROM per_key ORDER BY k",
@@ -147,6 +171,7 @@ const QUERIES: [(&str, &str); 4] = [
          FROM per_second ORDER BY window_start",
     ),
     ("total", "SELECT CAST(n AS TEXT) FROM total"),
+    ("latest", "SELECT n || '|' || ids FROM latest"),
 ];
 
 async fn column(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<Vec<String>> {
@@ -280,6 +305,14 @@ async fn views_over_kafka_count_every_event_once_across_sigkills() -> anyhow::Re
                        GROUP BY window_start;
                      CREATE MATERIALIZED VIEW total AS SELECT count(*) AS n FROM events;
                      CREATE MATERIALIZED VIEW copy AS SELECT id, k FROM events;
+                     CREATE SOURCE slots (id BIGINT, k BIGINT, amount BIGINT, ts TIMESTAMP)
+                       INCLUDE key AS slot VARCHAR
+                       WITH (connector = 'kafka', topic = '{topic}',
+                             properties.bootstrap.server = '{servers}',
+                             scan.startup.mode = 'latest')
+                       FORMAT UPSERT ENCODE JSON;
+                     CREATE MATERIALIZED VIEW latest AS
+                       SELECT count(*) AS n, sum(id) AS ids FROM slots;
                      CREATE SINK per_key_out FROM per_key
                        WITH (connector = 'kafka', topic = '{keys_topic}',
                              properties.bootstrap.server = '{servers}', primary_key = 'k')
@@ -308,7 +341,7 @@ async fn views_over_kafka_count_every_event_once_across_sigkills() -> anyhow::Re
                     )
                     .await?
                     .get(0);
-                if assigned == 5 * PARTITIONS || Instant::now() > deadline {
+                if assigned == 6 * PARTITIONS || Instant::now() > deadline {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -366,7 +399,7 @@ async fn views_over_kafka_count_every_event_once_across_sigkills() -> anyhow::Re
         .query_one("SELECT views FROM millrace_catalog.checkpoints", &[])
         .await?
         .get(0);
-    assert_eq!(restored, 5, "every view is checkpointed");
+    assert_eq!(restored, 6, "every view is checkpointed");
     check_sinks(&broker, &keys_topic, &copy_topic, n, &expected["per_key"])?;
     server.stop()?;
     Ok(())

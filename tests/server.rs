@@ -187,6 +187,71 @@ async fn restart_restores_tables_and_views() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A view with a temporal filter is checkpointed: after a SIGKILL it is
+/// restored, not rebuilt, and at once shows what the clock did while the
+/// server was down (a row expired, a row became valid); inserts, updates
+/// and deletes then go on through the restored filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporal_view_is_restored_and_catches_up_with_the_clock() -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path().to_path_buf();
+    let server = TestServer::start_on(&dir, &["--checkpoint-interval-ms", "100"])?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let live = |client: tokio_postgres::Client| async move {
+        let rows = client.query("SELECT id FROM live ORDER BY id", &[]).await?;
+        anyhow::Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>())
+    };
+    {
+        let client = server.connect().await?;
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE ev (id BIGINT PRIMARY KEY, valid_from TIMESTAMPTZ, valid_until TIMESTAMPTZ);
+                 CREATE MATERIALIZED VIEW live AS
+                   SELECT id FROM ev WHERE now() >= valid_from AND now() < valid_until;
+                 INSERT INTO ev VALUES
+                   (1, to_timestamp({past}), to_timestamp({soon})),
+                   (2, to_timestamp({soon}), to_timestamp({later})),
+                   (3, to_timestamp({past}), to_timestamp({later})),
+                   (4, to_timestamp({later}), to_timestamp({much_later}));",
+                past = now - 3600,
+                soon = now + 3,
+                later = now + 3600,
+                much_later = now + 7200,
+            ))
+            .await?;
+        assert_eq!(live(client).await?, vec![1, 3]);
+    }
+    server.kill()?;
+    // Row 1 expires and row 2 becomes valid while the server is down.
+    let wake = std::time::UNIX_EPOCH + Duration::from_secs((now + 4) as u64);
+    if let Ok(wait) = wake.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    let server = TestServer::start_on(&dir, &["--checkpoint-interval-ms", "100"])?;
+    let client = server.connect().await?;
+    let checkpointed: i64 = client
+        .query_one("SELECT views FROM millrace_catalog.checkpoints", &[])
+        .await?
+        .get(0);
+    assert_eq!(checkpointed, 1, "the temporal view is checkpointed");
+    assert_eq!(live(server.connect().await?).await?, vec![2, 3]);
+    client
+        .batch_execute(&format!(
+            "DELETE FROM ev WHERE id = 3;
+             UPDATE ev SET valid_from = to_timestamp({past}) WHERE id = 4;
+             INSERT INTO ev VALUES (5, to_timestamp({past}), to_timestamp({later}));",
+            past = now - 3600,
+            later = now + 3600,
+        ))
+        .await?;
+    assert_eq!(live(server.connect().await?).await?, vec![2, 4, 5]);
+    drop(server);
+    drop(temp);
+    Ok(())
+}
+
 #[test]
 fn second_server_on_same_data_dir_is_refused() -> anyhow::Result<()> {
     let server = TestServer::start()?;

@@ -303,7 +303,7 @@ pub fn build(
         schema,
         // One generator: sequences and clocks are ordered.
         append_only: true,
-        resumable: true,
+        keyed: false,
         make_generators: Box::new(move |_: &super::ReaderContext| {
             let opts = Options::new(&options);
             Ok(vec![

@@ -16,7 +16,6 @@ pub mod kafka;
 pub mod nexmark;
 pub mod options;
 mod runner;
-pub mod upsert;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -207,11 +206,11 @@ pub struct SourceSpec {
     /// Whether the source only ever inserts rows (generators, plain Kafka
     /// topics); upsert and change-data-capture sources also retract.
     pub append_only: bool,
-    /// Whether a reader can go on from a checkpointed [`SourcePosition`]
-    /// with nothing lost or repeated. Sources whose reader keeps state of
-    /// its own (upsert and change-data-capture topics remember each key's
-    /// last row) cannot yet.
-    pub resumable: bool,
+    /// Whether the source's batches are records with their keys (upsert
+    /// topics, change-data-capture topics with a primary key): the schema
+    /// of [`crate::stream::upsert::keyed_schema`], turned into changes by
+    /// an upsert operator at the head of each view that reads the source.
+    pub keyed: bool,
     /// Builds fresh generators positioned at the start of the stream. Each
     /// produces a disjoint part of it, so that several threads can share the
     /// work; together they produce the whole stream.

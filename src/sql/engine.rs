@@ -54,7 +54,7 @@ use crate::source::{
     SourceProgress, SourceReader, SourceSink, SourceSpec,
 };
 use crate::storage::{StateStore, WriteBatch};
-use crate::stream::lower::{is_append_only, lower_plan_marked};
+use crate::stream::lower::{is_append_only, lower_plan_marked, RelationInfo};
 use crate::stream::materialize::Contents;
 use crate::stream::operator::OperatorStats;
 use crate::stream::watermark::{
@@ -1708,9 +1708,10 @@ impl Engine {
         let mut restored: HashSet<String> = HashSet::new();
         for i in 0..state.views.len() {
             let view = &state.views[i];
-            let sources_resume = view.inputs.iter().all(|r| match state.sources.get(r) {
-                Some(spec) => spec.resumable,
-                None => state.tables.contains_key(r) || restored.contains(r),
+            let sources_resume = view.inputs.iter().all(|r| {
+                state.sources.contains_key(r)
+                    || state.tables.contains_key(r)
+                    || restored.contains(r)
             });
             let can_restore = record.is_some() && !stale && view.checkpointed && sources_resume;
             if can_restore {
@@ -3315,7 +3316,7 @@ impl Engine {
         } else if state.checkpoints_failed {
             "checkpoints stopped after a failed write; restart the server"
         } else {
-            "its state is not checkpointed (views with temporal filters on now(), or over upsert or keyed change-data-capture sources, are rebuilt on restart), so its changes cannot be delivered exactly once"
+            "its operators cannot write their state at checkpoints, so its changes cannot be delivered exactly once"
         }
     }
 
@@ -3628,6 +3629,7 @@ fn view_query_text(create_sql: &str) -> Option<String> {
 struct ViewInputs {
     growing: std::collections::HashSet<String>,
     marks: HashMap<String, RelationMarks>,
+    keyed: std::collections::HashSet<String>,
 }
 
 impl ViewInputs {
@@ -3646,14 +3648,23 @@ impl ViewInputs {
         Self {
             growing: growing_relations(state),
             marks,
+            keyed: state
+                .sources
+                .iter()
+                .filter(|(_, spec)| spec.keyed)
+                .map(|(name, _)| name.clone())
+                .collect(),
         }
     }
 
     fn lower(&self, plan: &LogicalPlan, emit_on_window_close: bool) -> Result<Dataflow> {
         lower_plan_marked(
             plan,
-            &|r| self.growing.contains(r),
-            &|r| self.marks.get(r).cloned().unwrap_or(RelationMarks::None),
+            &RelationInfo {
+                grows: &|r| self.growing.contains(r),
+                marks: &|r| self.marks.get(r).cloned().unwrap_or(RelationMarks::None),
+                keyed: &|r| self.keyed.contains(r),
+            },
             emit_on_window_close,
         )
     }
@@ -3729,11 +3740,19 @@ impl Engine {
         if !state.views.iter().any(|v| v.name == view) {
             return Ok(());
         }
+        // A keyed source's batches carry each record's key last.
+        let with_key = |schema: &SchemaRef| {
+            if spec.keyed {
+                crate::stream::upsert::keyed_schema(schema)
+            } else {
+                schema.clone()
+            }
+        };
         let delta = match state.proctime_sources.get(source) {
-            None => ChangeBatch::concat(spec.schema.clone(), &batches)?,
+            None => ChangeBatch::concat(with_key(&spec.schema), &batches)?,
             Some(produced) => {
-                let delta = ChangeBatch::concat(produced.clone(), &batches)?;
-                with_processing_time(&delta, &spec.schema)?
+                let delta = ChangeBatch::concat(with_key(produced), &batches)?;
+                with_processing_time(&delta, &with_key(&spec.schema), spec.keyed)?
             }
         };
         let streamed = Streamed {
@@ -3756,9 +3775,14 @@ impl Engine {
     }
 }
 
-/// `delta` with one more column, last in `schema`: the current time (one
-/// value for the whole epoch), for `INCLUDE proctime`.
-fn with_processing_time(delta: &ChangeBatch, schema: &SchemaRef) -> Result<ChangeBatch> {
+/// `delta` with one more column of `schema`, the current time (one value
+/// for the whole epoch), for `INCLUDE proctime`: last, or before the key
+/// column of a `keyed` source's records.
+fn with_processing_time(
+    delta: &ChangeBatch,
+    schema: &SchemaRef,
+    keyed: bool,
+) -> Result<ChangeBatch> {
     use datafusion::arrow::array::TimestampMicrosecondArray;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -3766,9 +3790,15 @@ fn with_processing_time(delta: &ChangeBatch, schema: &SchemaRef) -> Result<Chang
         .unwrap_or(0);
     let n = delta.num_rows();
     let mut columns = delta.data().columns().to_vec();
-    columns.push(Arc::new(
-        TimestampMicrosecondArray::from_value(now, n).with_timezone(super::types::UTC),
-    ));
+    let at = if keyed {
+        columns.len().saturating_sub(1)
+    } else {
+        columns.len()
+    };
+    columns.insert(
+        at,
+        Arc::new(TimestampMicrosecondArray::from_value(now, n).with_timezone(super::types::UTC)),
+    );
     let data = crate::stream::change::batch_from_columns(schema.clone(), columns, n)?;
     delta.with_data(data)
 }

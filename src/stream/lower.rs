@@ -8,6 +8,7 @@
 //! incrementally is refused with [`MillraceError::NotSupported`] naming the
 //! construct; it is never computed wrongly.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
@@ -59,18 +60,36 @@ pub fn workers() -> usize {
 /// `relation_grows` says which relations only ever grow (see
 /// [`is_append_only`]); operators over growing inputs keep less state.
 pub fn lower_plan(plan: &LogicalPlan, relation_grows: &dyn Fn(&str) -> bool) -> Result<Dataflow> {
-    lower_plan_marked(plan, relation_grows, &|_| RelationMarks::None, false)
+    lower_plan_marked(
+        plan,
+        &RelationInfo {
+            grows: relation_grows,
+            marks: &|_| RelationMarks::None,
+            keyed: &|_| false,
+        },
+        false,
+    )
 }
 
-/// [`lower_plan`] for inputs that may carry watermarks: `relation_marks`
-/// says which relations declare one and which columns of the views read
-/// carry one. With `emit_on_window_close`, the view's rows are held back
+/// What lowering needs to know about the relations a plan reads.
+pub struct RelationInfo<'a> {
+    /// Whether a relation only ever grows (inserts, no retractions).
+    pub grows: &'a dyn Fn(&str) -> bool,
+    /// Which relations declare a watermark, and which columns of the views
+    /// read carry one.
+    pub marks: &'a dyn Fn(&str) -> RelationMarks,
+    /// Whether a relation is a keyed source: its batches are records with
+    /// their keys ([`super::upsert`]), which an upsert turns into changes.
+    pub keyed: &'a dyn Fn(&str) -> bool,
+}
+
+/// [`lower_plan`] for inputs that may carry watermarks or be keyed
+/// sources, as `relations` says. With `emit_on_window_close`, the view's rows are held back
 /// until the watermark of a window column of its output passes them;
 /// refused when its output has no such column.
 pub fn lower_plan_marked(
     plan: &LogicalPlan,
-    relation_grows: &dyn Fn(&str) -> bool,
-    relation_marks: &dyn Fn(&str) -> RelationMarks,
+    relations: &RelationInfo<'_>,
     emit_on_window_close: bool,
 ) -> Result<Dataflow> {
     reject_volatile(plan)?;
@@ -78,8 +97,10 @@ pub fn lower_plan_marked(
         graph: Dataflow::new(),
         props: ExecutionProps::new(),
         workers: workers(),
-        relation_grows,
-        relation_marks,
+        relation_grows: relations.grows,
+        relation_marks: relations.marks,
+        relation_keyed: relations.keyed,
+        upserts: HashMap::new(),
         trackers: Vec::new(),
         rank_bounds: Vec::new(),
     };
@@ -244,6 +265,9 @@ struct Lowering<'a> {
     workers: usize,
     relation_grows: &'a dyn Fn(&str) -> bool,
     relation_marks: &'a dyn Fn(&str) -> RelationMarks,
+    relation_keyed: &'a dyn Fn(&str) -> bool,
+    /// The upsert node of each keyed source read, shared by its scans.
+    upserts: HashMap<String, usize>,
     /// The declared watermarks this graph applies, one per relation.
     trackers: Vec<WatermarkEntry>,
     /// Rank ranges found in filters over window nodes, by the window
@@ -268,6 +292,21 @@ impl Lowering<'_> {
             &self.props,
             &PhysicalPlanningContext::default(),
         )?)
+    }
+
+    /// The upsert node that turns keyed source `relation`'s records into
+    /// changes, added at its first scan.
+    fn upsert(&mut self, relation: &str, schema: &SchemaRef) -> Result<usize> {
+        if let Some(&id) = self.upserts.get(relation) {
+            return Ok(id);
+        }
+        let op = super::upsert::UpsertOperator::try_new(relation.to_string(), schema.clone())?;
+        let id = self.graph.add(
+            Box::new(op),
+            vec![NodeInput::Relation(relation.to_string())],
+        )?;
+        self.upserts.insert(relation.to_string(), id);
+        Ok(id)
     }
 
     fn node(&mut self, plan: &LogicalPlan) -> Result<usize> {
@@ -319,12 +358,14 @@ impl Lowering<'_> {
                         }
                     }
                 }
-                let mut id = self.graph.add_marked(
-                    Box::new(op),
-                    vec![NodeInput::Relation(relation)],
-                    rules,
-                    own,
-                )?;
+                let input = if (self.relation_keyed)(&relation) {
+                    NodeInput::Node(self.upsert(&relation, &full)?)
+                } else {
+                    NodeInput::Relation(relation)
+                };
+                let mut id = self
+                    .graph
+                    .add_marked(Box::new(op), vec![input], rules, own)?;
                 if let Some(predicate) = scan
                     .filters
                     .iter()

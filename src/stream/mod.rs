@@ -21,6 +21,7 @@ pub mod scan;
 pub mod temporal;
 pub mod topn;
 pub mod union;
+pub mod upsert;
 pub mod watermark;
 
 pub use change::ChangeBatch;

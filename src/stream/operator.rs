@@ -281,11 +281,22 @@ pub mod checkpoint_testing {
         make: impl Fn() -> Box<dyn Operator>,
         epochs: &[Vec<Option<ChangeBatch>>],
     ) {
+        assert_restores_exactly_at(make, epochs, |_| {});
+    }
+
+    /// [`assert_restores_exactly`] where `before(e)` runs before every step
+    /// of epoch `e` (it sets the time a temporal filter reads).
+    pub fn assert_restores_exactly_at(
+        make: impl Fn() -> Box<dyn Operator>,
+        epochs: &[Vec<Option<ChangeBatch>>],
+        before: impl Fn(usize),
+    ) {
         let mut original = make();
         original.track_changes();
         let mut store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         let mut written = 0usize;
         for cut in 0..epochs.len() {
+            before(cut);
             original.step(&epochs[cut]).unwrap();
             let mut changes = StateChanges::default();
             original.checkpoint(&mut changes).unwrap();
@@ -304,10 +315,12 @@ pub mod checkpoint_testing {
             restored.track_changes();
             let mut reference = make();
             reference.track_changes();
-            for e in &epochs[..=cut] {
+            for (i, e) in epochs[..=cut].iter().enumerate() {
+                before(i);
                 reference.step(e).unwrap();
             }
             for (later, e) in epochs[cut + 1..].iter().enumerate() {
+                before(cut + 1 + later);
                 assert_eq!(
                     lines(restored.step(e).unwrap()),
                     lines(reference.step(e).unwrap()),

@@ -11,7 +11,7 @@
 //! reads the time from its graph's [`Clock`]; the engine sets that clock at
 //! every epoch and runs an epoch whenever a scheduled change falls due.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -27,7 +27,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::change::ChangeBatch;
-use super::operator::{Operator, OperatorStats};
+use super::operator::{codec, Operator, OperatorStats, StateChanges, StateEntry};
 use super::watermark::values_as_i64;
 use crate::error::{MillraceError, Result};
 
@@ -473,6 +473,12 @@ struct ScheduledRun {
 /// `w`) schedules the opposite changes, so that what an insertion scheduled
 /// cancels out. Scheduled changes are emitted by the first epoch whose time
 /// reaches them.
+///
+/// Checkpoints: each scheduled run is one entry, written once when it is
+/// scheduled and deleted when it falls due (the rest of a partly due run
+/// is a new run). A restored filter emits at its first epoch every change
+/// that fell due while the server was down, so the view catches up with
+/// the clock.
 pub struct TemporalFilterOperator {
     bounds: Vec<TemporalBound>,
     schema: SchemaRef,
@@ -482,6 +488,36 @@ pub struct TemporalFilterOperator {
     next_run: u64,
     scheduled_rows: usize,
     stats: OperatorStats,
+    /// Once checkpoints are taken: what changed since the last one.
+    changes: Option<RunChanges>,
+}
+
+/// The scheduled runs added and removed since the last checkpoint.
+#[derive(Default)]
+struct RunChanges {
+    /// Runs scheduled since the last checkpoint and still scheduled.
+    added: HashSet<(i64, u64)>,
+    /// Runs a checkpoint wrote that are gone.
+    removed: Vec<(i64, u64)>,
+}
+
+/// A scheduled run's key in the store: its first due time, ordered as
+/// unsigned, then its sequence number, both big-endian.
+fn run_key(key: (i64, u64)) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&((key.0 as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(&key.1.to_be_bytes());
+    k
+}
+
+fn parse_run_key(k: &[u8]) -> Result<(i64, u64)> {
+    let bad = || MillraceError::storage("a checkpointed temporal filter key is damaged");
+    if k.len() != 16 {
+        return Err(bad());
+    }
+    let first = u64::from_be_bytes(k[..8].try_into().map_err(|_| bad())?) ^ (1 << 63);
+    let seq = u64::from_be_bytes(k[8..].try_into().map_err(|_| bad())?);
+    Ok((first as i64, seq))
 }
 
 impl TemporalFilterOperator {
@@ -498,6 +534,7 @@ impl TemporalFilterOperator {
             next_run: 0,
             scheduled_rows: 0,
             stats: OperatorStats::default(),
+            changes: None,
         })
     }
 
@@ -512,7 +549,12 @@ impl TemporalFilterOperator {
             if entry.key().0 > now {
                 break;
             }
-            let run = entry.remove();
+            let (key, run) = entry.remove_entry();
+            if let Some(changes) = &mut self.changes {
+                if !changes.added.remove(&key) {
+                    changes.removed.push(key);
+                }
+            }
             let split = run.due.partition_point(|&t| t <= now);
             // What stays is counted again when it is scheduled again.
             self.scheduled_rows -= run.due.len();
@@ -532,8 +574,12 @@ impl TemporalFilterOperator {
             return;
         };
         self.scheduled_rows += run.due.len();
-        self.scheduled.insert((first, self.next_run), run);
+        let key = (first, self.next_run);
+        self.scheduled.insert(key, run);
         self.next_run += 1;
+        if let Some(changes) = &mut self.changes {
+            changes.added.insert(key);
+        }
     }
 
     /// Schedules the rows of `delta` at `times` (row index, due time),
@@ -653,6 +699,64 @@ impl Operator for TemporalFilterOperator {
 
     fn is_stateful(&self) -> bool {
         true
+    }
+
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    fn track_changes(&mut self) {
+        // Everything scheduled before is in the store (restored) or not
+        // yet written (a new filter has scheduled nothing).
+        self.changes = Some(RunChanges::default());
+    }
+
+    /// Deletes the runs that fell due and writes the new ones: a count of
+    /// due times, the times (little-endian), then the changes as Arrow IPC.
+    fn checkpoint(&mut self, out: &mut StateChanges) -> Result<()> {
+        let Some(changes) = &mut self.changes else {
+            return Ok(());
+        };
+        for key in changes.removed.drain(..) {
+            out.delete(run_key(key));
+        }
+        let mut added: Vec<(i64, u64)> = changes.added.drain().collect();
+        added.sort_unstable();
+        for key in added {
+            let Some(run) = self.scheduled.get(&key) else {
+                continue;
+            };
+            let mut value = Vec::with_capacity(4 + run.due.len() * 8);
+            value.extend_from_slice(&(run.due.len() as u32).to_le_bytes());
+            for t in &run.due {
+                value.extend_from_slice(&t.to_le_bytes());
+            }
+            codec::put_bytes(&mut value, &run.changes.to_ipc()?);
+            out.put(run_key(key), value);
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, entries: Vec<StateEntry>) -> Result<()> {
+        for (key, value) in entries {
+            let key = parse_run_key(&key)?;
+            let mut r = codec::Reader::new(&value);
+            let n = r.u32()? as usize;
+            let mut due = Vec::with_capacity(n.min(value.len() / 8));
+            for _ in 0..n {
+                due.push(r.i64()?);
+            }
+            let changes = ChangeBatch::from_ipc(&self.schema, r.bytes()?)?;
+            if changes.num_rows() != n || due.first() != Some(&key.0) || !r.is_done() {
+                return Err(MillraceError::storage(
+                    "a checkpointed temporal filter run does not match its due times",
+                ));
+            }
+            self.scheduled_rows += n;
+            self.next_run = self.next_run.max(key.1 + 1);
+            self.scheduled.insert(key, ScheduledRun { changes, due });
+        }
+        Ok(())
     }
 }
 
@@ -860,5 +964,81 @@ mod tests {
                 clock.set(now);
             }
         }
+    }
+
+    /// A filter restored from its checkpoint after any epoch emits what the
+    /// original does at every later time, including changes that fell due
+    /// between the checkpoint and the first epoch after the restore.
+    #[test]
+    fn a_restored_filter_goes_on_like_the_original() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let clock = Clock::default();
+        let mut times = Vec::new();
+        let mut epochs = Vec::new();
+        let mut now = 1_000;
+        let mut live: Vec<(i64, i64, i64)> = Vec::new();
+        for e in 0..40i64 {
+            times.push(now);
+            let mut rows = Vec::new();
+            for j in 0..rng.random_range(0..5) {
+                if !live.is_empty() && rng.random_bool(0.3) {
+                    let (id, t0, t1) = live.swap_remove(rng.random_range(0..live.len()));
+                    rows.push((id, Some(t0), Some(t1), -1));
+                } else {
+                    let t0 = now + rng.random_range(-100..150);
+                    let t1 = t0 + rng.random_range(1..200);
+                    live.push((e * 10 + j, t0, t1));
+                    rows.push((e * 10 + j, Some(t0), Some(t1), 1));
+                }
+            }
+            epochs.push(vec![(!rows.is_empty()).then(|| batch(&rows))]);
+            // Sometimes a long gap, as across a restart.
+            now += if rng.random_bool(0.2) {
+                120
+            } else {
+                rng.random_range(0..30)
+            };
+        }
+        crate::stream::operator::checkpoint_testing::assert_restores_exactly_at(
+            || Box::new(operator(&clock)),
+            &epochs,
+            |e| clock.set(times[e]),
+        );
+    }
+
+    #[test]
+    fn a_damaged_run_is_refused() {
+        let clock = Clock::default();
+        clock.set(0);
+        let mut op = operator(&clock);
+        op.track_changes();
+        op.step(&[Some(batch(&[(1, Some(10), Some(20), 1)]))])
+            .unwrap();
+        let mut changes = StateChanges::default();
+        op.checkpoint(&mut changes).unwrap();
+        // Two runs: the row's start at 10 and its end at 20.
+        let entries: Vec<StateEntry> = changes
+            .ops
+            .into_iter()
+            .map(|(k, v)| (k, v.unwrap()))
+            .collect();
+        assert_eq!(entries.len(), 2);
+        let (key, value) = entries[0].clone();
+        for (k, v) in [
+            (key.clone(), value[..value.len() - 3].to_vec()),
+            (key[..5].to_vec(), value.clone()),
+            (run_key((99, 0)), value.clone()),
+        ] {
+            let err = operator(&clock).restore(vec![(k, v)]).err().unwrap();
+            assert!(
+                err.to_string().contains("temporal filter")
+                    || err.to_string().contains("checkpointed"),
+                "{err}"
+            );
+        }
+        let mut restored = operator(&clock);
+        restored.restore(entries).unwrap();
+        assert_eq!(restored.scheduled_rows(), 2);
+        assert_eq!(restored.next_due(), Some(10));
     }
 }

@@ -96,15 +96,13 @@ pub fn build(decl: &SourceDecl<'_>) -> Result<SourceSpec> {
     }
     let schema = source.schema.clone();
     let append_only = source.envelope == Envelope::Plain;
-    // Upsert and keyed change-data-capture readers remember each key's
-    // last row, which a checkpoint does not hold yet.
-    let resumable =
-        append_only || (source.envelope == Envelope::Debezium && source.primary_key.is_empty());
+    let keyed = source.envelope == Envelope::Upsert
+        || (source.envelope == Envelope::Debezium && !source.primary_key.is_empty());
     Ok(SourceSpec {
         connector: "kafka".into(),
         schema,
         append_only,
-        resumable,
+        keyed,
         make_generators: Box::new(move |ctx: &super::ReaderContext| {
             (0..source.threads)
                 .map(|i| {

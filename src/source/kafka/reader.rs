@@ -23,7 +23,6 @@ use super::batch::{Entry, KafkaRecord, Polled, RecordQueue};
 use super::decode::PayloadDecoder;
 use super::{consumer_config, partitions_of, Envelope, KafkaSource, Startup};
 use crate::error::{MillraceError, Result};
-use crate::source::upsert::KeyedState;
 use crate::source::{BatchGenerator, IncludeKind, ReaderContext, SourcePosition};
 use crate::stream::change::{row_converter, ChangeBatch};
 
@@ -62,7 +61,10 @@ struct Decoding {
     source: Arc<KafkaSource>,
     ctx: ReaderContext,
     decoder: PayloadDecoder,
-    keyed: Option<KeyedState>,
+    /// For keyed sources (upsert, Debezium with a primary key): the
+    /// schema of their batches, records with their keys, which the view's
+    /// upsert operator turns into changes.
+    keyed: Option<datafusion::arrow::datatypes::SchemaRef>,
     /// Bad records seen, for rate-limited logging.
     bad_seen: u64,
 }
@@ -91,7 +93,7 @@ impl KafkaReader {
         let keyed = match source.envelope {
             Envelope::Plain => None,
             Envelope::Debezium if source.primary_key.is_empty() => None,
-            _ => Some(KeyedState::try_new(source.schema.clone())?),
+            _ => Some(crate::stream::upsert::keyed_schema(&source.schema)),
         };
         Ok(Self {
             client,
@@ -367,8 +369,8 @@ impl Decoding {
                     .map(|(i, _)| messages[*i].key().unwrap_or_default())
                     .collect();
                 let present: Vec<bool> = kept.iter().map(|(_, r)| r.is_some()).collect();
-                match self.keyed.as_mut() {
-                    Some(state) => state.apply(&data, &keys, &present),
+                match &self.keyed {
+                    Some(schema) => crate::stream::upsert::records(schema, &data, &keys, &present),
                     None => Err(MillraceError::execution(
                         "upsert source without keyed state",
                     )),
@@ -426,8 +428,8 @@ impl Decoding {
             .filter(|(_, u)| *u)
             .map(|(d, _)| *d)
             .collect();
-        match self.keyed.as_mut() {
-            Some(state) => {
+        match self.keyed.clone() {
+            Some(keyed_schema) => {
                 // Deletes are keyed by `before`, the rest by `after`.
                 let converter = row_converter(
                     &self
@@ -453,7 +455,7 @@ impl Decoding {
                     .collect();
                 let present: Vec<bool> = is_delete.iter().map(|d| !d).collect();
                 let data = merge_rows(&before_rows, &after_rows, &is_delete)?;
-                state.apply(&data, &keys, &present)
+                crate::stream::upsert::records(&keyed_schema, &data, &keys, &present)
             }
             None => {
                 // Without a key, the before image is retracted as it is:

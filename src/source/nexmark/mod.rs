@@ -157,7 +157,7 @@ pub fn build(
         connector: "nexmark".into(),
         schema,
         append_only: true,
-        resumable: true,
+        keyed: false,
         make_generators: Box::new(move |_: &super::ReaderContext| {
             Ok((0..settings.split)
                 .map(|k| {
