@@ -57,6 +57,14 @@ pub trait BatchGenerator: Send {
     fn position(&self) -> Option<SourcePosition> {
         None
     }
+
+    /// Jumps over the next `rows` rows without producing them, for a
+    /// generator resumed from a checkpoint; false when it cannot, and the
+    /// runner then produces and drops them. Generators whose rows are a
+    /// function of their position (Nexmark) jump in constant time.
+    fn skip(&mut self, _rows: u64) -> bool {
+        false
+    }
 }
 
 /// How far a reader has read its source, saved with each checkpoint so

@@ -213,6 +213,9 @@ fn generate(
     let rate = generator.rows_per_second();
     let mut rows: u64 = 0;
     let skipped = skip;
+    if skip > 0 && generator.skip(skip) {
+        skip = 0;
+    }
     loop {
         if progress.stop.load(Ordering::Relaxed) {
             break;
