@@ -145,12 +145,15 @@ pub async fn run(rows: u64, payload_bytes: usize, dir: &Path) -> Result<Recovery
 }
 
 /// Bytes of keys and values in the checkpoints of the first catalog ids
-/// (the benchmark creates two objects on a new store).
+/// (the benchmark creates two objects on a new store), runs included.
 fn checkpointed_bytes(store: &dyn StateStore) -> Result<u64> {
+    use crate::sql::checkpoint::{view_namespace, view_runs_namespace};
     let mut total = 0u64;
     for id in 0..4u64 {
-        for (k, v) in store.scan(&crate::sql::checkpoint::view_namespace(id))? {
-            total += (k.len() + v.len()) as u64;
+        for ns in [view_namespace(id), view_runs_namespace(id)] {
+            for (k, v) in store.scan(&ns)? {
+                total += (k.len() + v.len()) as u64;
+            }
         }
     }
     Ok(total)

@@ -233,7 +233,14 @@ struct ProgressReader;
 
 impl ClientContext for ProgressReader {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        // The end of a partition comes as a partition's error or, from
+        // librdkafka's error callback, as a global one.
+        let end_of_partition = matches!(
+            error,
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end_of_partition {
             tracing::warn!(%error, reason, "reading the sink progress topic");
         }
     }

@@ -11,10 +11,13 @@
 //! a source produced is counted exactly once. `docs/durability.md` states
 //! what that promises.
 //!
-//! Layout, one namespace per view (`view_state/<catalog id>`):
-//! `l` the dataflow's layout; `o` + node (u32, big-endian) + key an
-//! operator's state; `c` + row a contents row and its count; `a` + sequence
-//! (u64, big-endian) a batch of append-only contents (Arrow IPC). Reader
+//! Layout, two namespaces per view. `view_state/<catalog id>`: `l` the
+//! dataflow's layout; `a` + sequence (u64, big-endian) a batch of
+//! append-only contents (Arrow IPC). `view_runs/<catalog id>`: runs
+//! (see [`RunBuilder`]) by sequence (u64, big-endian), which applied in
+//! order give the view's keyed state: `o` + node (u32, big-endian) + key
+//! an operator's state, `c` + row a contents row and its count. Runs are
+//! compacted into a base once they outgrow it. Reader
 //! positions live in `source_positions` under view id and source name; the
 //! last checkpoint's epoch and time under `checkpoint`.
 //!
@@ -87,6 +90,129 @@ pub const APPENDED_PREFIX: u8 = b'a';
 /// The namespace holding view `id`'s checkpointed state.
 pub fn view_namespace(id: u64) -> String {
     format!("view_state/{id}")
+}
+
+/// The namespace holding view `id`'s runs: its operator state and keyed
+/// contents rows, as runs of changes (see [`RunBuilder`]).
+pub fn view_runs_namespace(id: u64) -> String {
+    format!("view_runs/{id}")
+}
+
+/// What the layout value starts with for views whose state is kept in
+/// runs; a checkpoint of an earlier layout (one store key per operator
+/// state key and contents row) does not match, and the view is rebuilt.
+pub const STATE_FORMAT: &str = "state in runs\n";
+
+/// A view's runs are compacted into one base once the runs written since
+/// the last base hold at least as many bytes as that base, and at least
+/// this many (unless `MILLRACE_CHECKPOINT_COMPACT_BYTES` says otherwise;
+/// the crash tests set it low, so that they compact often).
+pub const COMPACT_MIN_BYTES: u64 = 4 << 20;
+
+/// The least bytes of runs that start a compaction: `COMPACT_MIN_BYTES`,
+/// or `MILLRACE_CHECKPOINT_COMPACT_BYTES`.
+pub fn compact_min_bytes() -> u64 {
+    static BYTES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        std::env::var("MILLRACE_CHECKPOINT_COMPACT_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(COMPACT_MIN_BYTES)
+    })
+}
+/// The largest run a compaction writes (a base is several when larger).
+pub const BASE_CHUNK_BYTES: usize = 16 << 20;
+
+/// The key of run `seq` in a view's runs namespace.
+pub fn run_key(seq: u64) -> Vec<u8> {
+    seq.to_be_bytes().to_vec()
+}
+
+/// The sequence number of a run key.
+pub fn split_run_key(key: &[u8]) -> Result<u64> {
+    let seq: [u8; 8] = key
+        .try_into()
+        .map_err(|_| MillraceError::storage("a checkpointed run key is damaged"))?;
+    Ok(u64::from_be_bytes(seq))
+}
+
+/// Builds one run: a sequence of puts and deletes of keys, one store value
+/// in all. A checkpoint writes a view's state changes as one run instead
+/// of one store key each, so that its cost follows the bytes that changed
+/// and not the number of keys (each store key is a B-tree update). On
+/// start, a view's runs are applied in order.
+///
+/// Each operation is the key's length (u32, little-endian), the key
+/// (given in parts, written together), a flag (1 put, 0 delete), and for
+/// a put the value's length and the value.
+#[derive(Default)]
+pub struct RunBuilder {
+    bytes: Vec<u8>,
+}
+
+impl RunBuilder {
+    /// Adds a put of `value`, or a delete when `None`, of the key made of
+    /// `key_parts`.
+    pub fn op(&mut self, key_parts: &[&[u8]], value: Option<&[u8]>) {
+        let key_len: usize = key_parts.iter().map(|p| p.len()).sum();
+        self.bytes
+            .reserve(9 + key_len + value.map(<[u8]>::len).unwrap_or(0));
+        self.bytes
+            .extend_from_slice(&(key_len as u32).to_le_bytes());
+        for part in key_parts {
+            self.bytes.extend_from_slice(part);
+        }
+        match value {
+            Some(v) => {
+                self.bytes.push(1);
+                self.bytes
+                    .extend_from_slice(&(v.len() as u32).to_le_bytes());
+                self.bytes.extend_from_slice(v);
+            }
+            None => self.bytes.push(0),
+        }
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether no operation was added.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The run's bytes, leaving the builder empty.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.bytes)
+    }
+}
+
+/// The keyed state runs give when applied in order: each live key with
+/// its latest value, borrowed from the runs (no key or value is copied).
+pub fn fold_runs<'a>(
+    runs: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<HashMap<&'a [u8], &'a [u8], datafusion::common::hash_utils::RandomState>> {
+    let damaged = || MillraceError::storage("a checkpointed run is damaged");
+    let mut state = HashMap::with_hasher(datafusion::common::hash_utils::RandomState::default());
+    for run in runs {
+        let mut r = crate::stream::operator::codec::Reader::new(run);
+        while !r.is_done() {
+            let key = r.bytes().map_err(|_| damaged())?;
+            match r.take(1).map_err(|_| damaged())? {
+                [1] => {
+                    let value = r.bytes().map_err(|_| damaged())?;
+                    state.insert(key, value);
+                }
+                [0] => {
+                    state.remove(key);
+                }
+                _ => return Err(damaged()),
+            }
+        }
+    }
+    Ok(state)
 }
 
 /// The key of the position of the reader of `source` feeding view `id`.
@@ -162,7 +288,24 @@ pub struct ViewChanges {
     /// The store's state for the view is not valid (a new or rebuilt
     /// view): the next checkpoint clears it and writes everything.
     pub reset: bool,
+    /// The sequence number of the view's next run.
+    pub next_run: u64,
+    /// Bytes of the runs written since the last compaction.
+    pub run_bytes: u64,
+    /// Bytes of the runs the last compaction left (or, after a restore,
+    /// of all runs read).
+    pub base_bytes: u64,
+    /// How many times the base's bytes of runs start the next compaction
+    /// (0 counts as 1): doubled, up to [`MAX_COMPACT_FACTOR`], while
+    /// compactions find little superseded state (a growing state, such as
+    /// a join's rows), back to 1 once they find much.
+    pub compact_factor: u64,
 }
+
+/// The most times its base's bytes a view's runs grow to before they are
+/// compacted: so the store holds at most about `1 + MAX_COMPACT_FACTOR`
+/// times a view's live state.
+pub const MAX_COMPACT_FACTOR: u64 = 4;
 
 /// A batch as Arrow IPC stream bytes.
 pub fn encode_batch(batch: &RecordBatch) -> Result<Vec<u8>> {
@@ -211,5 +354,29 @@ mod tests {
         assert!(split_sink_log_key(&k[..15]).is_err());
         assert_eq!(decode_sequence(&7u64.to_be_bytes()).unwrap(), 7);
         assert!(decode_sequence(b"x").is_err());
+    }
+
+    #[test]
+    fn runs_apply_in_order_and_refuse_damage() {
+        let mut first = RunBuilder::default();
+        first.op(&[b"o", b"1"], Some(b"one"));
+        first.op(&[b"o2"], Some(b"two"));
+        first.op(&[b"c9"], Some(b""));
+        let first = first.take();
+        let mut second = RunBuilder::default();
+        second.op(&[b"o1"], Some(b"uno"));
+        second.op(&[b"o2"], None);
+        second.op(&[b"o3"], None);
+        let second = second.take();
+        let state = fold_runs([first.as_slice(), second.as_slice()]).unwrap();
+        let mut got: Vec<(&[u8], &[u8])> = state.into_iter().collect();
+        got.sort();
+        assert_eq!(got, vec![(&b"c9"[..], &b""[..]), (b"o1", b"uno")]);
+        // Cut anywhere but between two operations, a run is refused.
+        for cut in (1..first.len()).filter(|c| ![14, 28].contains(c)) {
+            assert!(fold_runs([&first[..cut]]).is_err(), "cut at {cut}");
+        }
+        assert_eq!(split_run_key(&run_key(77)).unwrap(), 77);
+        assert!(split_run_key(b"short").is_err());
     }
 }

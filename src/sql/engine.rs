@@ -1757,12 +1757,28 @@ impl Engine {
             .lower(&state.views[i].plan, state.views[i].emit_on_window_close)?;
         let ns = ck::view_namespace(state.views[i].id);
         let entries = self.store.scan(&ns)?;
-        let layout = dataflow.layout();
+        let layout = format!("{}{}", ck::STATE_FORMAT, dataflow.layout());
         let mut operators: HashMap<usize, Vec<crate::stream::operator::StateEntry>> =
             HashMap::new();
         let mut rows = crate::stream::materialize::RowMap::new();
         let mut appended: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut layout_found = false;
+        // The keyed state: the view's runs applied in order.
+        let mut runs = Vec::new();
+        for (key, value) in self
+            .store
+            .scan(&ck::view_runs_namespace(state.views[i].id))?
+        {
+            runs.push((ck::split_run_key(&key)?, value));
+        }
+        runs.sort_by_key(|(seq, _)| *seq);
+        let run_bytes: u64 = runs.iter().map(|(_, r)| r.len() as u64).sum();
+        let next_run = runs.last().map(|(seq, _)| seq + 1).unwrap_or(0);
+        let keyed = ck::fold_runs(runs.iter().map(|(_, r)| r.as_slice()))?;
+        let entries = keyed
+            .into_iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .chain(entries);
         for (key, value) in entries {
             match key.first() {
                 Some(&ck::OPERATOR_PREFIX) => {
@@ -1828,6 +1844,8 @@ impl Engine {
         view.contents = contents;
         view.changes = ViewChanges {
             next_sequence,
+            next_run,
+            base_bytes: run_bytes,
             ..ViewChanges::default()
         };
         self.refresh_timers(state);
@@ -1923,36 +1941,62 @@ impl Engine {
         }
         for view in state.views.iter_mut().filter(|v| v.checkpointed) {
             let ns = ck::view_namespace(view.id);
+            let runs_ns = ck::view_runs_namespace(view.id);
             if view.changes.reset {
                 for (key, _) in self.store.scan(&ns)? {
                     writes.delete(&ns, key);
                 }
+                for (key, _) in self.store.scan(&runs_ns)? {
+                    writes.delete(&runs_ns, key);
+                }
                 writes.put(
                     &ns,
                     ck::LAYOUT_KEY.to_vec(),
-                    view.dataflow.layout().into_bytes(),
+                    format!("{}{}", ck::STATE_FORMAT, view.dataflow.layout()).into_bytes(),
                 );
                 view.changes.reset = false;
+                view.changes.run_bytes = 0;
+                view.changes.base_bytes = 0;
             }
-            for (node, changes) in view.dataflow.checkpoint()? {
-                for (key, value) in changes.ops {
-                    let key = ck::operator_key(node, &key)?;
-                    match value {
-                        Some(v) => writes.put(&ns, key, v),
-                        None => writes.delete(&ns, key),
-                    }
+            let changes = &view.changes;
+            let due = changes
+                .base_bytes
+                .saturating_mul(changes.compact_factor.max(1))
+                .max(ck::compact_min_bytes());
+            if changes.run_bytes >= due {
+                compact_runs(self.store.as_ref(), &runs_ns, &mut view.changes, writes)?;
+            }
+            // The operators' changed state and the changed contents rows,
+            // as one run (or a few, when large).
+            let mut run = ck::RunBuilder::default();
+            // Taken out while `flush` holds the changes, and put back
+            // emptied, keeping its capacity.
+            let mut rows = std::mem::take(&mut view.changes.rows);
+            let changes = &mut view.changes;
+            let mut flush = |run: &mut ck::RunBuilder, at_least: usize| {
+                if !run.is_empty() && run.len() >= at_least {
+                    changes.run_bytes += run.len() as u64;
+                    writes.put(&runs_ns, ck::run_key(changes.next_run), run.take());
+                    changes.next_run += 1;
+                }
+            };
+            for (node, state) in view.dataflow.checkpoint()? {
+                let node = u32::try_from(node)
+                    .map_err(|_| MillraceError::execution("too many operators to checkpoint"))?
+                    .to_be_bytes();
+                for (key, value) in &state.ops {
+                    run.op(&[&[ck::OPERATOR_PREFIX], &node, key], value.as_deref());
+                    flush(&mut run, ck::BASE_CHUNK_BYTES);
                 }
             }
-            for (row, count) in view.changes.rows.drain() {
-                let mut key = Vec::with_capacity(row.len() + 1);
-                key.push(ck::ROW_PREFIX);
-                key.extend_from_slice(&row);
-                if count == 0 {
-                    writes.delete(&ns, key);
-                } else {
-                    writes.put(&ns, key, count.to_le_bytes().to_vec());
-                }
+            for (row, count) in rows.drain() {
+                let count = count.to_le_bytes();
+                let value = (count != [0; 8]).then_some(&count[..]);
+                run.op(&[&[ck::ROW_PREFIX], &row], value);
+                flush(&mut run, ck::BASE_CHUNK_BYTES);
             }
+            flush(&mut run, 0);
+            view.changes.rows = rows;
             if !view.changes.appended.is_empty() {
                 let appended = std::mem::take(&mut view.changes.appended);
                 let schema = appended[0].schema();
@@ -3469,6 +3513,8 @@ impl Engine {
             }
             if entry.kind == ObjectKind::MaterializedView {
                 self.store.drop_namespace(&ck::view_namespace(entry.id))?;
+                self.store
+                    .drop_namespace(&ck::view_runs_namespace(entry.id))?;
                 for (key, _) in self.store.scan(POSITIONS_NAMESPACE)? {
                     if key.starts_with(&entry.id.to_be_bytes()) {
                         batch.delete(POSITIONS_NAMESPACE, key);
@@ -3773,6 +3819,62 @@ impl Engine {
         }
         self.commit_epoch(&mut state, vec![], Some(streamed), ended)
     }
+}
+
+/// Compacts a view's runs: applies every committed run of `runs_ns`
+/// in order and writes the result as a new base (a few runs of at most
+/// [`ck::BASE_CHUNK_BYTES`]), deleting the old runs in the same write. A
+/// compaction happens once the runs written since the last one are as
+/// large as its base, so each byte of live state is rewritten at most
+/// about once per byte of changes, and the store holds at most about
+/// twice the live state.
+fn compact_runs(
+    store: &dyn StateStore,
+    runs_ns: &str,
+    changes: &mut ViewChanges,
+    writes: &mut WriteBatch,
+) -> Result<()> {
+    let mut runs = Vec::new();
+    for (key, value) in store.scan(runs_ns)? {
+        runs.push((ck::split_run_key(&key)?, key, value));
+    }
+    runs.sort_by_key(|(seq, _, _)| *seq);
+    let keyed = ck::fold_runs(runs.iter().map(|(_, _, r)| r.as_slice()))?;
+    for (_, key, _) in &runs {
+        writes.delete(runs_ns, key.clone());
+    }
+    let mut base = ck::RunBuilder::default();
+    let mut base_bytes = 0u64;
+    for (key, value) in keyed {
+        base.op(&[key], Some(value));
+        if base.len() >= ck::BASE_CHUNK_BYTES {
+            base_bytes += base.len() as u64;
+            writes.put(runs_ns, ck::run_key(changes.next_run), base.take());
+            changes.next_run += 1;
+        }
+    }
+    if !base.is_empty() {
+        base_bytes += base.len() as u64;
+        writes.put(runs_ns, ck::run_key(changes.next_run), base.take());
+        changes.next_run += 1;
+    }
+    tracing::debug!(
+        namespace = runs_ns,
+        runs_bytes = changes.run_bytes + changes.base_bytes,
+        base_bytes,
+        "compacted a view's checkpoint runs"
+    );
+    // A compaction that found little superseded state waits longer for
+    // the next one: rewriting a state that only grows buys no space.
+    let folded = changes.run_bytes + changes.base_bytes;
+    changes.compact_factor = if base_bytes.saturating_mul(4) >= folded.saturating_mul(3) {
+        (changes.compact_factor.max(1) * 2).min(ck::MAX_COMPACT_FACTOR)
+    } else {
+        1
+    };
+    changes.base_bytes = base_bytes;
+    changes.run_bytes = 0;
+    Ok(())
 }
 
 /// `delta` with one more column of `schema`, the current time (one value

@@ -57,6 +57,10 @@ impl TestServer {
             .arg("--data-dir")
             .arg(data_dir)
             .env("MILLRACE_WORKERS", "2")
+            // Views' checkpointed runs are compacted after 4 KiB instead
+            // of 4 MiB, so that the restart and crash tests go through
+            // compactions too.
+            .env("MILLRACE_CHECKPOINT_COMPACT_BYTES", "4096")
             .arg("--log-level")
             .arg("warn")
             .args(extra)
