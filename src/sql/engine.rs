@@ -1756,13 +1756,36 @@ impl Engine {
         let mut dataflow = ViewInputs::of(state)
             .lower(&state.views[i].plan, state.views[i].emit_on_window_close)?;
         let ns = ck::view_namespace(state.views[i].id);
-        let entries = self.store.scan(&ns)?;
         let layout = format!("{}{}", ck::STATE_FORMAT, dataflow.layout());
+        match self.store.get(&ns, ck::LAYOUT_KEY)? {
+            Some(stored) if stored == layout.as_bytes() => {}
+            Some(_) => {
+                info!(view = %state.views[i].name, "the view's operators or state format changed since its checkpoint; rebuilding it");
+                return Ok(false);
+            }
+            None => return Ok(false),
+        }
+        let entries = self.store.scan(&ns)?;
         let mut operators: HashMap<usize, Vec<crate::stream::operator::StateEntry>> =
             HashMap::new();
         let mut rows = crate::stream::materialize::RowMap::new();
         let mut appended: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut layout_found = false;
+        for (key, value) in entries {
+            match key.first() {
+                Some(&ck::APPENDED_PREFIX) if key.len() == 9 => {
+                    let mut seq = [0u8; 8];
+                    seq.copy_from_slice(&key[1..]);
+                    appended.push((u64::from_be_bytes(seq), value));
+                }
+                _ if key == ck::LAYOUT_KEY => {}
+                _ => {
+                    return Err(MillraceError::storage(format!(
+                        "unknown key in the checkpoint of view \"{}\"",
+                        state.views[i].name
+                    )))
+                }
+            }
+        }
         // The keyed state: the view's runs applied in order.
         let mut runs = Vec::new();
         for (key, value) in self
@@ -1774,46 +1797,27 @@ impl Engine {
         runs.sort_by_key(|(seq, _)| *seq);
         let run_bytes: u64 = runs.iter().map(|(_, r)| r.len() as u64).sum();
         let next_run = runs.last().map(|(seq, _)| seq + 1).unwrap_or(0);
-        let keyed = ck::fold_runs(runs.iter().map(|(_, r)| r.as_slice()))?;
-        let entries = keyed
-            .into_iter()
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .chain(entries);
-        for (key, value) in entries {
+        for (key, value) in ck::fold_runs(runs.iter().map(|(_, r)| r.as_slice()))? {
             match key.first() {
                 Some(&ck::OPERATOR_PREFIX) => {
-                    let (node, k) = ck::split_operator_key(&key)?;
-                    operators.entry(node).or_default().push((k, value));
+                    let (node, k) = ck::split_operator_key(key)?;
+                    operators.entry(node).or_default().push((k, value.to_vec()));
                 }
                 Some(&ck::ROW_PREFIX) => {
-                    let count = i64::from_le_bytes(value.as_slice().try_into().map_err(|_| {
+                    let count = i64::from_le_bytes(value.try_into().map_err(|_| {
                         MillraceError::storage("a checkpointed view row count is damaged")
                     })?);
                     rows.insert(Arc::from(&key[1..]), count);
                 }
-                Some(&ck::APPENDED_PREFIX) if key.len() == 9 => {
-                    let mut seq = [0u8; 8];
-                    seq.copy_from_slice(&key[1..]);
-                    appended.push((u64::from_be_bytes(seq), value));
-                }
-                _ if key == ck::LAYOUT_KEY => {
-                    if value != layout.as_bytes() {
-                        info!(view = %state.views[i].name, "the view's operators changed since its checkpoint; rebuilding it");
-                        return Ok(false);
-                    }
-                    layout_found = true;
-                }
                 _ => {
                     return Err(MillraceError::storage(format!(
-                        "unknown key in the checkpoint of view \"{}\"",
+                        "unknown key in the checkpointed runs of view \"{}\"",
                         state.views[i].name
                     )))
                 }
             }
         }
-        if !layout_found {
-            return Ok(false);
-        }
+        drop(runs);
         dataflow.restore(operators)?;
         dataflow.track_changes();
         let view = &mut state.views[i];
@@ -1997,6 +2001,12 @@ impl Engine {
             }
             flush(&mut run, 0);
             view.changes.rows = rows;
+            if view.changes.base_bytes == 0 {
+                // The first runs (all of a new or rebuilt view's state)
+                // are its base: nothing in them is superseded yet.
+                view.changes.base_bytes = view.changes.run_bytes;
+                view.changes.run_bytes = 0;
+            }
             if !view.changes.appended.is_empty() {
                 let appended = std::mem::take(&mut view.changes.appended);
                 let schema = appended[0].schema();
