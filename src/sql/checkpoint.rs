@@ -222,15 +222,13 @@ pub fn position_key(view_id: u64, source: &str) -> Vec<u8> {
     key
 }
 
-/// The store key of operator `node`'s state key `key`.
-pub fn operator_key(node: usize, key: &[u8]) -> Result<Vec<u8>> {
+/// What the keys of operator `node`'s state start with: the operator
+/// prefix and the node (u32, big-endian); the operator's own key follows.
+pub fn operator_prefix(node: usize) -> Result<[u8; 5]> {
     let node = u32::try_from(node)
         .map_err(|_| MillraceError::execution("too many operators to checkpoint"))?;
-    let mut k = Vec::with_capacity(5 + key.len());
-    k.push(OPERATOR_PREFIX);
-    k.extend_from_slice(&node.to_be_bytes());
-    k.extend_from_slice(key);
-    Ok(k)
+    let [a, b, c, d] = node.to_be_bytes();
+    Ok([OPERATOR_PREFIX, a, b, c, d])
 }
 
 /// Splits an operator key into its node and the operator's own key.
@@ -346,7 +344,7 @@ mod tests {
         };
         assert_eq!(CheckpointRecord::decode(&r.encode()).unwrap(), r);
         assert!(CheckpointRecord::decode(&[1, 2, 3]).is_err());
-        let k = operator_key(7, b"xyz").unwrap();
+        let k = [&operator_prefix(7).unwrap()[..], b"xyz"].concat();
         assert_eq!(split_operator_key(&k).unwrap(), (7, b"xyz".to_vec()));
         assert!(split_operator_key(b"c123").is_err());
         let k = sink_log_key(3, 900);

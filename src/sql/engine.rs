@@ -1985,11 +1985,9 @@ impl Engine {
                 }
             };
             for (node, state) in view.dataflow.checkpoint()? {
-                let node = u32::try_from(node)
-                    .map_err(|_| MillraceError::execution("too many operators to checkpoint"))?
-                    .to_be_bytes();
+                let prefix = ck::operator_prefix(node)?;
                 for (key, value) in &state.ops {
-                    run.op(&[&[ck::OPERATOR_PREFIX], &node, key], value.as_deref());
+                    run.op(&[&prefix, key], value.as_deref());
                     flush(&mut run, ck::BASE_CHUNK_BYTES);
                 }
             }
@@ -4281,6 +4279,44 @@ pub fn column_type_name(field: &Field) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `INCLUDE proctime` adds the time as the relation's last column: for
+    /// a keyed source's records, before the key column, which stays last.
+    #[test]
+    fn processing_time_goes_before_a_keyed_records_key() {
+        let rows = crate::stream::pretty::from_pretty("I\n 1 +1\n 2 -1").unwrap();
+        let mut fields: Vec<Field> = rows
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(
+            "seen",
+            super::super::types::timestamptz(),
+            false,
+        ));
+        let relation = Schema::new(fields);
+        let produced = crate::stream::upsert::keyed_schema(&rows.schema());
+        let records =
+            crate::stream::upsert::records(&produced, rows.data(), &[b"k1", b"k2"], &[true, false])
+                .unwrap();
+        let keyed = crate::stream::upsert::keyed_schema(&relation);
+        let out = with_processing_time(&records, &keyed, true).unwrap();
+        let names: Vec<&str> = out
+            .data()
+            .schema_ref()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(names[1..], ["seen", crate::stream::upsert::KEY_COLUMN]);
+        assert_eq!(out.data().column(1).null_count(), 0);
+        assert_eq!(out.weights().values(), records.weights().values());
+        // A plain source's time is simply last.
+        let plain = with_processing_time(&rows, &Arc::new(relation), false).unwrap();
+        assert_eq!(plain.data().schema_ref().field(1).name(), "seen");
+    }
 
     #[test]
     fn source_options_mask_secrets_for_the_catalog() {
