@@ -120,8 +120,11 @@ pub fn compact_min_bytes() -> u64 {
             .unwrap_or(COMPACT_MIN_BYTES)
     })
 }
-/// The largest run a compaction writes (a base is several when larger).
-pub const BASE_CHUNK_BYTES: usize = 16 << 20;
+/// The largest run a checkpoint or compaction writes (a larger state is
+/// several runs), unless one operation alone is larger. Kept a little
+/// under 16 MiB: the store gives a value a power-of-two region of pages,
+/// and a run just over 16 MiB would take 32.
+pub const BASE_CHUNK_BYTES: usize = (16 << 20) - (64 << 10);
 
 /// The key of run `seq` in a view's runs namespace.
 pub fn run_key(seq: u64) -> Vec<u8> {
@@ -173,6 +176,12 @@ impl RunBuilder {
         }
     }
 
+    /// Whether a put of a `key_len`-byte key and a `value_len`-byte value
+    /// would take the run past `limit` bytes (never for an empty run).
+    pub fn would_exceed(&self, key_len: usize, value_len: usize, limit: usize) -> bool {
+        !self.bytes.is_empty() && self.bytes.len() + 9 + key_len + value_len > limit
+    }
+
     /// Bytes so far.
     pub fn len(&self) -> usize {
         self.bytes.len()
@@ -189,30 +198,106 @@ impl RunBuilder {
     }
 }
 
-/// The keyed state runs give when applied in order: each live key with
-/// its latest value, borrowed from the runs (no key or value is copied).
-pub fn fold_runs<'a>(
-    runs: impl IntoIterator<Item = &'a [u8]>,
-) -> Result<HashMap<&'a [u8], &'a [u8], datafusion::common::hash_utils::RandomState>> {
-    let damaged = || MillraceError::storage("a checkpointed run is damaged");
-    let mut state = HashMap::with_hasher(datafusion::common::hash_utils::RandomState::default());
-    for run in runs {
-        let mut r = crate::stream::operator::codec::Reader::new(run);
-        while !r.is_done() {
-            let key = r.bytes().map_err(|_| damaged())?;
-            match r.take(1).map_err(|_| damaged())? {
-                [1] => {
-                    let value = r.bytes().map_err(|_| damaged())?;
-                    state.insert(key, value);
-                }
-                [0] => {
-                    state.remove(key);
-                }
-                _ => return Err(damaged()),
+/// The operations of one run, in order: each key with its value, or
+/// `None` for a delete. A damaged run yields an error and ends.
+pub fn run_ops(run: &[u8]) -> RunOps<'_> {
+    RunOps {
+        reader: crate::stream::operator::codec::Reader::new(run),
+        failed: false,
+    }
+}
+
+/// The iterator [`run_ops`] returns.
+pub struct RunOps<'a> {
+    reader: crate::stream::operator::codec::Reader<'a>,
+    failed: bool,
+}
+
+impl<'a> RunOps<'a> {
+    fn next_op(&mut self) -> std::result::Result<(&'a [u8], Option<&'a [u8]>), ()> {
+        let key = self.reader.bytes().map_err(|_| ())?;
+        match self.reader.take(1).map_err(|_| ())? {
+            [1] => Ok((key, Some(self.reader.bytes().map_err(|_| ())?))),
+            [0] => Ok((key, None)),
+            _ => Err(()),
+        }
+    }
+}
+
+impl<'a> Iterator for RunOps<'a> {
+    type Item = Result<(&'a [u8], Option<&'a [u8]>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.reader.is_done() {
+            return None;
+        }
+        match self.next_op() {
+            Ok(op) => Some(Ok(op)),
+            Err(()) => {
+                self.failed = true;
+                Some(Err(MillraceError::storage("a checkpointed run is damaged")))
             }
         }
     }
-    Ok(state)
+}
+
+/// The key under which a view's namespace records where its base ends:
+/// the sequence number (u64, big-endian) of the first run after it.
+pub const BASE_END_KEY: &[u8] = b"b";
+
+/// The keyed state a view's runs give when applied in order, without
+/// copying a key or value (everything is borrowed from the runs).
+///
+/// The runs before the base's end (written by one compaction, or by the
+/// first checkpoint of a new or rebuilt view) hold each key at most once:
+/// they are visited as they are, and only the runs after them, usually
+/// few, are folded into a map. A base holding all of a large state is so
+/// read once, in order, with one lookup per key in that (small) map, and
+/// can be read by several threads at once (each taking its own keys).
+pub struct FoldedRuns<'a> {
+    base: Vec<&'a [u8]>,
+    later: HashMap<&'a [u8], Option<&'a [u8]>, datafusion::common::hash_utils::RandomState>,
+}
+
+impl<'a> FoldedRuns<'a> {
+    /// Folds the `later` runs (in order) over the `base` runs.
+    pub fn try_new(base: Vec<&'a [u8]>, later: impl IntoIterator<Item = &'a [u8]>) -> Result<Self> {
+        let mut folded =
+            HashMap::with_hasher(datafusion::common::hash_utils::RandomState::default());
+        for run in later {
+            for op in run_ops(run) {
+                let (key, value) = op?;
+                folded.insert(key, value);
+            }
+        }
+        Ok(Self {
+            base,
+            later: folded,
+        })
+    }
+
+    /// Calls `visit` with each live key and its latest value: the base's
+    /// keys that no later run changed, in the base's order, then the later
+    /// runs' live keys.
+    pub fn for_each(&self, mut visit: impl FnMut(&'a [u8], &'a [u8]) -> Result<()>) -> Result<()> {
+        for run in &self.base {
+            for op in run_ops(run) {
+                // A delete in a base is of a key that is nowhere else in it
+                // (one checkpoint writes each key once).
+                if let (key, Some(value)) = op? {
+                    if self.later.is_empty() || !self.later.contains_key(key) {
+                        visit(key, value)?;
+                    }
+                }
+            }
+        }
+        for (key, value) in &self.later {
+            if let Some(value) = value {
+                visit(key, value)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The key of the position of the reader of `source` feeding view `id`.
@@ -293,6 +378,9 @@ pub struct ViewChanges {
     /// Bytes of the runs the last compaction left (or, after a restore,
     /// of all runs read).
     pub base_bytes: u64,
+    /// The sequence number of the first run after the base (see
+    /// [`BASE_END_KEY`]).
+    pub base_end: u64,
     /// How many times the base's bytes of runs start the next compaction
     /// (0 counts as 1): doubled, up to [`MAX_COMPACT_FACTOR`], while
     /// compactions find little superseded state (a growing state, such as
@@ -366,13 +454,35 @@ mod tests {
         second.op(&[b"o2"], None);
         second.op(&[b"o3"], None);
         let second = second.take();
-        let state = fold_runs([first.as_slice(), second.as_slice()]).unwrap();
-        let mut got: Vec<(&[u8], &[u8])> = state.into_iter().collect();
-        got.sort();
-        assert_eq!(got, vec![(&b"c9"[..], &b""[..]), (b"o1", b"uno")]);
-        // Cut anywhere but between two operations, a run is refused.
+        let collect = |folded: FoldedRuns<'_>| {
+            let mut got: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            folded
+                .for_each(|k, v| {
+                    got.push((k.to_vec(), v.to_vec()));
+                    Ok(())
+                })
+                .unwrap();
+            got.sort();
+            got
+        };
+        let want = vec![
+            (b"c9".to_vec(), b"".to_vec()),
+            (b"o1".to_vec(), b"uno".to_vec()),
+        ];
+        // The same state whether the first run is a base or folded too.
+        let folded = FoldedRuns::try_new(vec![], [first.as_slice(), second.as_slice()]).unwrap();
+        assert_eq!(collect(folded), want);
+        let folded = FoldedRuns::try_new(vec![first.as_slice()], [second.as_slice()]).unwrap();
+        assert_eq!(collect(folded), want);
+        // Cut anywhere but between two operations, a run is refused, as a
+        // base and as a later run.
         for cut in (1..first.len()).filter(|c| ![14, 28].contains(c)) {
-            assert!(fold_runs([&first[..cut]]).is_err(), "cut at {cut}");
+            assert!(
+                FoldedRuns::try_new(vec![], [&first[..cut]]).is_err(),
+                "cut at {cut}"
+            );
+            let base = FoldedRuns::try_new(vec![&first[..cut]], []).unwrap();
+            assert!(base.for_each(|_, _| Ok(())).is_err(), "cut at {cut}");
         }
         assert_eq!(split_run_key(&run_key(77)).unwrap(), 77);
         assert!(split_run_key(b"short").is_err());

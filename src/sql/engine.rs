@@ -1766,10 +1766,8 @@ impl Engine {
             None => return Ok(false),
         }
         let entries = self.store.scan(&ns)?;
-        let mut operators: HashMap<usize, Vec<crate::stream::operator::StateEntry>> =
-            HashMap::new();
-        let mut rows = crate::stream::materialize::RowMap::new();
         let mut appended: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut base_end = 0;
         for (key, value) in entries {
             match key.first() {
                 Some(&ck::APPENDED_PREFIX) if key.len() == 9 => {
@@ -1778,6 +1776,9 @@ impl Engine {
                     appended.push((u64::from_be_bytes(seq), value));
                 }
                 _ if key == ck::LAYOUT_KEY => {}
+                _ if key == ck::BASE_END_KEY => {
+                    base_end = ck::decode_sequence(&value)?;
+                }
                 _ => {
                     return Err(MillraceError::storage(format!(
                         "unknown key in the checkpoint of view \"{}\"",
@@ -1797,28 +1798,50 @@ impl Engine {
         runs.sort_by_key(|(seq, _)| *seq);
         let run_bytes: u64 = runs.iter().map(|(_, r)| r.len() as u64).sum();
         let next_run = runs.last().map(|(seq, _)| seq + 1).unwrap_or(0);
-        for (key, value) in ck::fold_runs(runs.iter().map(|(_, r)| r.as_slice()))? {
-            match key.first() {
-                Some(&ck::OPERATOR_PREFIX) => {
-                    let (node, k) = ck::split_operator_key(key)?;
-                    operators.entry(node).or_default().push((k, value.to_vec()));
-                }
-                Some(&ck::ROW_PREFIX) => {
-                    let count = i64::from_le_bytes(value.try_into().map_err(|_| {
-                        MillraceError::storage("a checkpointed view row count is damaged")
-                    })?);
-                    rows.insert(Arc::from(&key[1..]), count);
-                }
-                _ => {
-                    return Err(MillraceError::storage(format!(
-                        "unknown key in the checkpointed runs of view \"{}\"",
-                        state.views[i].name
-                    )))
-                }
-            }
-        }
-        drop(runs);
-        dataflow.restore(operators)?;
+        let (base, later): (Vec<_>, Vec<_>) = runs.iter().partition(|(seq, _)| *seq < base_end);
+        let folded = ck::FoldedRuns::try_new(
+            base.iter().map(|(_, r)| r.as_slice()).collect(),
+            later.iter().map(|(_, r)| r.as_slice()),
+        )?;
+        let name = &state.views[i].name;
+        // The contents rows are rebuilt on a second thread while this one
+        // restores the operators: each reads the runs for its own keys.
+        let restored = std::thread::scope(|scope| {
+            let rows = scope.spawn(|| {
+                let mut rows = crate::stream::materialize::RowMap::new();
+                folded.for_each(|key, value| {
+                    if let [ck::ROW_PREFIX, row @ ..] = key {
+                        let count = i64::from_le_bytes(value.try_into().map_err(|_| {
+                            MillraceError::storage("a checkpointed view row count is damaged")
+                        })?);
+                        rows.insert(Arc::from(row), count);
+                    }
+                    Ok(())
+                })?;
+                Ok::<_, MillraceError>(rows)
+            });
+            let mut operators: HashMap<usize, Vec<crate::stream::operator::StateEntry>> =
+                HashMap::new();
+            let restored = folded
+                .for_each(|key, value| match key.first() {
+                    Some(&ck::OPERATOR_PREFIX) => {
+                        let (node, k) = ck::split_operator_key(key)?;
+                        operators.entry(node).or_default().push((k, value.to_vec()));
+                        Ok(())
+                    }
+                    Some(&ck::ROW_PREFIX) => Ok(()),
+                    _ => Err(MillraceError::storage(format!(
+                        "unknown key in the checkpointed runs of view \"{name}\""
+                    ))),
+                })
+                .and_then(|()| dataflow.restore(operators));
+            let rows = rows
+                .join()
+                .unwrap_or_else(|_| Err(MillraceError::execution("restoring view rows failed")));
+            restored.and(rows)
+        });
+        let rows = restored?;
+        drop(folded);
         dataflow.track_changes();
         let view = &mut state.views[i];
         let schema = view.contents.schema().clone();
@@ -1850,6 +1873,7 @@ impl Engine {
             next_sequence,
             next_run,
             base_bytes: run_bytes,
+            base_end,
             ..ViewChanges::default()
         };
         self.refresh_timers(state);
@@ -1961,6 +1985,8 @@ impl Engine {
                 view.changes.reset = false;
                 view.changes.run_bytes = 0;
                 view.changes.base_bytes = 0;
+                // The reset deleted the base's end too: written anew below.
+                view.changes.base_end = u64::MAX;
             }
             let changes = &view.changes;
             let due = changes
@@ -1968,7 +1994,13 @@ impl Engine {
                 .saturating_mul(changes.compact_factor.max(1))
                 .max(ck::compact_min_bytes());
             if changes.run_bytes >= due {
-                compact_runs(self.store.as_ref(), &runs_ns, &mut view.changes, writes)?;
+                compact_runs(
+                    self.store.as_ref(),
+                    &ns,
+                    &runs_ns,
+                    &mut view.changes,
+                    writes,
+                )?;
             }
             // The operators' changed state and the changed contents rows,
             // as one run (or a few, when large).
@@ -1977,8 +2009,8 @@ impl Engine {
             // emptied, keeping its capacity.
             let mut rows = std::mem::take(&mut view.changes.rows);
             let changes = &mut view.changes;
-            let mut flush = |run: &mut ck::RunBuilder, at_least: usize| {
-                if !run.is_empty() && run.len() >= at_least {
+            let mut flush = |run: &mut ck::RunBuilder| {
+                if !run.is_empty() {
                     changes.run_bytes += run.len() as u64;
                     writes.put(&runs_ns, ck::run_key(changes.next_run), run.take());
                     changes.next_run += 1;
@@ -1987,23 +2019,37 @@ impl Engine {
             for (node, state) in view.dataflow.checkpoint()? {
                 let prefix = ck::operator_prefix(node)?;
                 for (key, value) in &state.ops {
+                    let value_len = value.as_ref().map(Vec::len).unwrap_or(0);
+                    if run.would_exceed(prefix.len() + key.len(), value_len, ck::BASE_CHUNK_BYTES) {
+                        flush(&mut run);
+                    }
                     run.op(&[&prefix, key], value.as_deref());
-                    flush(&mut run, ck::BASE_CHUNK_BYTES);
                 }
             }
             for (row, count) in rows.drain() {
                 let count = count.to_le_bytes();
                 let value = (count != [0; 8]).then_some(&count[..]);
+                if run.would_exceed(1 + row.len(), 8, ck::BASE_CHUNK_BYTES) {
+                    flush(&mut run);
+                }
                 run.op(&[&[ck::ROW_PREFIX], &row], value);
-                flush(&mut run, ck::BASE_CHUNK_BYTES);
             }
-            flush(&mut run, 0);
+            flush(&mut run);
             view.changes.rows = rows;
             if view.changes.base_bytes == 0 {
-                // The first runs (all of a new or rebuilt view's state)
-                // are its base: nothing in them is superseded yet.
+                // The first runs (all of a new or rebuilt view's state, one
+                // checkpoint's, so each key at most once) are its base:
+                // nothing in them is superseded yet.
                 view.changes.base_bytes = view.changes.run_bytes;
                 view.changes.run_bytes = 0;
+                if view.changes.base_end != view.changes.next_run {
+                    view.changes.base_end = view.changes.next_run;
+                    writes.put(
+                        &ns,
+                        ck::BASE_END_KEY.to_vec(),
+                        view.changes.base_end.to_be_bytes().to_vec(),
+                    );
+                }
             }
             if !view.changes.appended.is_empty() {
                 let appended = std::mem::take(&mut view.changes.appended);
@@ -3838,6 +3884,7 @@ impl Engine {
 /// twice the live state.
 fn compact_runs(
     store: &dyn StateStore,
+    ns: &str,
     runs_ns: &str,
     changes: &mut ViewChanges,
     writes: &mut WriteBatch,
@@ -3847,25 +3894,39 @@ fn compact_runs(
         runs.push((ck::split_run_key(&key)?, key, value));
     }
     runs.sort_by_key(|(seq, _, _)| *seq);
-    let keyed = ck::fold_runs(runs.iter().map(|(_, _, r)| r.as_slice()))?;
+    let (base, later): (Vec<_>, Vec<_>) =
+        runs.iter().partition(|(seq, _, _)| *seq < changes.base_end);
+    let folded = ck::FoldedRuns::try_new(
+        base.iter().map(|(_, _, r)| r.as_slice()).collect(),
+        later.iter().map(|(_, _, r)| r.as_slice()),
+    )?;
     for (_, key, _) in &runs {
         writes.delete(runs_ns, key.clone());
     }
     let mut base = ck::RunBuilder::default();
     let mut base_bytes = 0u64;
-    for (key, value) in keyed {
-        base.op(&[key], Some(value));
-        if base.len() >= ck::BASE_CHUNK_BYTES {
+    let mut flush = |base: &mut ck::RunBuilder| {
+        if !base.is_empty() {
             base_bytes += base.len() as u64;
             writes.put(runs_ns, ck::run_key(changes.next_run), base.take());
             changes.next_run += 1;
         }
-    }
-    if !base.is_empty() {
-        base_bytes += base.len() as u64;
-        writes.put(runs_ns, ck::run_key(changes.next_run), base.take());
-        changes.next_run += 1;
-    }
+    };
+    folded.for_each(|key, value| {
+        if base.would_exceed(key.len(), value.len(), ck::BASE_CHUNK_BYTES) {
+            flush(&mut base);
+        }
+        base.op(&[key], Some(value));
+        Ok(())
+    })?;
+    flush(&mut base);
+    // What the compaction wrote holds each key once: the new base.
+    changes.base_end = changes.next_run;
+    writes.put(
+        ns,
+        ck::BASE_END_KEY.to_vec(),
+        changes.base_end.to_be_bytes().to_vec(),
+    );
     tracing::debug!(
         namespace = runs_ns,
         runs_bytes = changes.run_bytes + changes.base_bytes,
