@@ -145,9 +145,8 @@ pub fn split_run_key(key: &[u8]) -> Result<u64> {
 /// and not the number of keys (each store key is a B-tree update). On
 /// start, a view's runs are applied in order.
 ///
-/// Each operation is the key's length (u32, little-endian), the key
-/// (given in parts, written together), a flag (1 put, 0 delete), and for
-/// a put the value's length and the value.
+/// The operations have the layout of operator checkpoints
+/// ([`crate::stream::operator::codec::put_op`]).
 #[derive(Default)]
 pub struct RunBuilder {
     bytes: Vec<u8>,
@@ -157,23 +156,7 @@ impl RunBuilder {
     /// Adds a put of `value`, or a delete when `None`, of the key made of
     /// `key_parts`.
     pub fn op(&mut self, key_parts: &[&[u8]], value: Option<&[u8]>) {
-        let key_len: usize = key_parts.iter().map(|p| p.len()).sum();
-        self.bytes
-            .reserve(9 + key_len + value.map(<[u8]>::len).unwrap_or(0));
-        self.bytes
-            .extend_from_slice(&(key_len as u32).to_le_bytes());
-        for part in key_parts {
-            self.bytes.extend_from_slice(part);
-        }
-        match value {
-            Some(v) => {
-                self.bytes.push(1);
-                self.bytes
-                    .extend_from_slice(&(v.len() as u32).to_le_bytes());
-                self.bytes.extend_from_slice(v);
-            }
-            None => self.bytes.push(0),
-        }
+        crate::stream::operator::codec::put_op(&mut self.bytes, &[], key_parts, value);
     }
 
     /// Whether a put of a `key_len`-byte key and a `value_len`-byte value
@@ -200,45 +183,8 @@ impl RunBuilder {
 
 /// The operations of one run, in order: each key with its value, or
 /// `None` for a delete. A damaged run yields an error and ends.
-pub fn run_ops(run: &[u8]) -> RunOps<'_> {
-    RunOps {
-        reader: crate::stream::operator::codec::Reader::new(run),
-        failed: false,
-    }
-}
-
-/// The iterator [`run_ops`] returns.
-pub struct RunOps<'a> {
-    reader: crate::stream::operator::codec::Reader<'a>,
-    failed: bool,
-}
-
-impl<'a> RunOps<'a> {
-    fn next_op(&mut self) -> std::result::Result<(&'a [u8], Option<&'a [u8]>), ()> {
-        let key = self.reader.bytes().map_err(|_| ())?;
-        match self.reader.take(1).map_err(|_| ())? {
-            [1] => Ok((key, Some(self.reader.bytes().map_err(|_| ())?))),
-            [0] => Ok((key, None)),
-            _ => Err(()),
-        }
-    }
-}
-
-impl<'a> Iterator for RunOps<'a> {
-    type Item = Result<(&'a [u8], Option<&'a [u8]>)>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.failed || self.reader.is_done() {
-            return None;
-        }
-        match self.next_op() {
-            Ok(op) => Some(Ok(op)),
-            Err(()) => {
-                self.failed = true;
-                Some(Err(MillraceError::storage("a checkpointed run is damaged")))
-            }
-        }
-    }
+pub fn run_ops(run: &[u8]) -> crate::stream::operator::codec::Ops<'_> {
+    crate::stream::operator::codec::ops(run)
 }
 
 /// The key under which a view's namespace records where its base ends:
@@ -484,6 +430,19 @@ mod tests {
             let base = FoldedRuns::try_new(vec![&first[..cut]], []).unwrap();
             assert!(base.for_each(|_, _| Ok(())).is_err(), "cut at {cut}");
         }
+        // Cut into pieces between operations: each piece parses alone,
+        // and no piece of more than one operation exceeds the limit.
+        use crate::stream::operator::codec::split_ops;
+        let whole = [first.as_slice(), second.as_slice()].concat();
+        for limit in [0, 1, 14, 27, 28, 40, 1000] {
+            let pieces = split_ops(&whole, limit).unwrap();
+            assert_eq!(pieces.concat(), whole, "limit {limit}");
+            for piece in &pieces {
+                let ops = run_ops(piece).collect::<Result<Vec<_>>>().unwrap();
+                assert!(piece.len() <= limit || ops.len() == 1, "limit {limit}");
+            }
+        }
+        assert!(split_ops(&whole[..whole.len() - 1], 16).is_err());
         assert_eq!(split_run_key(&run_key(77)).unwrap(), 77);
         assert!(split_run_key(b"short").is_err());
     }

@@ -57,6 +57,7 @@ use crate::storage::{StateStore, WriteBatch};
 use crate::stream::lower::{is_append_only, lower_plan_marked, RelationInfo};
 use crate::stream::materialize::Contents;
 use crate::stream::operator::OperatorStats;
+use crate::stream::operator::{codec, StateChanges};
 use crate::stream::watermark::{
     watermark_type_supported, Mark, RelationMarks, WatermarkEntry, WatermarkProgress,
     WatermarkSpec, WatermarkTracker, Watermarks,
@@ -2003,39 +2004,32 @@ impl Engine {
                 )?;
             }
             // The operators' changed state and the changed contents rows,
-            // as one run (or a few, when large).
-            let mut run = ck::RunBuilder::default();
-            // Taken out while `flush` holds the changes, and put back
-            // emptied, keeping its capacity.
-            let mut rows = std::mem::take(&mut view.changes.rows);
-            let changes = &mut view.changes;
-            let mut flush = |run: &mut ck::RunBuilder| {
-                if !run.is_empty() {
-                    changes.run_bytes += run.len() as u64;
-                    writes.put(&runs_ns, ck::run_key(changes.next_run), run.take());
-                    changes.next_run += 1;
-                }
-            };
-            for (node, state) in view.dataflow.checkpoint()? {
-                let prefix = ck::operator_prefix(node)?;
-                for (key, value) in &state.ops {
-                    let value_len = value.as_ref().map(Vec::len).unwrap_or(0);
-                    if run.would_exceed(prefix.len() + key.len(), value_len, ck::BASE_CHUNK_BYTES) {
-                        flush(&mut run);
-                    }
-                    run.op(&[&prefix, key], value.as_deref());
-                }
-            }
-            for (row, count) in rows.drain() {
+            // as one run (or a few, when large), written as the operators
+            // packed it.
+            let mut run = StateChanges::default();
+            view.dataflow
+                .checkpoint_into(&mut run, ck::operator_prefix)?;
+            for (row, count) in view.changes.rows.drain() {
                 let count = count.to_le_bytes();
                 let value = (count != [0; 8]).then_some(&count[..]);
-                if run.would_exceed(1 + row.len(), 8, ck::BASE_CHUNK_BYTES) {
-                    flush(&mut run);
-                }
                 run.op(&[&[ck::ROW_PREFIX], &row], value);
             }
-            flush(&mut run);
-            view.changes.rows = rows;
+            let changes = &mut view.changes;
+            let mut put_run = |bytes: Vec<u8>| {
+                changes.run_bytes += bytes.len() as u64;
+                writes.put(&runs_ns, ck::run_key(changes.next_run), bytes);
+                changes.next_run += 1;
+            };
+            if run.byte_len() <= ck::BASE_CHUNK_BYTES {
+                if !run.is_empty() {
+                    put_run(run.take_bytes());
+                }
+            } else {
+                let bytes = run.take_bytes();
+                for piece in codec::split_ops(&bytes, ck::BASE_CHUNK_BYTES)? {
+                    put_run(piece.to_vec());
+                }
+            }
             if view.changes.base_bytes == 0 {
                 // The first runs (all of a new or rebuilt view's state, one
                 // checkpoint's, so each key at most once) are its base:

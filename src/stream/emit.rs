@@ -211,9 +211,8 @@ mod tests {
         let mut changes = StateChanges::default();
         op.checkpoint(&mut changes).unwrap();
         let entries: Vec<StateEntry> = changes
-            .ops
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .ops()
+            .filter_map(|(k, v)| v.map(|v| (k.to_vec(), v.to_vec())))
             .collect();
         assert_eq!(entries.len(), 1);
         let mut restored = EmitOnCloseOperator::try_new(schema, 0).unwrap();
@@ -230,6 +229,6 @@ mod tests {
         // A release rewrites the buffer.
         let mut changes = StateChanges::default();
         op.checkpoint(&mut changes).unwrap();
-        assert_eq!(changes.ops.len(), 1);
+        assert_eq!(changes.len(), 1);
     }
 }

@@ -250,18 +250,18 @@ impl Dataflow {
             .join("\n")
     }
 
-    /// The state each operator changed since the last checkpoint, by node
-    /// id (nodes without changes are left out).
-    pub fn checkpoint(&mut self) -> Result<Vec<(usize, StateChanges)>> {
-        let mut changed = Vec::new();
+    /// Adds the state each operator changed since the last checkpoint to
+    /// `out`, each node's keys behind `prefix(node id)`.
+    pub fn checkpoint_into<P: AsRef<[u8]>>(
+        &mut self,
+        out: &mut StateChanges,
+        prefix: impl Fn(usize) -> Result<P>,
+    ) -> Result<()> {
         for (id, node) in self.nodes.iter_mut().enumerate() {
-            let mut out = StateChanges::default();
-            node.operator.checkpoint(&mut out)?;
-            if !out.is_empty() {
-                changed.push((id, out));
-            }
+            let prefix = prefix(id)?;
+            out.with_prefix(prefix.as_ref(), |out| node.operator.checkpoint(out))?;
         }
-        Ok(changed)
+        Ok(())
     }
 
     /// Restores each node's state from its checkpointed entries (a graph

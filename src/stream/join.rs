@@ -84,17 +84,15 @@ impl JoinSide {
             return;
         };
         for key in changed.drain() {
-            let mut store_key = Vec::with_capacity(1 + key.len());
-            store_key.push(tag);
-            store_key.extend_from_slice(&key);
+            let store_key: [&[u8]; 2] = [&[tag], &key];
             match self.index.get(&key) {
-                None => out.delete(store_key),
-                Some(bucket) => out.put(
-                    store_key,
-                    codec::encode_weighted_rows(
+                None => out.op(&store_key, None),
+                Some(bucket) => out.op(
+                    &store_key,
+                    Some(&codec::encode_weighted_rows(
                         bucket.len(),
                         bucket.iter().map(|(r, w)| (r.as_ref(), *w)),
-                    ),
+                    )),
                 ),
             }
         }
@@ -925,28 +923,46 @@ mod tests {
             &schema,
         )
         .unwrap();
-        let mut op = JoinOperator::try_new(
-            &left,
-            &right,
-            vec![Arc::new(Column::new("c0", 0))],
-            vec![Arc::new(Column::new("c0", 0))],
-            false,
-            Some(filter),
-            schema,
-        )
-        .unwrap()
-        .with_state_bounds(vec![StateBound {
-            left: true,
-            column: 1,
-            by: vec![(0, 1), (1, 1)],
-        }])
-        .unwrap();
+        let make = || {
+            JoinOperator::try_new(
+                &left,
+                &right,
+                vec![Arc::new(Column::new("c0", 0))],
+                vec![Arc::new(Column::new("c0", 0))],
+                false,
+                Some(filter.clone()),
+                schema.clone(),
+            )
+            .unwrap()
+            .with_state_bounds(vec![StateBound {
+                left: true,
+                column: 1,
+                by: vec![(0, 1), (1, 1)],
+            }])
+            .unwrap()
+        };
+        let mut op = make();
+        op.track_changes();
+        // The checkpointed entries, as a store holds them.
+        let mut store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut checkpoint = |op: &mut JoinOperator| {
+            let mut changes = StateChanges::default();
+            op.checkpoint(&mut changes).unwrap();
+            for (k, v) in changes.ops() {
+                match v {
+                    Some(v) => store.insert(k.to_vec(), v.to_vec()),
+                    None => store.remove(k),
+                };
+            }
+            store.clone()
+        };
         step(
             &mut op,
             Some("I I\n 1 5 +1\n 1 15 +1"),
             Some("I I\n 1 0 +1"),
         );
         assert_eq!(op.state_rows(), (2, 1));
+        checkpoint(&mut op);
         let mark = |v: i64| {
             let mut m = Watermarks::none();
             m.advance(1, Mark::Value(ScalarValue::Int64(Some(v))));
@@ -960,10 +976,17 @@ mod tests {
         op.advance(&[&mark(20), &mark(10)], &Watermarks::none())
             .unwrap();
         assert_eq!(op.state_rows(), (1, 1));
-        assert_eq!(
-            step(&mut op, None, Some("I I\n 1 12 +1")),
-            vec!["1 15 1 12 | +1"]
-        );
+        // The dropped row leaves the checkpoint too.
+        let stored = checkpoint(&mut op);
+        let mut restored = make();
+        restored.restore(stored.into_iter().collect()).unwrap();
+        assert_eq!(restored.state_rows(), (1, 1));
+        for op in [&mut op, &mut restored] {
+            assert_eq!(
+                step(op, None, Some("I I\n 1 12 +1")),
+                vec!["1 15 1 12 | +1"]
+            );
+        }
     }
 
     #[test]

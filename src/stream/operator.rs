@@ -102,27 +102,75 @@ pub trait Operator: Send {
 pub type StateEntry = (Vec<u8>, Vec<u8>);
 
 /// The changes an operator's checkpoint makes to its part of the store:
-/// puts, and deletes of keys whose state is gone. Applied in order.
+/// puts, and deletes of keys whose state is gone. Applied in order; one
+/// checkpoint changes each key at most once.
+///
+/// The operations are packed back to back in one buffer (see
+/// [`codec::put_op`]), so that a checkpoint of many small changes (a
+/// join's new rows) allocates nothing per change.
 #[derive(Debug, Default)]
 pub struct StateChanges {
-    /// Each key with its new value, or `None` to delete it.
-    pub ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    bytes: Vec<u8>,
+    /// What every key starts with (see [`StateChanges::with_prefix`]).
+    prefix: Vec<u8>,
+    count: usize,
 }
 
 impl StateChanges {
     /// Sets `key` to `value`.
-    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.ops.push((key, Some(value)));
+    pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.op(&[key.as_ref()], Some(value.as_ref()));
     }
 
     /// Deletes `key`.
-    pub fn delete(&mut self, key: Vec<u8>) {
-        self.ops.push((key, None));
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) {
+        self.op(&[key.as_ref()], None);
+    }
+
+    /// Sets, or deletes when `value` is `None`, the key made of
+    /// `key_parts` put together.
+    pub fn op(&mut self, key_parts: &[&[u8]], value: Option<&[u8]>) {
+        codec::put_op(&mut self.bytes, &self.prefix, key_parts, value);
+        self.count += 1;
+    }
+
+    /// Runs `f` with `prefix` put before every key it writes (a
+    /// partitioned operator's shard number, a view's operator number).
+    pub fn with_prefix<T>(&mut self, prefix: &[u8], f: impl FnOnce(&mut Self) -> T) -> T {
+        let before = self.prefix.len();
+        self.prefix.extend_from_slice(prefix);
+        let result = f(self);
+        self.prefix.truncate(before);
+        result
+    }
+
+    /// How many operations there are.
+    pub fn len(&self) -> usize {
+        self.count
     }
 
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.count == 0
+    }
+
+    /// Bytes of the operations so far.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The operations' bytes (in the layout of [`codec::put_op`]), leaving
+    /// these changes empty.
+    pub fn take_bytes(&mut self) -> Vec<u8> {
+        self.count = 0;
+        std::mem::take(&mut self.bytes)
+    }
+
+    /// The operations in order: each key with its value, or `None` for a
+    /// delete.
+    pub fn ops(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        // The buffer is only ever written by `put_op`: it always parses.
+        codec::ops(&self.bytes).map_while(|op| op.ok())
     }
 }
 
@@ -186,9 +234,102 @@ pub mod codec {
             self.take(n)
         }
 
+        /// How many bytes are left to read.
+        pub fn remaining(&self) -> usize {
+            self.bytes.len()
+        }
+
         /// Whether every byte was read.
         pub fn is_done(&self) -> bool {
             self.bytes.is_empty()
+        }
+    }
+
+    /// Appends one operation of a sequence of puts and deletes: the key's
+    /// length (u32), the key (given in parts, written together), a flag
+    /// (1 put, 0 delete), and for a put the value's length (u32) and the
+    /// value. Operator checkpoints ([`super::StateChanges`]) and the runs
+    /// a view's checkpoint writes use this one layout. The key is
+    /// `prefix` followed by `key_parts`.
+    pub fn put_op(out: &mut Vec<u8>, prefix: &[u8], key_parts: &[&[u8]], value: Option<&[u8]>) {
+        let key_len: usize = prefix.len() + key_parts.iter().map(|p| p.len()).sum::<usize>();
+        out.reserve(9 + key_len + value.map(<[u8]>::len).unwrap_or(0));
+        out.extend_from_slice(&(key_len as u32).to_le_bytes());
+        out.extend_from_slice(prefix);
+        for part in key_parts {
+            out.extend_from_slice(part);
+        }
+        match value {
+            Some(v) => {
+                out.push(1);
+                put_bytes(out, v);
+            }
+            None => out.push(0),
+        }
+    }
+
+    /// The operations [`put_op`] wrote into `bytes`, in order: each key
+    /// with its value, or `None` for a delete. Damaged bytes yield one
+    /// error, then nothing.
+    pub fn ops(bytes: &[u8]) -> Ops<'_> {
+        Ops {
+            reader: Reader::new(bytes),
+            failed: false,
+        }
+    }
+
+    /// The iterator [`ops`] returns.
+    pub struct Ops<'a> {
+        reader: Reader<'a>,
+        failed: bool,
+    }
+
+    /// `bytes` of operations ([`put_op`]) cut between operations into
+    /// pieces of at most `limit` bytes (an operation alone may be larger).
+    pub fn split_ops(bytes: &[u8], limit: usize) -> Result<Vec<&[u8]>> {
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        let mut ops = ops(bytes);
+        loop {
+            let before = bytes.len() - ops.reader.remaining();
+            if ops.next().transpose()?.is_none() {
+                break;
+            }
+            let after = bytes.len() - ops.reader.remaining();
+            if after - start > limit && before > start {
+                pieces.push(&bytes[start..before]);
+                start = before;
+            }
+        }
+        if start < bytes.len() {
+            pieces.push(&bytes[start..]);
+        }
+        Ok(pieces)
+    }
+
+    impl<'a> Ops<'a> {
+        fn next_op(&mut self) -> Result<(&'a [u8], Option<&'a [u8]>)> {
+            let key = self.reader.bytes()?;
+            match self.reader.take(1)? {
+                [1] => Ok((key, Some(self.reader.bytes()?))),
+                [0] => Ok((key, None)),
+                _ => Err(MillraceError::storage(
+                    "a checkpointed operation is damaged",
+                )),
+            }
+        }
+    }
+
+    impl<'a> Iterator for Ops<'a> {
+        type Item = Result<(&'a [u8], Option<&'a [u8]>)>;
+
+        fn next(&mut self) -> Option<Self::Item> {
+            if self.failed || self.reader.is_done() {
+                return None;
+            }
+            let op = self.next_op();
+            self.failed = op.is_err();
+            Some(op)
         }
     }
 
@@ -230,6 +371,17 @@ pub mod codec {
                 weights.push(r.i64()?);
             }
         }
+        weighted_rows_batch(&rows, weights, converter, schema)
+    }
+
+    /// `rows` (row format) with `weights`, decoded with `converter` into
+    /// one change of `schema` (`None` when there are no rows).
+    pub fn weighted_rows_batch(
+        rows: &[&[u8]],
+        weights: Vec<i64>,
+        converter: &datafusion::arrow::row::RowConverter,
+        schema: &datafusion::arrow::datatypes::SchemaRef,
+    ) -> Result<Option<crate::stream::ChangeBatch>> {
         if rows.is_empty() {
             return Ok(None);
         }
@@ -300,11 +452,11 @@ pub mod checkpoint_testing {
             original.step(&epochs[cut]).unwrap();
             let mut changes = StateChanges::default();
             original.checkpoint(&mut changes).unwrap();
-            written += changes.ops.len();
-            for (k, v) in changes.ops {
+            written += changes.len();
+            for (k, v) in changes.ops() {
                 match v {
-                    Some(v) => store.insert(k, v),
-                    None => store.remove(&k),
+                    Some(v) => store.insert(k.to_vec(), v.to_vec()),
+                    None => store.remove(k),
                 };
             }
             // A copy restored here must continue like the original.

@@ -169,16 +169,9 @@ impl Operator for PartitionedOperator {
     /// Each shard's keys, behind one byte: the shard's number.
     fn checkpoint(&mut self, out: &mut StateChanges) -> Result<()> {
         for (i, shard) in self.shards.iter_mut().enumerate() {
-            let mut part = StateChanges::default();
-            shard.checkpoint(&mut part)?;
             let tag = u8::try_from(i)
                 .map_err(|_| MillraceError::execution("too many shards to checkpoint"))?;
-            for (key, value) in part.ops {
-                let mut k = Vec::with_capacity(key.len() + 1);
-                k.push(tag);
-                k.extend_from_slice(&key);
-                out.ops.push((k, value));
-            }
+            out.with_prefix(&[tag], |out| shard.checkpoint(out))?;
         }
         Ok(())
     }

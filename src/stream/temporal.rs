@@ -1018,9 +1018,8 @@ mod tests {
         op.checkpoint(&mut changes).unwrap();
         // Two runs: the row's start at 10 and its end at 20.
         let entries: Vec<StateEntry> = changes
-            .ops
-            .into_iter()
-            .map(|(k, v)| (k, v.unwrap()))
+            .ops()
+            .map(|(k, v)| (k.to_vec(), v.unwrap().to_vec()))
             .collect();
         assert_eq!(entries.len(), 2);
         let (key, value) = entries[0].clone();

@@ -202,8 +202,8 @@ impl Operator for UpsertOperator {
         };
         for key in changed.drain() {
             match self.rows.get(&key) {
-                Some(row) => out.put(key.into_vec(), row.row().as_ref().to_vec()),
-                None => out.delete(key.into_vec()),
+                Some(row) => out.put(&key, row.row().as_ref()),
+                None => out.delete(&key),
             }
         }
         Ok(())

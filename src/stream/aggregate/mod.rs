@@ -612,23 +612,25 @@ impl Operator for AggregateOperator {
             return Ok(());
         };
         for key in &changes.removed {
-            out.delete(key.to_vec());
+            out.delete(key);
         }
+        // One value buffer for every group: the changes copy it.
+        let mut value = Vec::with_capacity(8 + 24 * self.columns.len());
         for &g in &changes.touched {
             if !self.is_live(g) {
                 continue;
             }
-            let mut value = Vec::with_capacity(8 + 24 * self.columns.len());
+            value.clear();
             value.extend_from_slice(&self.counts[g as usize].to_le_bytes());
             for column in &self.columns {
                 column.encode(g, &mut value);
             }
-            let key = if self.is_global() {
-                Vec::new()
+            let key: &[u8] = if self.is_global() {
+                &[]
             } else {
-                self.groups.key(g).to_vec()
+                self.groups.key(g)
             };
-            out.put(key, value);
+            out.put(key, &value);
         }
         let mut next = GroupChanges {
             flagged: changes.flagged,
