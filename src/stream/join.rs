@@ -888,17 +888,27 @@ mod tests {
         } else {
             joined_schema(&left, &right)
         };
+        on_first_columns(&left, &right, None, schema)
+            .with_kind(kind)
+            .unwrap()
+    }
+
+    /// A join of `left` and `right` on their first columns.
+    fn on_first_columns(
+        left: &SchemaRef,
+        right: &SchemaRef,
+        filter: Option<Arc<dyn PhysicalExpr>>,
+        schema: SchemaRef,
+    ) -> JoinOperator {
         JoinOperator::try_new(
-            &left,
-            &right,
+            left,
+            right,
             vec![Arc::new(Column::new("c0", 0))],
             vec![Arc::new(Column::new("c0", 0))],
             false,
-            None,
+            filter,
             schema,
         )
-        .unwrap()
-        .with_kind(kind)
         .unwrap()
     }
 
@@ -924,22 +934,13 @@ mod tests {
         )
         .unwrap();
         let make = || {
-            JoinOperator::try_new(
-                &left,
-                &right,
-                vec![Arc::new(Column::new("c0", 0))],
-                vec![Arc::new(Column::new("c0", 0))],
-                false,
-                Some(filter.clone()),
-                schema.clone(),
-            )
-            .unwrap()
-            .with_state_bounds(vec![StateBound {
-                left: true,
-                column: 1,
-                by: vec![(0, 1), (1, 1)],
-            }])
-            .unwrap()
+            on_first_columns(&left, &right, Some(filter.clone()), schema.clone())
+                .with_state_bounds(vec![StateBound {
+                    left: true,
+                    column: 1,
+                    by: vec![(0, 1), (1, 1)],
+                }])
+                .unwrap()
         };
         let mut op = make();
         op.track_changes();
