@@ -14,7 +14,7 @@
 //! Layout, two namespaces per view. `view_state/<catalog id>`: `l` the
 //! dataflow's layout; `a` + sequence (u64, big-endian) a batch of
 //! append-only contents (Arrow IPC). `view_runs/<catalog id>`: runs
-//! (see [`RunBuilder`]) by sequence (u64, big-endian), which applied in
+//! (see [`read_runs`]) by sequence (u64, big-endian), which applied in
 //! order give the view's keyed state: `o` + node (u32, big-endian) + key
 //! an operator's state, `c` + row a contents row and its count. Runs are
 //! compacted into a base once they outgrow it. Reader
@@ -93,7 +93,7 @@ pub fn view_namespace(id: u64) -> String {
 }
 
 /// The namespace holding view `id`'s runs: its operator state and keyed
-/// contents rows, as runs of changes (see [`RunBuilder`]).
+/// contents rows, as runs of changes (see [`read_runs`]).
 pub fn view_runs_namespace(id: u64) -> String {
     format!("view_runs/{id}")
 }
@@ -139,46 +139,26 @@ pub fn split_run_key(key: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(seq))
 }
 
-/// Builds one run: a sequence of puts and deletes of keys, one store value
-/// in all. A checkpoint writes a view's state changes as one run instead
-/// of one store key each, so that its cost follows the bytes that changed
-/// and not the number of keys (each store key is a B-tree update). On
-/// start, a view's runs are applied in order.
-///
-/// The operations have the layout of operator checkpoints
-/// ([`crate::stream::operator::codec::put_op`]).
-#[derive(Default)]
-pub struct RunBuilder {
-    bytes: Vec<u8>,
+/// A view's runs as stored (see [`view_runs_namespace`]), in order: each
+/// run's sequence number and bytes. A run is a sequence of puts and
+/// deletes of keys in one store value, built as a
+/// [`crate::stream::operator::StateChanges`]: a checkpoint writes a view's
+/// state changes as one run instead of one store key each, so that its
+/// cost follows the bytes that changed and not the number of keys (each
+/// store key is a B-tree update).
+pub fn read_runs(store: &dyn crate::storage::StateStore, id: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+    let mut runs = Vec::new();
+    for (key, value) in store.scan(&view_runs_namespace(id))? {
+        runs.push((split_run_key(&key)?, value));
+    }
+    runs.sort_by_key(|(seq, _)| *seq);
+    Ok(runs)
 }
 
-impl RunBuilder {
-    /// Adds a put of `value`, or a delete when `None`, of the key made of
-    /// `key_parts`.
-    pub fn op(&mut self, key_parts: &[&[u8]], value: Option<&[u8]>) {
-        crate::stream::operator::codec::put_op(&mut self.bytes, &[], key_parts, value);
-    }
-
-    /// Whether a put of a `key_len`-byte key and a `value_len`-byte value
-    /// would take the run past `limit` bytes (never for an empty run).
-    pub fn would_exceed(&self, key_len: usize, value_len: usize, limit: usize) -> bool {
-        !self.bytes.is_empty() && self.bytes.len() + 9 + key_len + value_len > limit
-    }
-
-    /// Bytes so far.
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    /// Whether no operation was added.
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
-    /// The run's bytes, leaving the builder empty.
-    pub fn take(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.bytes)
-    }
+/// The put that records `base_end` as where a view's base ends (under
+/// [`BASE_END_KEY`] of its namespace `ns`).
+pub fn put_base_end(writes: &mut crate::storage::WriteBatch, ns: &str, base_end: u64) {
+    writes.put(ns, BASE_END_KEY.to_vec(), base_end.to_be_bytes().to_vec());
 }
 
 /// The operations of one run, in order: each key with its value, or
@@ -206,6 +186,17 @@ pub struct FoldedRuns<'a> {
 }
 
 impl<'a> FoldedRuns<'a> {
+    /// Folds `runs` (in order, as [`read_runs`] gives them): those before
+    /// `base_end` are the base.
+    pub fn of_runs(runs: &'a [(u64, Vec<u8>)], base_end: u64) -> Result<Self> {
+        let split = runs.partition_point(|(seq, _)| *seq < base_end);
+        let (base, later) = runs.split_at(split);
+        Self::try_new(
+            base.iter().map(|(_, r)| r.as_slice()).collect(),
+            later.iter().map(|(_, r)| r.as_slice()),
+        )
+    }
+
     /// Folds the `later` runs (in order) over the `base` runs.
     pub fn try_new(base: Vec<&'a [u8]>, later: impl IntoIterator<Item = &'a [u8]>) -> Result<Self> {
         let later: Vec<&'a [u8]> = later.into_iter().collect();
@@ -403,16 +394,16 @@ mod tests {
 
     #[test]
     fn runs_apply_in_order_and_refuse_damage() {
-        let mut first = RunBuilder::default();
+        let mut first = crate::stream::operator::StateChanges::default();
         first.op(&[b"o", b"1"], Some(b"one"));
         first.op(&[b"o2"], Some(b"two"));
         first.op(&[b"c9"], Some(b""));
-        let first = first.take();
-        let mut second = RunBuilder::default();
+        let first = first.take_bytes();
+        let mut second = crate::stream::operator::StateChanges::default();
         second.op(&[b"o1"], Some(b"uno"));
         second.op(&[b"o2"], None);
         second.op(&[b"o3"], None);
-        let second = second.take();
+        let second = second.take_bytes();
         let collect = |folded: FoldedRuns<'_>| {
             let mut got: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
             folded

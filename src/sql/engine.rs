@@ -1789,21 +1789,10 @@ impl Engine {
             }
         }
         // The keyed state: the view's runs applied in order.
-        let mut runs = Vec::new();
-        for (key, value) in self
-            .store
-            .scan(&ck::view_runs_namespace(state.views[i].id))?
-        {
-            runs.push((ck::split_run_key(&key)?, value));
-        }
-        runs.sort_by_key(|(seq, _)| *seq);
+        let runs = ck::read_runs(self.store.as_ref(), state.views[i].id)?;
         let run_bytes: u64 = runs.iter().map(|(_, r)| r.len() as u64).sum();
         let next_run = runs.last().map(|(seq, _)| seq + 1).unwrap_or(0);
-        let (base, later): (Vec<_>, Vec<_>) = runs.iter().partition(|(seq, _)| *seq < base_end);
-        let folded = ck::FoldedRuns::try_new(
-            base.iter().map(|(_, r)| r.as_slice()).collect(),
-            later.iter().map(|(_, r)| r.as_slice()),
-        )?;
+        let folded = ck::FoldedRuns::of_runs(&runs, base_end)?;
         let name = &state.views[i].name;
         // The contents rows are rebuilt on a second thread while this one
         // restores the operators: each reads the runs for its own keys.
@@ -1995,13 +1984,7 @@ impl Engine {
                 .saturating_mul(changes.compact_factor.max(1))
                 .max(ck::compact_min_bytes());
             if changes.run_bytes >= due {
-                compact_runs(
-                    self.store.as_ref(),
-                    &ns,
-                    &runs_ns,
-                    &mut view.changes,
-                    writes,
-                )?;
+                compact_runs(self.store.as_ref(), view.id, &mut view.changes, writes)?;
             }
             // The operators' changed state and the changed contents rows,
             // as one run (or a few, when large), written as the operators
@@ -2038,11 +2021,7 @@ impl Engine {
                 view.changes.run_bytes = 0;
                 if view.changes.base_end != view.changes.next_run {
                     view.changes.base_end = view.changes.next_run;
-                    writes.put(
-                        &ns,
-                        ck::BASE_END_KEY.to_vec(),
-                        view.changes.base_end.to_be_bytes().to_vec(),
-                    );
+                    ck::put_base_end(writes, &ns, view.changes.base_end);
                 }
             }
             if !view.changes.appended.is_empty() {
@@ -3878,31 +3857,23 @@ impl Engine {
 /// twice the live state.
 fn compact_runs(
     store: &dyn StateStore,
-    ns: &str,
-    runs_ns: &str,
+    id: u64,
     changes: &mut ViewChanges,
     writes: &mut WriteBatch,
 ) -> Result<()> {
-    let mut runs = Vec::new();
-    for (key, value) in store.scan(runs_ns)? {
-        runs.push((ck::split_run_key(&key)?, key, value));
+    let runs_ns = ck::view_runs_namespace(id);
+    let runs = ck::read_runs(store, id)?;
+    let folded = ck::FoldedRuns::of_runs(&runs, changes.base_end)?;
+    for (seq, _) in &runs {
+        writes.delete(&runs_ns, ck::run_key(*seq));
     }
-    runs.sort_by_key(|(seq, _, _)| *seq);
-    let (base, later): (Vec<_>, Vec<_>) =
-        runs.iter().partition(|(seq, _, _)| *seq < changes.base_end);
-    let folded = ck::FoldedRuns::try_new(
-        base.iter().map(|(_, _, r)| r.as_slice()).collect(),
-        later.iter().map(|(_, _, r)| r.as_slice()),
-    )?;
-    for (_, key, _) in &runs {
-        writes.delete(runs_ns, key.clone());
-    }
-    let mut base = ck::RunBuilder::default();
+    let mut base = StateChanges::default();
     let mut base_bytes = 0u64;
-    let mut flush = |base: &mut ck::RunBuilder| {
+    let mut flush = |base: &mut StateChanges| {
         if !base.is_empty() {
-            base_bytes += base.len() as u64;
-            writes.put(runs_ns, ck::run_key(changes.next_run), base.take());
+            let bytes = base.take_bytes();
+            base_bytes += bytes.len() as u64;
+            writes.put(&runs_ns, ck::run_key(changes.next_run), bytes);
             changes.next_run += 1;
         }
     };
@@ -3910,17 +3881,13 @@ fn compact_runs(
         if base.would_exceed(key.len(), value.len(), ck::BASE_CHUNK_BYTES) {
             flush(&mut base);
         }
-        base.op(&[key], Some(value));
+        base.put(key, value);
         Ok(())
     })?;
     flush(&mut base);
     // What the compaction wrote holds each key once: the new base.
     changes.base_end = changes.next_run;
-    writes.put(
-        ns,
-        ck::BASE_END_KEY.to_vec(),
-        changes.base_end.to_be_bytes().to_vec(),
-    );
+    ck::put_base_end(writes, &ck::view_namespace(id), changes.base_end);
     tracing::debug!(
         namespace = runs_ns,
         runs_bytes = changes.run_bytes + changes.base_bytes,

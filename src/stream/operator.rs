@@ -154,6 +154,13 @@ impl StateChanges {
         self.count == 0
     }
 
+    /// Whether a put of a `key_len`-byte key and a `value_len`-byte value
+    /// would take these changes past `limit` bytes (never when empty).
+    pub fn would_exceed(&self, key_len: usize, value_len: usize, limit: usize) -> bool {
+        !self.bytes.is_empty()
+            && self.bytes.len() + 9 + self.prefix.len() + key_len + value_len > limit
+    }
+
     /// Bytes of the operations so far.
     pub fn byte_len(&self) -> usize {
         self.bytes.len()
