@@ -288,27 +288,62 @@ impl Dataflow {
             .collect()
     }
 
-    /// The graph as an indented tree, output at the top.
+    /// The graph as an indented tree, output at the top. A node that
+    /// feeds several others (a subquery written twice and maintained once)
+    /// is printed in full once, tagged `[shared #id]`, and referred to by
+    /// that tag elsewhere.
     pub fn explain(&self) -> Vec<String> {
+        let mut consumers = vec![0usize; self.nodes.len()];
+        for node in &self.nodes {
+            for input in &node.inputs {
+                if let NodeInput::Node(n) = input {
+                    if let Some(c) = consumers.get_mut(*n) {
+                        *c += 1;
+                    }
+                }
+            }
+        }
         let mut lines = Vec::new();
+        let mut printed = vec![false; self.nodes.len()];
         if !self.nodes.is_empty() {
-            self.explain_node(self.nodes.len() - 1, 0, &mut lines);
+            self.explain_node(
+                self.nodes.len() - 1,
+                0,
+                &consumers,
+                &mut printed,
+                &mut lines,
+            );
         }
         lines
     }
 
-    fn explain_node(&self, id: usize, depth: usize, lines: &mut Vec<String>) {
+    fn explain_node(
+        &self,
+        id: usize,
+        depth: usize,
+        consumers: &[usize],
+        printed: &mut [bool],
+        lines: &mut Vec<String>,
+    ) {
         let node = &self.nodes[id];
-        lines.push(format!(
-            "{}{}",
-            "  ".repeat(depth),
-            node.operator.describe()
-        ));
+        let indent = "  ".repeat(depth);
+        let shared = consumers.get(id).is_some_and(|&c| c > 1);
+        if shared && printed[id] {
+            lines.push(format!("{indent}Shared #{id} (above)"));
+            return;
+        }
+        printed[id] = true;
+        let tag = if shared {
+            format!(" [shared #{id}]")
+        } else {
+            String::new()
+        };
+        lines.push(format!("{indent}{}{tag}", node.operator.describe()));
         for input in &node.inputs {
             match input {
-                NodeInput::Node(n) => self.explain_node(*n, depth + 1, lines),
+                NodeInput::Node(n) => self.explain_node(*n, depth + 1, consumers, printed, lines),
                 NodeInput::Relation(r) => {
-                    lines.push(format!("{}Input {r}", "  ".repeat(depth + 1)));
+                    lines.push(format!("{indent}  Input {r}"));
                 }
             }
         }

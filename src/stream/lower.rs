@@ -101,6 +101,7 @@ pub fn lower_plan_marked(
         relation_marks: relations.marks,
         relation_keyed: relations.keyed,
         upserts: HashMap::new(),
+        shared: HashMap::new(),
         trackers: Vec::new(),
         rank_bounds: Vec::new(),
     };
@@ -268,11 +269,70 @@ struct Lowering<'a> {
     relation_keyed: &'a dyn Fn(&str) -> bool,
     /// The upsert node of each keyed source read, shared by its scans.
     upserts: HashMap<String, usize>,
+    /// The graph node of each scan, projection, filter, union and
+    /// aggregate lowered so far, by what it computes, so that a subquery
+    /// written twice is maintained once.
+    shared: HashMap<SharedKey, usize>,
     /// The declared watermarks this graph applies, one per relation.
     trackers: Vec<WatermarkEntry>,
     /// Rank ranges found in filters over window nodes, by the window
     /// node's address, for the window's top-N operator to keep only them.
     rank_bounds: Vec<(*const LogicalPlan, (u64, u64))>,
+}
+
+/// What a plan node computes, for sharing one graph node between copies of
+/// a subquery (q5 reads the same windowed count twice): the node's kind,
+/// the graph nodes of its inputs, and its expressions with every column
+/// named by its position in the input and aliases removed, since the
+/// optimizer names two copies' columns differently (`__common_expr_1`,
+/// `__common_expr_6`). Two nodes with equal keys compute the same changes
+/// from the same input changes. Only node kinds whose whole meaning is
+/// these expressions get a key; anything else (joins, windows with rank
+/// bounds, top-N) is lowered once per occurrence.
+#[derive(PartialEq, Eq, Hash)]
+struct SharedKey {
+    kind: &'static str,
+    inputs: Vec<usize>,
+    exprs: Vec<Expr>,
+    detail: String,
+}
+
+impl SharedKey {
+    /// The key of a node of `kind` over graph nodes `inputs` computing
+    /// `exprs` over rows of `schema`; `None` when a column cannot be placed
+    /// (the node is then not shared).
+    fn positional(
+        kind: &'static str,
+        inputs: Vec<usize>,
+        exprs: &[Expr],
+        schema: &DFSchema,
+    ) -> Option<SharedKey> {
+        let exprs = exprs
+            .iter()
+            .map(|e| {
+                let e = e.clone().unalias_nested().data;
+                e.transform_up(|e| match e {
+                    Expr::Column(c) => {
+                        let position = schema.index_of_column(&c)?;
+                        Ok(datafusion::common::tree_node::Transformed::yes(
+                            Expr::Column(datafusion::common::Column::from_name(format!(
+                                "#{position}"
+                            ))),
+                        ))
+                    }
+                    other => Ok(datafusion::common::tree_node::Transformed::no(other)),
+                })
+                .map(|t| t.data)
+                .ok()
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(SharedKey {
+            kind,
+            inputs,
+            exprs,
+            detail: String::new(),
+        })
+    }
 }
 
 fn arrow_schema(schema: &DFSchema) -> SchemaRef {
@@ -292,6 +352,19 @@ impl Lowering<'_> {
             &self.props,
             &PhysicalPlanningContext::default(),
         )?)
+    }
+
+    /// The graph node already computing what `key` describes.
+    fn shared_node(&self, key: &Option<SharedKey>) -> Option<usize> {
+        key.as_ref().and_then(|k| self.shared.get(k).copied())
+    }
+
+    /// Records that graph node `id` computes what `key` describes.
+    fn share(&mut self, key: Option<SharedKey>, id: usize) -> usize {
+        if let Some(k) = key {
+            self.shared.insert(k, id);
+        }
+        id
     }
 
     /// The upsert node that turns keyed source `relation`'s records into
@@ -322,6 +395,15 @@ impl Lowering<'_> {
                     .unwrap_or_else(|| (0..full.fields().len()).collect());
                 let schema = arrow_schema(&scan.projected_schema);
                 let relation = scan.table_name.table().to_string();
+                let key = Some(SharedKey {
+                    kind: "scan",
+                    inputs: vec![],
+                    exprs: scan.filters.clone(),
+                    detail: format!("{relation} {projection:?}"),
+                });
+                if let Some(id) = self.shared_node(&key) {
+                    return Ok(id);
+                }
                 let mut op =
                     ScanOperator::try_new(relation.clone(), projection.clone(), schema.clone())?;
                 let mut rules = Vec::new();
@@ -374,10 +456,14 @@ impl Lowering<'_> {
                 {
                     id = self.filter(&predicate, &scan.projected_schema, id)?;
                 }
-                Ok(id)
+                Ok(self.share(key, id))
             }
             LogicalPlan::Projection(p) => {
                 let input = self.node(&p.input)?;
+                let key = SharedKey::positional("project", vec![input], &p.expr, p.input.schema());
+                if let Some(id) = self.shared_node(&key) {
+                    return Ok(id);
+                }
                 let exprs = p
                     .expr
                     .iter()
@@ -385,8 +471,13 @@ impl Lowering<'_> {
                     .collect::<Result<Vec<_>>>()?;
                 let op = ProjectOperator::try_new(exprs.clone(), arrow_schema(&p.schema))?;
                 let rules = self.monotone_rules(input, &p.expr, &exprs, p.input.schema());
-                self.graph
-                    .add_marked(Box::new(op), vec![NodeInput::Node(input)], rules, vec![])
+                let id = self.graph.add_marked(
+                    Box::new(op),
+                    vec![NodeInput::Node(input)],
+                    rules,
+                    vec![],
+                )?;
+                Ok(self.share(key, id))
             }
             LogicalPlan::Filter(f) => {
                 if let Some((window, bounds)) = rank_filter(f) {
@@ -394,12 +485,35 @@ impl Lowering<'_> {
                         .push((window as *const LogicalPlan, bounds));
                 }
                 let input = self.node(&f.input)?;
-                self.filter(&f.predicate, f.input.schema(), input)
+                let key = SharedKey::positional(
+                    "filter",
+                    vec![input],
+                    std::slice::from_ref(&f.predicate),
+                    f.input.schema(),
+                );
+                if let Some(id) = self.shared_node(&key) {
+                    return Ok(id);
+                }
+                let id = self.filter(&f.predicate, f.input.schema(), input)?;
+                Ok(self.share(key, id))
             }
             LogicalPlan::Aggregate(a) if first_row_order(a).is_some() => self.first_rows(a),
             LogicalPlan::Aggregate(a) => {
                 let input = self.node(&a.input)?;
                 let in_schema = a.input.schema();
+                let key = SharedKey::positional(
+                    "aggregate",
+                    vec![input],
+                    &[a.group_expr.as_slice(), a.aggr_expr.as_slice()].concat(),
+                    in_schema,
+                )
+                .map(|k| SharedKey {
+                    detail: a.group_expr.len().to_string(),
+                    ..k
+                });
+                if let Some(id) = self.shared_node(&key) {
+                    return Ok(id);
+                }
                 let group_exprs = a
                     .group_expr
                     .iter()
@@ -440,8 +554,10 @@ impl Lowering<'_> {
                     &group_exprs,
                     &input_schema,
                 )?;
-                self.graph
-                    .add_marked(op, vec![NodeInput::Node(input)], rules, vec![])
+                let id = self
+                    .graph
+                    .add_marked(op, vec![NodeInput::Node(input)], rules, vec![])?;
+                Ok(self.share(key, id))
             }
             LogicalPlan::Distinct(Distinct::All(input)) => {
                 let id = self.node(input)?;
@@ -557,8 +673,18 @@ impl Lowering<'_> {
                 let inputs = u
                     .inputs
                     .iter()
-                    .map(|i| Ok(NodeInput::Node(self.node(i)?)))
+                    .map(|i| self.node(i))
                     .collect::<Result<Vec<_>>>()?;
+                let key = Some(SharedKey {
+                    kind: "union",
+                    inputs: inputs.clone(),
+                    exprs: vec![],
+                    detail: String::new(),
+                });
+                if let Some(id) = self.shared_node(&key) {
+                    return Ok(id);
+                }
+                let inputs: Vec<NodeInput> = inputs.into_iter().map(NodeInput::Node).collect();
                 let op = UnionOperator::try_new(arrow_schema(&u.schema))?;
                 // A column carries the least watermark of its inputs', when
                 // every input has one.
@@ -575,7 +701,8 @@ impl Lowering<'_> {
                         })
                     })
                     .collect();
-                self.graph.add_marked(Box::new(op), inputs, rules, vec![])
+                let id = self.graph.add_marked(Box::new(op), inputs, rules, vec![])?;
+                Ok(self.share(key, id))
             }
             LogicalPlan::SubqueryAlias(s) => self.node(&s.input),
             LogicalPlan::Sort(s) => match s.fetch {
