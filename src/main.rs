@@ -9,6 +9,13 @@ use tokio::sync::watch;
 use millrace::bench::{BenchResult, Feed};
 use millrace::server::{self, ServerConfig, DEFAULT_LISTEN};
 
+/// jemalloc instead of the system allocator: operator state is millions of
+/// small allocations, made and freed on different threads (join rows,
+/// index keys, expiry entries), where glibc's malloc took about a quarter
+/// of q7's time. Measured against glibc and mimalloc in
+/// `docs/benchmarks.md` ("Allocator").
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "millrace", version, about = "A SQL-first streaming database")]
 struct Cli {
