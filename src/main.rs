@@ -14,6 +14,7 @@ use millrace::server::{self, ServerConfig, DEFAULT_LISTEN};
 /// index keys, expiry entries), where glibc's malloc took about a quarter
 /// of q7's time. Measured against glibc and mimalloc in
 /// `docs/benchmarks.md` ("Allocator").
+#[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
