@@ -125,6 +125,10 @@ const VIEWS: &[(&str, &str)] = &[
         "cross_small",
         "SELECT t3.d, count(*) AS n FROM t3, t2 WHERE t2.d >= t3.d GROUP BY t3.d",
     ),
+    (
+        "above_average",
+        "SELECT a, b, (SELECT max(d) FROM t2) AS md FROM t1 WHERE b > (SELECT avg(b) FROM t1)",
+    ),
     // Over t4, which declares a watermark: the views drop the state of
     // closed windows and of join rows that can no longer match, and must
     // still equal their queries over what t4 holds (late inserts are not

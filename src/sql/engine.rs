@@ -1557,6 +1557,7 @@ impl Engine {
         let raw = crate::stream::temporal::rewrite_clock(raw)?;
         crate::stream::lower::reject_clock(&raw)?;
         let plan = self.base_state.optimize(&raw)?;
+        let plan = crate::stream::scalar_subquery::scalar_subqueries_to_joins(plan)?;
         let dataflow = inputs.lower(&plan, emit_on_window_close)?;
         Ok((plan, depends_on, schema, dataflow))
     }

@@ -17,6 +17,7 @@ pub mod over;
 pub mod partition;
 pub mod pretty;
 pub mod project;
+pub mod scalar_subquery;
 pub mod scan;
 pub mod temporal;
 pub mod topn;
