@@ -54,8 +54,112 @@ use super::operator::{codec, Operator, OperatorStats, StateChanges, StateEntry};
 use super::watermark::{least_mark, values_as_i64, Watermarks};
 use crate::error::{MillraceError, Result};
 
-/// Rows (row format) with their weights, sharing one join key.
-type Bucket = HashMap<Box<[u8]>, i64, RandomState>;
+/// Rows (row format) with their weights, sharing one join key. Most keys
+/// of a join on a near-unique column (q7's prices) hold one row, which is
+/// kept in place: a table is allocated only for a second row.
+enum Bucket {
+    /// One row and its weight; weight 0 means no row (a bucket just
+    /// emptied, which its index removes).
+    One(Box<[u8]>, i64),
+    /// Two rows or more.
+    Many(HashMap<Box<[u8]>, i64, RandomState>),
+}
+
+/// The rows of a [`Bucket`] with their weights.
+enum BucketRows<'a> {
+    One(Option<(&'a [u8], i64)>),
+    Many(std::collections::hash_map::Iter<'a, Box<[u8]>, i64>),
+}
+
+impl<'a> Iterator for BucketRows<'a> {
+    type Item = (&'a [u8], i64);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            BucketRows::One(row) => row.take(),
+            BucketRows::Many(rows) => rows.next().map(|(r, w)| (r.as_ref(), *w)),
+        }
+    }
+}
+
+impl Bucket {
+    /// Distinct rows held.
+    fn len(&self) -> usize {
+        match self {
+            Bucket::One(_, w) => usize::from(*w != 0),
+            Bucket::Many(rows) => rows.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn iter(&self) -> BucketRows<'_> {
+        match self {
+            Bucket::One(row, w) => BucketRows::One((*w != 0).then_some((row.as_ref(), *w))),
+            Bucket::Many(rows) => BucketRows::Many(rows.iter()),
+        }
+    }
+
+    /// Adds `weight` to `row`'s; a row whose weight reaches 0 leaves.
+    fn add(&mut self, row: &[u8], weight: i64) {
+        match self {
+            Bucket::One(r, w) if *w == 0 => {
+                *r = row.into();
+                *w = weight;
+            }
+            Bucket::One(r, w) if r.as_ref() == row => *w += weight,
+            Bucket::One(..) => self.insert_new(row.into(), weight),
+            Bucket::Many(rows) => match rows.get_mut(row) {
+                Some(w) => {
+                    *w += weight;
+                    if *w == 0 {
+                        rows.remove(row);
+                    }
+                }
+                None => {
+                    rows.insert(row.into(), weight);
+                }
+            },
+        }
+    }
+
+    /// Adds `row`, which the bucket does not hold, with `weight`.
+    fn insert_new(&mut self, row: Box<[u8]>, weight: i64) {
+        match self {
+            Bucket::One(r, w) if *w == 0 => {
+                *r = row;
+                *w = weight;
+            }
+            Bucket::One(r, w) => {
+                let mut rows = HashMap::with_capacity_and_hasher(2, RandomState::default());
+                rows.insert(std::mem::take(r), *w);
+                rows.insert(row, weight);
+                *self = Bucket::Many(rows);
+            }
+            Bucket::Many(rows) => {
+                rows.insert(row, weight);
+            }
+        }
+    }
+
+    /// Moves every row out, to `take`, leaving the bucket empty.
+    fn drain_into(&mut self, mut take: impl FnMut(Box<[u8]>, i64)) {
+        match self {
+            Bucket::One(r, w) => {
+                if *w != 0 {
+                    take(std::mem::take(r), std::mem::replace(w, 0));
+                }
+            }
+            Bucket::Many(rows) => {
+                for (r, w) in rows.drain() {
+                    take(r, w);
+                }
+            }
+        }
+    }
+}
 
 /// One side of the join: its rows indexed by key.
 struct JoinSide {
@@ -89,10 +193,7 @@ impl JoinSide {
                 None => out.op(&store_key, None),
                 Some(bucket) => out.op(
                     &store_key,
-                    Some(&codec::encode_weighted_rows(
-                        bucket.len(),
-                        bucket.iter().map(|(r, w)| (r.as_ref(), *w)),
-                    )),
+                    Some(&codec::encode_weighted_rows(bucket.len(), bucket.iter())),
                 ),
             }
         }
@@ -292,7 +393,7 @@ impl JoinOperator {
     /// Rows held on each side (left, right), counting each distinct row
     /// once.
     pub fn state_rows(&self) -> (usize, usize) {
-        let count = |s: &JoinSide| s.index.values().map(HashMap::len).sum();
+        let count = |s: &JoinSide| s.index.values().map(Bucket::len).sum();
         (count(&self.left), count(&self.right))
     }
 
@@ -357,7 +458,7 @@ impl JoinOperator {
             let mut drained: Vec<(u32, Box<[u8]>, i64)> = Vec::new();
             for (k, key) in keys.iter().enumerate() {
                 if let Some(bucket) = side.index.get_mut(key) {
-                    drained.extend(bucket.drain().map(|(r, w)| (k as u32, r, w)));
+                    bucket.drain_into(|r, w| drained.push((k as u32, r, w)));
                 }
             }
             if drained.is_empty() {
@@ -372,7 +473,7 @@ impl JoinOperator {
             for ((k, row, w), gone) in drained.into_iter().zip(behind.values().iter()) {
                 if !gone {
                     if let Some(bucket) = side.index.get_mut(&keys[k as usize]) {
-                        bucket.insert(row, w);
+                        bucket.insert_new(row, w);
                     }
                 }
             }
@@ -435,7 +536,7 @@ impl JoinOperator {
                 Vec::new()
             } else {
                 preserved.index.get(key).map_or_else(Vec::new, |bucket| {
-                    bucket.iter().map(|(r, w)| (r.clone(), *w)).collect()
+                    bucket.iter().map(|(r, w)| (Box::from(r), w)).collect()
                 })
             };
             before.keys.push(key.into());
@@ -515,7 +616,7 @@ impl JoinOperator {
                 (false, true) => from_state.extend(old.iter().map(|(r, w)| (r.as_ref(), -w))),
                 (true, false) => {
                     if let Some(bucket) = preserved.index.get(key) {
-                        from_state.extend(bucket.iter().map(|(r, w)| (r.as_ref(), *w)));
+                        from_state.extend(bucket.iter());
                     }
                 }
                 (true, true) => {}
@@ -631,7 +732,7 @@ impl JoinOperator {
             let Some(key) = key else { continue };
             if let Some(matches) = other.index.get(key) {
                 self.stats.state_touched += matches.len() as u64;
-                for (row, w) in matches {
+                for (row, w) in matches.iter() {
                     delta_idx.push(i as u32);
                     other_rows.push(row);
                     weights.push(dw[i] * w);
@@ -675,26 +776,15 @@ impl JoinOperator {
             side.touch(key);
             match side.index.get_mut(key) {
                 Some(bucket) => {
-                    match bucket.get_mut(row) {
-                        Some(c) => {
-                            *c += *w;
-                            if *c == 0 {
-                                bucket.remove(row);
-                            }
-                        }
-                        None => {
-                            bucket.insert(row.into(), *w);
-                        }
-                    }
+                    bucket.add(row, *w);
                     if bucket.is_empty() {
                         side.index.remove(key);
                     }
                 }
-                None => {
-                    let mut bucket = Bucket::default();
-                    bucket.insert(row.into(), *w);
-                    side.index.insert(key.into(), bucket);
+                None if *w != 0 => {
+                    side.index.insert(key.into(), Bucket::One(row.into(), *w));
                 }
+                None => {}
             }
         }
         self.stats.state_touched += delta.num_rows() as u64;
