@@ -349,7 +349,8 @@ fn run_queries(
         let result: BenchResult = serde_json::from_str(line)
             .with_context(|| format!("{q}: unreadable result {line:?}"))?;
         eprintln!(
-            "{q}: {:.0} rows/s, {:.0} rows per CPU-second, peak {:.0} MiB, verified: {}",
+            "{q}: {:.0} events/s, {:.0} rows/s, {:.0} rows per CPU-second, peak {:.0} MiB, verified: {}",
+            result.events_per_second(),
             result.rows_per_second(),
             result.rows_per_cpu_second(),
             result.peak_rss_mib,

@@ -85,6 +85,16 @@ impl BenchResult {
     pub fn rows_per_cpu_second(&self) -> f64 {
         self.rows_in as f64 / self.cpu_seconds.max(1e-9)
     }
+
+    /// Nexmark events (of all types) per wall-clock second.
+    pub fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.seconds.max(1e-9)
+    }
+
+    /// Nexmark events (of all types) per CPU-second.
+    pub fn events_per_cpu_second(&self) -> f64 {
+        self.events as f64 / self.cpu_seconds.max(1e-9)
+    }
 }
 
 /// CPU seconds (user + system) used by this process so far.
@@ -409,15 +419,17 @@ pub fn query_names() -> Vec<&'static str> {
 /// Renders results as a Markdown table.
 pub fn markdown_table(results: &[BenchResult]) -> String {
     let mut s = String::from(
-        "| query | events | rows into view | seconds | rows/s | rows per CPU-second | peak RSS (MiB) | view rows | verified |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| query | events | rows into view | seconds | events/s | events per CPU-second | rows/s | rows per CPU-second | peak RSS (MiB) | view rows | verified |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for r in results {
         s.push_str(&format!(
-            "| {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} |\n",
+            "| {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |\n",
             r.query,
             r.events,
             r.rows_in,
             r.seconds,
+            r.events_per_second(),
+            r.events_per_cpu_second(),
             r.rows_per_second(),
             r.rows_per_cpu_second(),
             r.peak_rss_mib,
