@@ -11,9 +11,9 @@
 //!
 //! Only a subquery that returns at most one row is rewritten: an
 //! aggregate without `GROUP BY`, a `LIMIT 1`, or a select without `FROM`
-//! (possibly under projections, filters, aliases and sorts). Any other is refused, since SQL raises an error when
-//! a scalar subquery returns two rows, which a view cannot do on a later
-//! change.
+//! (possibly under projections, filters, aliases and sorts). Any other is
+//! refused, since SQL raises an error when a scalar subquery returns two
+//! rows, which a view cannot do on a later change.
 //!
 //! Weights: the join emits every input row once per subquery row (there is
 //! at most one), so a change of the subquery's value retracts every input
