@@ -66,6 +66,7 @@ enum Bucket {
 }
 
 /// The rows of a [`Bucket`] with their weights.
+#[derive(Clone)]
 enum BucketRows<'a> {
     One(Option<(&'a [u8], i64)>),
     Many(std::collections::hash_map::Iter<'a, Box<[u8]>, i64>),
@@ -182,6 +183,16 @@ impl JoinSide {
         }
     }
 
+    /// [`JoinSide::touch`] for a key the side no longer holds: its
+    /// allocation is kept rather than copied.
+    fn touch_owned(&mut self, key: Box<[u8]>) {
+        if let Some(changed) = &mut self.changed {
+            if !changed.contains(&key) {
+                changed.insert(key);
+            }
+        }
+    }
+
     /// Writes each changed key's rows (or its deletion) under `tag`.
     fn checkpoint(&mut self, tag: u8, out: &mut StateChanges) {
         let Some(changed) = &mut self.changed else {
@@ -191,10 +202,7 @@ impl JoinSide {
             let store_key: [&[u8]; 2] = [&[tag], &key];
             match self.index.get(&key) {
                 None => out.op(&store_key, None),
-                Some(bucket) => out.op(
-                    &store_key,
-                    Some(&codec::encode_weighted_rows(bucket.len(), bucket.iter())),
-                ),
+                Some(bucket) => out.put_weighted_rows(&store_key, bucket.iter()),
             }
         }
     }
@@ -225,7 +233,29 @@ pub struct StateBound {
 /// timestamp) share an entry.
 struct Expiry {
     bound: StateBound,
-    by_value: BTreeMap<i64, Vec<Box<[u8]>>>,
+    by_value: BTreeMap<i64, KeyList>,
+}
+
+/// Join keys back to back in one buffer: an expiry entry per inserted row
+/// without an allocation per row.
+#[derive(Default)]
+struct KeyList {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl KeyList {
+    fn push(&mut self, key: &[u8]) {
+        self.bytes.extend_from_slice(key);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter())
+            .map(|(start, &end)| &self.bytes[start..end])
+    }
 }
 
 /// Which sides of a join keep their unmatched rows.
@@ -402,7 +432,7 @@ impl JoinOperator {
     fn track(&mut self, delta: &ChangeBatch, keys: &KeyRows, left: bool) -> Result<()> {
         for e in self.expiries.iter_mut().filter(|e| e.bound.left == left) {
             let values = values_as_i64(delta.data().column(e.bound.column))?;
-            let mut last: Option<(i64, &mut Vec<Box<[u8]>>)> = None;
+            let mut last: Option<(i64, &mut KeyList)> = None;
             for (i, (key, w)) in keys.iter().zip(delta.weights().values()).enumerate() {
                 let (Some(key), true, true) = (key, *w > 0, values.is_valid(i)) else {
                     continue;
@@ -410,10 +440,10 @@ impl JoinOperator {
                 let value = values.value(i);
                 // Consecutive rows mostly share a time: one map lookup each.
                 match &mut last {
-                    Some((v, keys)) if *v == value => keys.push(key.into()),
+                    Some((v, keys)) if *v == value => keys.push(key),
                     _ => {
                         let keys = e.by_value.entry(value).or_default();
-                        keys.push(key.into());
+                        keys.push(key);
                         last = Some((value, keys));
                     }
                 }
@@ -444,43 +474,46 @@ impl JoinOperator {
             if expired.is_empty() {
                 continue;
             }
-            let mut keys: HashSet<Box<[u8]>, RandomState> =
-                HashSet::with_hasher(RandomState::default());
-            keys.extend(expired.into_values().flatten());
             let side = if left {
                 &mut self.left
             } else {
                 &mut self.right
             };
-            // The rows of every touched key are moved out, judged in one
-            // batch, and the survivors moved back: no row is copied.
-            let keys: Vec<Box<[u8]>> = keys.into_iter().collect();
-            let mut drained: Vec<(u32, Box<[u8]>, i64)> = Vec::new();
-            for (k, key) in keys.iter().enumerate() {
-                if let Some(bucket) = side.index.get_mut(key) {
-                    bucket.drain_into(|r, w| drained.push((k as u32, r, w)));
-                }
-            }
-            if drained.is_empty() {
-                continue;
-            }
-            let parser = side.rows.parser();
-            let columns = side
-                .rows
-                .convert_rows(drained.iter().map(|(_, r, _)| parser.parse(r)))?;
-            let behind = mark.behind(&columns[column], false)?;
-            self.stats.state_touched += drained.len() as u64;
-            for ((k, row, w), gone) in drained.into_iter().zip(behind.values().iter()) {
-                if !gone {
-                    if let Some(bucket) = side.index.get_mut(&keys[k as usize]) {
-                        bucket.insert_new(row, w);
+            // Each touched key's entry is taken out of the index (one
+            // lookup; a key listed again finds nothing), its rows judged
+            // in one batch, and only the entries with rows left go back:
+            // no row is copied.
+            let mut taken: Vec<(Box<[u8]>, Bucket)> = Vec::new();
+            for keys in expired.values() {
+                for key in keys.iter() {
+                    if let Some(entry) = side.index.remove_entry(key) {
+                        taken.push(entry);
                     }
                 }
             }
-            for key in &keys {
-                side.touch(key);
-                if side.index.get(key).is_some_and(|b| b.is_empty()) {
-                    side.index.remove(key);
+            let mut drained: Vec<(u32, Box<[u8]>, i64)> = Vec::new();
+            for (k, (_, bucket)) in taken.iter_mut().enumerate() {
+                bucket.drain_into(|r, w| drained.push((k as u32, r, w)));
+            }
+            if !drained.is_empty() {
+                let parser = side.rows.parser();
+                let columns = side
+                    .rows
+                    .convert_rows(drained.iter().map(|(_, r, _)| parser.parse(r)))?;
+                let behind = mark.behind(&columns[column], false)?;
+                self.stats.state_touched += drained.len() as u64;
+                for ((k, row, w), gone) in drained.into_iter().zip(behind.values().iter()) {
+                    if !gone {
+                        taken[k as usize].1.insert_new(row, w);
+                    }
+                }
+            }
+            for (key, bucket) in taken {
+                if bucket.is_empty() {
+                    side.touch_owned(key);
+                } else {
+                    side.touch(&key);
+                    side.index.insert(key, bucket);
                 }
             }
         }

@@ -134,6 +134,18 @@ impl StateChanges {
         self.count += 1;
     }
 
+    /// Sets the key made of `key_parts` to `rows` with their weights, in
+    /// the layout of [`codec::encode_weighted_rows`], written straight
+    /// into the changes (no value is built apart and copied).
+    pub fn put_weighted_rows<'a>(
+        &mut self,
+        key_parts: &[&[u8]],
+        rows: impl Iterator<Item = (&'a [u8], i64)> + Clone,
+    ) {
+        codec::put_weighted_rows_op(&mut self.bytes, &self.prefix, key_parts, rows);
+        self.count += 1;
+    }
+
     /// Runs `f` with `prefix` put before every key it writes (a
     /// partitioned operator's shard number, a view's operator number).
     pub fn with_prefix<T>(&mut self, prefix: &[u8], f: impl FnOnce(&mut Self) -> T) -> T {
@@ -272,6 +284,34 @@ pub mod codec {
                 put_bytes(out, v);
             }
             None => out.push(0),
+        }
+    }
+
+    /// A put as [`put_op`] writes it, whose value is `rows` as
+    /// [`encode_weighted_rows`] writes them, appended to `out` without
+    /// building the value apart.
+    pub fn put_weighted_rows_op<'a>(
+        out: &mut Vec<u8>,
+        prefix: &[u8],
+        key_parts: &[&[u8]],
+        rows: impl Iterator<Item = (&'a [u8], i64)> + Clone,
+    ) {
+        let (count, value_len) = rows.clone().fold((0usize, 4usize), |(n, len), (row, _)| {
+            (n + 1, len + 12 + row.len())
+        });
+        let key_len: usize = prefix.len() + key_parts.iter().map(|p| p.len()).sum::<usize>();
+        out.reserve(9 + key_len + value_len);
+        out.extend_from_slice(&(key_len as u32).to_le_bytes());
+        out.extend_from_slice(prefix);
+        for part in key_parts {
+            out.extend_from_slice(part);
+        }
+        out.push(1);
+        out.extend_from_slice(&(value_len as u32).to_le_bytes());
+        out.extend_from_slice(&(count as u32).to_le_bytes());
+        for (row, w) in rows {
+            put_bytes(out, row);
+            out.extend_from_slice(&w.to_le_bytes());
         }
     }
 
@@ -489,5 +529,28 @@ pub mod checkpoint_testing {
             }
         }
         assert!(written > 0, "the operator never wrote any state");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::codec;
+
+    #[test]
+    fn weighted_rows_written_in_place_equal_the_value_built_apart() {
+        let rows: Vec<(&[u8], i64)> = vec![(b"ab", 3), (b"", -1), (b"xyz", 1)];
+        for n in [0, 1, 3] {
+            let mut in_place = Vec::new();
+            codec::put_weighted_rows_op(
+                &mut in_place,
+                b"p",
+                &[b"k", b"ey"],
+                rows[..n].iter().copied(),
+            );
+            let mut apart = Vec::new();
+            let value = codec::encode_weighted_rows(n, rows[..n].iter().copied());
+            codec::put_op(&mut apart, b"p", &[b"k", b"ey"], Some(&value));
+            assert_eq!(in_place, apart, "{n} rows");
+        }
     }
 }

@@ -244,12 +244,9 @@ impl OrderedPartitions {
         for key in changed.drain() {
             match self.partitions.get(&key) {
                 None => out.delete(key),
-                Some(partition) => out.put(
-                    key,
-                    codec::encode_weighted_rows(
-                        partition.len(),
-                        partition.iter().map(|((_, row), w)| (row.as_slice(), *w)),
-                    ),
+                Some(partition) => out.put_weighted_rows(
+                    &[&key],
+                    partition.iter().map(|((_, row), w)| (row.as_slice(), *w)),
                 ),
             }
         }
