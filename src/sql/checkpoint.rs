@@ -29,6 +29,7 @@
 //! handed again every entry after the one it last delivered.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
@@ -125,6 +126,39 @@ pub fn compact_min_bytes() -> u64 {
 /// under 16 MiB: the store gives a value a power-of-two region of pages,
 /// and a run just over 16 MiB would take 32.
 pub const BASE_CHUNK_BYTES: usize = (16 << 20) - (64 << 10);
+
+/// Each checkpoint's runs take sequence numbers in a slot of their own,
+/// `RUN_SLOT` numbers wide, starting at the slot's first number. The gap
+/// leaves room below every slot boundary for a background compaction's
+/// base (see [`base_piece_seq`]), which must sort before the runs written
+/// while it ran.
+pub const RUN_SLOT: u64 = 1 << 20;
+
+/// Where, in the slot before its cut, a background compaction puts the
+/// pieces of its base: above any run a checkpoint writes there (a
+/// checkpoint would need half a million 16 MiB pieces to reach it).
+pub const BASE_PIECES_AT: u64 = 1 << 19;
+
+/// The first sequence number of the slot after the one holding `seq`.
+pub fn slot_after(seq: u64) -> u64 {
+    (seq / RUN_SLOT + 1).saturating_mul(RUN_SLOT)
+}
+
+/// The sequence number of piece `piece` of the base that a compaction of
+/// every run before `cut` (a slot boundary, at least [`RUN_SLOT`])
+/// writes: in the last slot before `cut`, after its runs. The runs that
+/// compaction replaces are deleted in the same write, so the base's
+/// numbers are free or freed; the runs written while it ran are at `cut`
+/// or later, after the base.
+pub fn base_piece_seq(cut: u64, piece: usize) -> Result<u64> {
+    let piece = piece as u64;
+    if cut < RUN_SLOT || piece >= RUN_SLOT - BASE_PIECES_AT {
+        return Err(MillraceError::storage(
+            "a compacted base does not fit below its cut",
+        ));
+    }
+    Ok(cut - RUN_SLOT + BASE_PIECES_AT + piece)
+}
 
 /// The key of run `seq` in a view's runs namespace.
 pub fn run_key(seq: u64) -> Vec<u8> {
@@ -250,6 +284,116 @@ impl<'a> FoldedRuns<'a> {
     }
 }
 
+/// What a compaction of a view's runs produced: the base that replaces
+/// them.
+pub struct CompactedBase {
+    /// The sequence numbers of the runs the base replaces.
+    pub replaced: Vec<u64>,
+    /// The base: each live key once, in pieces of at most
+    /// [`BASE_CHUNK_BYTES`] (unless one operation alone is larger).
+    pub pieces: Vec<Vec<u8>>,
+}
+
+/// Folds every run of view `id` before `cut` (those before `base_end`
+/// being its current base) into a new base. Reads only committed runs, so
+/// it runs beside the checkpoints that write later ones. Gives up with an
+/// error once `cancel` is set.
+pub fn compact(
+    store: &dyn crate::storage::StateStore,
+    id: u64,
+    cut: u64,
+    base_end: u64,
+    cancel: &AtomicBool,
+) -> Result<CompactedBase> {
+    let cancelled = || MillraceError::storage("the compaction was cancelled");
+    let mut runs = read_runs(store, id)?;
+    runs.retain(|(seq, _)| *seq < cut);
+    if cancel.load(Ordering::Relaxed) {
+        return Err(cancelled());
+    }
+    let folded = FoldedRuns::of_runs(&runs, base_end)?;
+    let mut pieces = Vec::new();
+    let mut base = crate::stream::operator::StateChanges::default();
+    folded.for_each(|key, value| {
+        if base.would_exceed(key.len(), value.len(), BASE_CHUNK_BYTES) {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+            pieces.push(base.take_bytes());
+        }
+        base.put(key, value);
+        Ok(())
+    })?;
+    if !base.is_empty() {
+        pieces.push(base.take_bytes());
+    }
+    Ok(CompactedBase {
+        replaced: runs.iter().map(|(seq, _)| *seq).collect(),
+        pieces,
+    })
+}
+
+/// A compaction of one view's runs on a thread of its own, so that the
+/// thread running the dataflow only writes its result (see
+/// `docs/storage.md`, "View state in runs"). Dropping it cancels the
+/// compaction and waits for the thread.
+pub struct PendingCompaction {
+    /// The runs before this sequence number are the ones compacted.
+    pub cut: u64,
+    /// The bytes of runs written since the previous compaction when this
+    /// one started (all of them before `cut`).
+    pub covered_run_bytes: u64,
+    cancel: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<CompactedBase>>>,
+}
+
+impl PendingCompaction {
+    /// Starts compacting view `id`'s runs before `cut` (see [`compact`]).
+    pub fn start(
+        store: Arc<dyn crate::storage::StateStore>,
+        id: u64,
+        cut: u64,
+        base_end: u64,
+        covered_run_bytes: u64,
+    ) -> Result<Self> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("compact-view-{id}"))
+            .spawn(move || compact(store.as_ref(), id, cut, base_end, &flag))
+            .map_err(|e| MillraceError::storage(format!("cannot start a compaction: {e}")))?;
+        Ok(Self {
+            cut,
+            covered_run_bytes,
+            cancel,
+            thread: Some(thread),
+        })
+    }
+
+    /// The compaction's result once its thread is done, `None` while it
+    /// runs (and after the result was taken).
+    pub fn finished(&mut self) -> Option<Result<CompactedBase>> {
+        if !self.thread.as_ref()?.is_finished() {
+            return None;
+        }
+        let thread = self.thread.take()?;
+        Some(
+            thread
+                .join()
+                .unwrap_or_else(|_| Err(MillraceError::storage("a compaction thread panicked"))),
+        )
+    }
+}
+
+impl Drop for PendingCompaction {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The key of the position of the reader of `source` feeding view `id`.
 pub fn position_key(view_id: u64, source: &str) -> Vec<u8> {
     let mut key = view_id.to_be_bytes().to_vec();
@@ -336,6 +480,9 @@ pub struct ViewChanges {
     /// compactions find little superseded state (a growing state, such as
     /// a join's rows), back to 1 once they find much.
     pub compact_factor: u64,
+    /// The compaction running beside the checkpoints, if any; its result
+    /// is written by the first checkpoint after it ends.
+    pub compaction: Option<PendingCompaction>,
 }
 
 /// The most times its base's bytes a view's runs grow to before they are
@@ -449,5 +596,92 @@ mod tests {
         assert!(split_ops(&whole[..whole.len() - 1], 16).is_err());
         assert_eq!(split_run_key(&run_key(77)).unwrap(), 77);
         assert!(split_run_key(b"short").is_err());
+    }
+
+    /// The live keys of view `id`'s runs, as a restart reads them.
+    fn live_state(
+        store: &dyn crate::storage::StateStore,
+        id: u64,
+        base_end: u64,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let runs = read_runs(store, id).unwrap();
+        let mut got = Vec::new();
+        FoldedRuns::of_runs(&runs, base_end)
+            .unwrap()
+            .for_each(|k, v| {
+                got.push((k.to_vec(), v.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        got.sort();
+        got
+    }
+
+    #[test]
+    fn a_background_compaction_keeps_the_runs_written_while_it_ran() {
+        use crate::storage::WriteBatch;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::storage::open_in(dir.path(), None).unwrap();
+        let ns = view_runs_namespace(5);
+        let run = |ops: &[(&[u8], Option<&[u8]>)]| {
+            let mut run = crate::stream::operator::StateChanges::default();
+            for (k, v) in ops {
+                run.op(&[k], *v);
+            }
+            run.take_bytes()
+        };
+        // A base (slot 0), then two checkpoints' runs (slots 1 and 2).
+        let mut writes = WriteBatch::default();
+        writes.put(
+            &ns,
+            run_key(0),
+            run(&[(b"a", Some(b"1")), (b"b", Some(b"1"))]),
+        );
+        writes.put(
+            &ns,
+            run_key(RUN_SLOT),
+            run(&[(b"a", Some(b"2")), (b"c", Some(b"1"))]),
+        );
+        writes.put(&ns, run_key(2 * RUN_SLOT), run(&[(b"b", None)]));
+        store.write(writes).unwrap();
+        assert_eq!(slot_after(2 * RUN_SLOT), 3 * RUN_SLOT);
+        assert_eq!(slot_after(2 * RUN_SLOT + 3), 3 * RUN_SLOT);
+        let cut = 3 * RUN_SLOT;
+        let mut pending = PendingCompaction::start(store.clone(), 5, cut, RUN_SLOT, 3).unwrap();
+        // A checkpoint written while it runs changes a key it folds.
+        let mut writes = WriteBatch::default();
+        writes.put(&ns, run_key(cut), run(&[(b"c", None), (b"d", Some(b"1"))]));
+        store.write(writes).unwrap();
+        let base = loop {
+            if let Some(result) = pending.finished() {
+                break result.unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        assert_eq!(base.replaced, vec![0, RUN_SLOT, 2 * RUN_SLOT]);
+        let before = live_state(store.as_ref(), 5, RUN_SLOT);
+        let mut writes = WriteBatch::default();
+        for seq in &base.replaced {
+            writes.delete(&ns, run_key(*seq));
+        }
+        for (i, piece) in base.pieces.into_iter().enumerate() {
+            let seq = base_piece_seq(cut, i).unwrap();
+            assert!(seq < cut && seq > 2 * RUN_SLOT);
+            writes.put(&ns, run_key(seq), piece);
+        }
+        store.write(writes).unwrap();
+        let after = live_state(store.as_ref(), 5, cut);
+        assert_eq!(before, after);
+        let want: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (b"a".to_vec(), b"2".to_vec()),
+            (b"d".to_vec(), b"1".to_vec()),
+        ];
+        assert_eq!(after, want);
+        assert!(base_piece_seq(RUN_SLOT - 1, 0).is_err());
+        assert!(base_piece_seq(cut, (RUN_SLOT - BASE_PIECES_AT) as usize).is_err());
+        // Dropped while running, a compaction is cancelled and its thread
+        // joined; the store is untouched.
+        drop(PendingCompaction::start(store.clone(), 5, 2 * cut, cut, 1).unwrap());
+        assert_eq!(live_state(store.as_ref(), 5, cut), want);
     }
 }

@@ -1792,7 +1792,10 @@ impl Engine {
         // The keyed state: the view's runs applied in order.
         let runs = ck::read_runs(self.store.as_ref(), state.views[i].id)?;
         let run_bytes: u64 = runs.iter().map(|(_, r)| r.len() as u64).sum();
-        let next_run = runs.last().map(|(seq, _)| seq + 1).unwrap_or(0);
+        let next_run = runs
+            .last()
+            .map(|(seq, _)| ck::slot_after(*seq))
+            .unwrap_or(0);
         let folded = ck::FoldedRuns::of_runs(&runs, base_end)?;
         let name = &state.views[i].name;
         // The contents rows are rebuilt on a second thread while this one
@@ -1974,18 +1977,50 @@ impl Engine {
                     format!("{}{}", ck::STATE_FORMAT, view.dataflow.layout()).into_bytes(),
                 );
                 view.changes.reset = false;
+                view.changes.compaction = None;
                 view.changes.run_bytes = 0;
                 view.changes.base_bytes = 0;
                 // The reset deleted the base's end too: written anew below.
                 view.changes.base_end = u64::MAX;
             }
-            let changes = &view.changes;
+            let changes = &mut view.changes;
+            let mut applied = false;
+            if let Some(result) = changes.compaction.as_mut().and_then(|c| c.finished()) {
+                if let Some(done) = changes.compaction.take() {
+                    match result {
+                        Ok(base) => {
+                            apply_compaction(view.id, changes, &done, base, writes)?;
+                            applied = true;
+                        }
+                        // The runs stay as they are; a later checkpoint
+                        // starts another compaction.
+                        Err(e) => {
+                            warn!(view = %view.name, error = %e, "compacting a view's checkpoint runs failed")
+                        }
+                    }
+                }
+            }
             let due = changes
                 .base_bytes
                 .saturating_mul(changes.compact_factor.max(1))
                 .max(ck::compact_min_bytes());
-            if changes.run_bytes >= due {
-                compact_runs(self.store.as_ref(), view.id, &mut view.changes, writes)?;
+            // Every run before `next_run` is committed (checkpoints are
+            // written one at a time), so a compaction can read them while
+            // this checkpoint and later ones write after them. Not in the
+            // checkpoint that writes a compaction's result, though: until
+            // it commits, the store still holds the runs it replaces.
+            if !applied
+                && changes.compaction.is_none()
+                && changes.run_bytes >= due
+                && changes.next_run >= ck::RUN_SLOT
+            {
+                changes.compaction = Some(ck::PendingCompaction::start(
+                    self.store.clone(),
+                    view.id,
+                    changes.next_run,
+                    changes.base_end,
+                    changes.run_bytes,
+                )?);
             }
             // The operators' changed state and the changed contents rows,
             // as one run (or a few, when large), written as the operators
@@ -1999,9 +2034,12 @@ impl Engine {
                 run.op(&[&[ck::ROW_PREFIX], &row], value);
             }
             let changes = &mut view.changes;
+            let runs_before = changes.run_bytes;
+            let mut written = None;
             let mut put_run = |bytes: Vec<u8>| {
                 changes.run_bytes += bytes.len() as u64;
                 writes.put(&runs_ns, ck::run_key(changes.next_run), bytes);
+                written = Some(changes.next_run);
                 changes.next_run += 1;
             };
             if run.byte_len() <= ck::BASE_CHUNK_BYTES {
@@ -2014,10 +2052,15 @@ impl Engine {
                     put_run(piece.to_vec());
                 }
             }
-            if view.changes.base_bytes == 0 {
+            // The next checkpoint's runs start a slot of their own.
+            if let Some(last) = written {
+                changes.next_run = ck::slot_after(last);
+            }
+            if changes.base_bytes == 0 && runs_before == 0 && changes.compaction.is_none() {
                 // The first runs (all of a new or rebuilt view's state, one
-                // checkpoint's, so each key at most once) are its base:
-                // nothing in them is superseded yet.
+                // checkpoint's, so each key at most once; or the first after
+                // a compaction that left nothing, with no other run after
+                // it) are its base: nothing in them is superseded yet.
                 view.changes.base_bytes = view.changes.run_bytes;
                 view.changes.run_bytes = 0;
                 if view.changes.base_end != view.changes.next_run {
@@ -3849,62 +3892,53 @@ impl Engine {
     }
 }
 
-/// Compacts a view's runs: applies every committed run of `runs_ns`
-/// in order and writes the result as a new base (a few runs of at most
-/// [`ck::BASE_CHUNK_BYTES`]), deleting the old runs in the same write. A
-/// compaction happens once the runs written since the last one are as
-/// large as its base, so each byte of live state is rewritten at most
-/// about once per byte of changes, and the store holds at most about
-/// twice the live state.
-fn compact_runs(
-    store: &dyn StateStore,
+/// Writes what a background compaction of a view's runs produced
+/// (`done` says which runs it read): deletes the runs it replaces and puts
+/// its base just before its cut, in the checkpoint being written, so the
+/// store holds either the old runs or the base, never both in part. The
+/// runs written while it ran stay, after the base. A compaction happens
+/// once the runs written since the last one are as large as its base, so
+/// each byte of live state is rewritten at most about once per byte of
+/// changes.
+fn apply_compaction(
     id: u64,
     changes: &mut ViewChanges,
+    done: &ck::PendingCompaction,
+    base: ck::CompactedBase,
     writes: &mut WriteBatch,
 ) -> Result<()> {
     let runs_ns = ck::view_runs_namespace(id);
-    let runs = ck::read_runs(store, id)?;
-    let folded = ck::FoldedRuns::of_runs(&runs, changes.base_end)?;
-    for (seq, _) in &runs {
+    for seq in &base.replaced {
         writes.delete(&runs_ns, ck::run_key(*seq));
     }
-    let mut base = StateChanges::default();
     let mut base_bytes = 0u64;
-    let mut flush = |base: &mut StateChanges| {
-        if !base.is_empty() {
-            let bytes = base.take_bytes();
-            base_bytes += bytes.len() as u64;
-            writes.put(&runs_ns, ck::run_key(changes.next_run), bytes);
-            changes.next_run += 1;
-        }
-    };
-    folded.for_each(|key, value| {
-        if base.would_exceed(key.len(), value.len(), ck::BASE_CHUNK_BYTES) {
-            flush(&mut base);
-        }
-        base.put(key, value);
-        Ok(())
-    })?;
-    flush(&mut base);
+    for (i, piece) in base.pieces.into_iter().enumerate() {
+        base_bytes += piece.len() as u64;
+        writes.put(
+            &runs_ns,
+            ck::run_key(ck::base_piece_seq(done.cut, i)?),
+            piece,
+        );
+    }
     // What the compaction wrote holds each key once: the new base.
-    changes.base_end = changes.next_run;
+    changes.base_end = done.cut;
     ck::put_base_end(writes, &ck::view_namespace(id), changes.base_end);
+    let folded = done.covered_run_bytes + changes.base_bytes;
     tracing::debug!(
         namespace = runs_ns,
-        runs_bytes = changes.run_bytes + changes.base_bytes,
+        runs_bytes = folded,
         base_bytes,
         "compacted a view's checkpoint runs"
     );
     // A compaction that found little superseded state waits longer for
     // the next one: rewriting a state that only grows buys no space.
-    let folded = changes.run_bytes + changes.base_bytes;
     changes.compact_factor = if base_bytes.saturating_mul(4) >= folded.saturating_mul(3) {
         (changes.compact_factor.max(1) * 2).min(ck::MAX_COMPACT_FACTOR)
     } else {
         1
     };
     changes.base_bytes = base_bytes;
-    changes.run_bytes = 0;
+    changes.run_bytes = changes.run_bytes.saturating_sub(done.covered_run_bytes);
     Ok(())
 }
 
