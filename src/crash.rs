@@ -38,7 +38,9 @@ pub fn hit(_point: &str) {}
 /// Whether the operation at `point` should fail this time, for tests of
 /// failure handling: with the `crash-points` feature,
 /// `MILLRACE_FAIL_AT=<point>[:<n>]` makes the `n`-th time (first by
-/// default) fail. Point: `checkpoint-write` (a checkpoint's store write).
+/// default) fail. Points: `checkpoint-write` (a checkpoint's store write),
+/// `checkpoint-build` (building a checkpoint, after the operators handed
+/// over their changes).
 #[cfg(feature = "crash-points")]
 pub fn fails(point: &str) -> bool {
     use std::sync::atomic::{AtomicU64, Ordering};

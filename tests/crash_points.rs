@@ -2,7 +2,8 @@
 //! write, inside the store's commit, right after it, and in the middle of
 //! restoring the views on start. The server (built with the `crash-points`
 //! feature) aborts itself there (`MILLRACE_CRASH_AT`); a restart must then
-//! go on to views that count every generated row exactly once.
+//! go on to views that count every generated row exactly once. Also a
+//! checkpoint that fails while being built (`MILLRACE_FAIL_AT`).
 
 #![cfg(feature = "crash-points")]
 
@@ -140,6 +141,46 @@ async fn a_crash_while_restoring_recovers_exactly() -> anyhow::Result<()> {
         failed.is_err(),
         "the restart should have aborted while restoring"
     );
+    let server = TestServer::start_on(temp.path(), &ARGS)?;
+    assert_exact(&server).await
+}
+
+/// A checkpoint that fails while it is built (after the operators handed
+/// over their changes) stops checkpoints, the views go on, and a restart
+/// goes on from the last whole checkpoint, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_that_cannot_be_built_stops_checkpoints_and_recovers_exactly(
+) -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let server = TestServer::start_with_env(
+        temp.path(),
+        &ARGS,
+        &[("MILLRACE_FAIL_AT", "checkpoint-build:5")],
+    )?;
+    let client = server.connect().await?;
+    client.batch_execute(SETUP).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let failed: bool = client
+            .query_one("SELECT failed FROM millrace_catalog.checkpoints", &[])
+            .await?
+            .get(0);
+        if failed {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "checkpoints never failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The views go on without checkpoints.
+    let count = |client: tokio_postgres::Client| async move {
+        let n: i64 = client.query_one("SELECT n FROM total", &[]).await?.get(0);
+        anyhow::Ok((client, n))
+    };
+    let (client, before) = count(client).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_client, after) = count(client).await?;
+    assert!(after > before, "the views stopped: {before} then {after}");
+    server.kill()?;
     let server = TestServer::start_on(temp.path(), &ARGS)?;
     assert_exact(&server).await
 }

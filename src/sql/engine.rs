@@ -1948,7 +1948,31 @@ impl Engine {
     /// Adds a checkpoint of the current epoch to `writes`; returns its
     /// record, or `None` when checkpoints are off or failed (then a write
     /// that changes tables marks the view checkpoints stale).
+    ///
+    /// An error here stops checkpoints, as a failed write does: the
+    /// operators have handed over their changes since the last checkpoint
+    /// to a write that will not happen, so a later checkpoint would lack
+    /// them. The store keeps the last whole checkpoint.
     fn checkpoint_into(
+        &self,
+        state: &mut EngineState,
+        writes: &mut WriteBatch,
+        epoch: u64,
+    ) -> Result<Option<CheckpointRecord>> {
+        let built = self.build_checkpoint(state, writes, epoch);
+        if let Err(e) = &built {
+            if !state.checkpoints_failed {
+                state.checkpoints_failed = true;
+                self.lock_checkpoint_status().failed = true;
+                super::sink_log::abandon_in_flight(&mut state.sinks);
+                tracing::error!(error = %e, "a checkpoint could not be built; no more are taken until restart");
+            }
+        }
+        built
+    }
+
+    /// [`Engine::checkpoint_into`] without its handling of errors.
+    fn build_checkpoint(
         &self,
         state: &mut EngineState,
         writes: &mut WriteBatch,
@@ -2077,6 +2101,11 @@ impl Engine {
                 view.changes.next_sequence += 1;
                 writes.put(&ns, key, ck::encode_batch(all.data())?);
             }
+        }
+        if crate::crash::fails("checkpoint-build") {
+            return Err(MillraceError::storage(
+                "injected failure while building a checkpoint",
+            ));
         }
         for ((source, view), position) in &state.positions {
             let Some(v) = state
