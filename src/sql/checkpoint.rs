@@ -480,6 +480,8 @@ pub struct ViewChanges {
     /// compactions find little superseded state (a growing state, such as
     /// a join's rows), back to 1 once they find much.
     pub compact_factor: u64,
+    /// Bytes of the last checkpoint's run, to size the next one.
+    pub last_run_bytes: usize,
     /// The compaction running beside the checkpoints, if any; its result
     /// is written by the first checkpoint after it ends.
     pub compaction: Option<PendingCompaction>,
@@ -551,17 +553,7 @@ mod tests {
         second.op(&[b"o2"], None);
         second.op(&[b"o3"], None);
         let second = second.take_bytes();
-        let collect = |folded: FoldedRuns<'_>| {
-            let mut got: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-            folded
-                .for_each(|k, v| {
-                    got.push((k.to_vec(), v.to_vec()));
-                    Ok(())
-                })
-                .unwrap();
-            got.sort();
-            got
-        };
+        let collect = |folded: FoldedRuns<'_>| live_keys(&folded);
         let want = vec![
             (b"c9".to_vec(), b"".to_vec()),
             (b"o1".to_vec(), b"uno".to_vec()),
@@ -598,16 +590,10 @@ mod tests {
         assert!(split_run_key(b"short").is_err());
     }
 
-    /// The live keys of view `id`'s runs, as a restart reads them.
-    fn live_state(
-        store: &dyn crate::storage::StateStore,
-        id: u64,
-        base_end: u64,
-    ) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let runs = read_runs(store, id).unwrap();
+    /// The live keys and values of `folded`, sorted.
+    fn live_keys(folded: &FoldedRuns<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut got = Vec::new();
-        FoldedRuns::of_runs(&runs, base_end)
-            .unwrap()
+        folded
             .for_each(|k, v| {
                 got.push((k.to_vec(), v.to_vec()));
                 Ok(())
@@ -615,6 +601,16 @@ mod tests {
             .unwrap();
         got.sort();
         got
+    }
+
+    /// The live keys of view `id`'s runs, as a restart reads them.
+    fn live_state(
+        store: &dyn crate::storage::StateStore,
+        id: u64,
+        base_end: u64,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let runs = read_runs(store, id).unwrap();
+        live_keys(&FoldedRuns::of_runs(&runs, base_end).unwrap())
     }
 
     #[test]

@@ -2049,7 +2049,12 @@ impl Engine {
             // The operators' changed state and the changed contents rows,
             // as one run (or a few, when large), written as the operators
             // packed it.
-            let mut run = StateChanges::default();
+            // Sized like the last run, a quarter more, up to 64 MiB.
+            let room = view
+                .changes
+                .last_run_bytes
+                .saturating_add(view.changes.last_run_bytes / 4);
+            let mut run = StateChanges::with_capacity(room.min(64 << 20));
             view.dataflow
                 .checkpoint_into(&mut run, ck::operator_prefix)?;
             for (row, count) in view.changes.rows.drain() {
@@ -2058,6 +2063,7 @@ impl Engine {
                 run.op(&[&[ck::ROW_PREFIX], &row], value);
             }
             let changes = &mut view.changes;
+            changes.last_run_bytes = run.byte_len();
             let runs_before = changes.run_bytes;
             let mut written = None;
             let mut put_run = |bytes: Vec<u8>| {

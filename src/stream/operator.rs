@@ -117,6 +117,16 @@ pub struct StateChanges {
 }
 
 impl StateChanges {
+    /// No changes yet, with room for `bytes` of them (a checkpoint sizes
+    /// its run by the last one: growing a buffer of megabytes copies it
+    /// again at every doubling).
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            ..Self::default()
+        }
+    }
+
     /// Sets `key` to `value`.
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         self.op(&[key.as_ref()], Some(value.as_ref()));
