@@ -287,6 +287,11 @@ impl<'a> FoldedRuns<'a> {
 /// What a compaction of a view's runs produced: the base that replaces
 /// them.
 pub struct CompactedBase {
+    /// The runs before this sequence number are the ones compacted.
+    pub cut: u64,
+    /// The bytes of runs written since the previous compaction when this
+    /// one started (all of them before `cut`).
+    pub covered_run_bytes: u64,
     /// The sequence numbers of the runs the base replaces.
     pub replaced: Vec<u64>,
     /// The base: each live key once, in pieces of at most
@@ -303,6 +308,7 @@ pub fn compact(
     id: u64,
     cut: u64,
     base_end: u64,
+    covered_run_bytes: u64,
     cancel: &AtomicBool,
 ) -> Result<CompactedBase> {
     let cancelled = || MillraceError::storage("the compaction was cancelled");
@@ -328,6 +334,8 @@ pub fn compact(
         pieces.push(base.take_bytes());
     }
     Ok(CompactedBase {
+        cut,
+        covered_run_bytes,
         replaced: runs.iter().map(|(seq, _)| *seq).collect(),
         pieces,
     })
@@ -338,11 +346,6 @@ pub fn compact(
 /// `docs/storage.md`, "View state in runs"). Dropping it cancels the
 /// compaction and waits for the thread.
 pub struct PendingCompaction {
-    /// The runs before this sequence number are the ones compacted.
-    pub cut: u64,
-    /// The bytes of runs written since the previous compaction when this
-    /// one started (all of them before `cut`).
-    pub covered_run_bytes: u64,
     cancel: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<Result<CompactedBase>>>,
 }
@@ -360,11 +363,9 @@ impl PendingCompaction {
         let flag = cancel.clone();
         let thread = std::thread::Builder::new()
             .name(format!("compact-view-{id}"))
-            .spawn(move || compact(store.as_ref(), id, cut, base_end, &flag))
+            .spawn(move || compact(store.as_ref(), id, cut, base_end, covered_run_bytes, &flag))
             .map_err(|e| MillraceError::storage(format!("cannot start a compaction: {e}")))?;
         Ok(Self {
-            cut,
-            covered_run_bytes,
             cancel,
             thread: Some(thread),
         })
@@ -480,8 +481,6 @@ pub struct ViewChanges {
     /// compactions find little superseded state (a growing state, such as
     /// a join's rows), back to 1 once they find much.
     pub compact_factor: u64,
-    /// Bytes of the last checkpoint's run, to size the next one.
-    pub last_run_bytes: usize,
     /// The compaction running beside the checkpoints, if any; its result
     /// is written by the first checkpoint after it ends.
     pub compaction: Option<PendingCompaction>,
@@ -654,6 +653,7 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         };
+        assert_eq!((base.cut, base.covered_run_bytes), (cut, 3));
         assert_eq!(base.replaced, vec![0, RUN_SLOT, 2 * RUN_SLOT]);
         let before = live_state(store.as_ref(), 5, RUN_SLOT);
         let mut writes = WriteBatch::default();

@@ -2010,17 +2010,16 @@ impl Engine {
             let changes = &mut view.changes;
             let mut applied = false;
             if let Some(result) = changes.compaction.as_mut().and_then(|c| c.finished()) {
-                if let Some(done) = changes.compaction.take() {
-                    match result {
-                        Ok(base) => {
-                            apply_compaction(view.id, changes, &done, base, writes)?;
-                            applied = true;
-                        }
-                        // The runs stay as they are; a later checkpoint
-                        // starts another compaction.
-                        Err(e) => {
-                            warn!(view = %view.name, error = %e, "compacting a view's checkpoint runs failed")
-                        }
+                changes.compaction = None;
+                match result {
+                    Ok(base) => {
+                        apply_compaction(view.id, changes, base, writes)?;
+                        applied = true;
+                    }
+                    // The runs stay as they are; a later checkpoint starts
+                    // another compaction.
+                    Err(e) => {
+                        warn!(view = %view.name, error = %e, "compacting a view's checkpoint runs failed")
                     }
                 }
             }
@@ -2049,12 +2048,7 @@ impl Engine {
             // The operators' changed state and the changed contents rows,
             // as one run (or a few, when large), written as the operators
             // packed it.
-            // Sized like the last run, a quarter more, up to 64 MiB.
-            let room = view
-                .changes
-                .last_run_bytes
-                .saturating_add(view.changes.last_run_bytes / 4);
-            let mut run = StateChanges::with_capacity(room.min(64 << 20));
+            let mut run = StateChanges::default();
             view.dataflow
                 .checkpoint_into(&mut run, ck::operator_prefix)?;
             for (row, count) in view.changes.rows.drain() {
@@ -2063,7 +2057,6 @@ impl Engine {
                 run.op(&[&[ck::ROW_PREFIX], &row], value);
             }
             let changes = &mut view.changes;
-            changes.last_run_bytes = run.byte_len();
             let runs_before = changes.run_bytes;
             let mut written = None;
             let mut put_run = |bytes: Vec<u8>| {
@@ -3927,8 +3920,8 @@ impl Engine {
     }
 }
 
-/// Writes what a background compaction of a view's runs produced
-/// (`done` says which runs it read): deletes the runs it replaces and puts
+/// Writes what a background compaction of a view's runs produced:
+/// deletes the runs it replaces and puts
 /// its base just before its cut, in the checkpoint being written, so the
 /// store holds either the old runs or the base, never both in part. The
 /// runs written while it ran stay, after the base. A compaction happens
@@ -3938,7 +3931,6 @@ impl Engine {
 fn apply_compaction(
     id: u64,
     changes: &mut ViewChanges,
-    done: &ck::PendingCompaction,
     base: ck::CompactedBase,
     writes: &mut WriteBatch,
 ) -> Result<()> {
@@ -3951,14 +3943,14 @@ fn apply_compaction(
         base_bytes += piece.len() as u64;
         writes.put(
             &runs_ns,
-            ck::run_key(ck::base_piece_seq(done.cut, i)?),
+            ck::run_key(ck::base_piece_seq(base.cut, i)?),
             piece,
         );
     }
     // What the compaction wrote holds each key once: the new base.
-    changes.base_end = done.cut;
+    changes.base_end = base.cut;
     ck::put_base_end(writes, &ck::view_namespace(id), changes.base_end);
-    let folded = done.covered_run_bytes + changes.base_bytes;
+    let folded = base.covered_run_bytes + changes.base_bytes;
     tracing::debug!(
         namespace = runs_ns,
         runs_bytes = folded,
@@ -3973,7 +3965,7 @@ fn apply_compaction(
         1
     };
     changes.base_bytes = base_bytes;
-    changes.run_bytes = changes.run_bytes.saturating_sub(done.covered_run_bytes);
+    changes.run_bytes = changes.run_bytes.saturating_sub(base.covered_run_bytes);
     Ok(())
 }
 

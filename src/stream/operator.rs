@@ -117,16 +117,6 @@ pub struct StateChanges {
 }
 
 impl StateChanges {
-    /// No changes yet, with room for `bytes` of them (a checkpoint sizes
-    /// its run by the last one: growing a buffer of megabytes copies it
-    /// again at every doubling).
-    pub fn with_capacity(bytes: usize) -> Self {
-        Self {
-            bytes: Vec::with_capacity(bytes),
-            ..Self::default()
-        }
-    }
-
     /// Sets `key` to `value`.
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         self.op(&[key.as_ref()], Some(value.as_ref()));
@@ -145,7 +135,7 @@ impl StateChanges {
     }
 
     /// Sets the key made of `key_parts` to `rows` with their weights, in
-    /// the layout of [`codec::encode_weighted_rows`], written straight
+    /// the layout of [`codec::put_weighted_rows_op`], written straight
     /// into the changes (no value is built apart and copied).
     pub fn put_weighted_rows<'a>(
         &mut self,
@@ -297,9 +287,10 @@ pub mod codec {
         }
     }
 
-    /// A put as [`put_op`] writes it, whose value is `rows` as
-    /// [`encode_weighted_rows`] writes them, appended to `out` without
-    /// building the value apart.
+    /// A put as [`put_op`] writes it, whose value is `rows` with their
+    /// weights: a count (u32), then each row length-prefixed and its weight
+    /// (i64), all little-endian. Appended to `out` without building the
+    /// value apart.
     pub fn put_weighted_rows_op<'a>(
         out: &mut Vec<u8>,
         prefix: &[u8],
@@ -396,22 +387,7 @@ pub mod codec {
         out.extend_from_slice(b);
     }
 
-    /// Rows (row format) with their weights as one value: a count, then
-    /// each row length-prefixed and its weight.
-    pub fn encode_weighted_rows<'a>(
-        len: usize,
-        rows: impl Iterator<Item = (&'a [u8], i64)>,
-    ) -> Vec<u8> {
-        let mut value = Vec::with_capacity(4 + len * 32);
-        value.extend_from_slice(&(len as u32).to_le_bytes());
-        for (row, w) in rows {
-            put_bytes(&mut value, row);
-            value.extend_from_slice(&w.to_le_bytes());
-        }
-        value
-    }
-
-    /// The rows of values [`encode_weighted_rows`] wrote, decoded with
+    /// The rows of values [`put_weighted_rows_op`] wrote, decoded with
     /// `converter` into one change of `schema` (`None` when there are no
     /// rows).
     pub fn decode_weighted_rows<'a>(
@@ -547,20 +523,25 @@ mod tests {
     use super::codec;
 
     #[test]
-    fn weighted_rows_written_in_place_equal_the_value_built_apart() {
+    fn weighted_rows_read_back_as_written() {
         let rows: Vec<(&[u8], i64)> = vec![(b"ab", 3), (b"", -1), (b"xyz", 1)];
         for n in [0, 1, 3] {
-            let mut in_place = Vec::new();
-            codec::put_weighted_rows_op(
-                &mut in_place,
-                b"p",
-                &[b"k", b"ey"],
-                rows[..n].iter().copied(),
-            );
-            let mut apart = Vec::new();
-            let value = codec::encode_weighted_rows(n, rows[..n].iter().copied());
-            codec::put_op(&mut apart, b"p", &[b"k", b"ey"], Some(&value));
-            assert_eq!(in_place, apart, "{n} rows");
+            let mut out = Vec::new();
+            codec::put_weighted_rows_op(&mut out, b"p", &[b"k", b"ey"], rows[..n].iter().copied());
+            let ops: Vec<_> = codec::ops(&out)
+                .collect::<crate::error::Result<_>>()
+                .unwrap();
+            assert_eq!(ops.len(), 1, "{n} rows");
+            let (key, value) = ops[0];
+            assert_eq!(key, b"pkey");
+            // Read as `decode_weighted_rows` reads a value.
+            let mut r = codec::Reader::new(value.expect("a put"));
+            let mut got = Vec::new();
+            for _ in 0..r.u32().unwrap() {
+                got.push((r.bytes().unwrap(), r.i64().unwrap()));
+            }
+            assert!(r.take(1).is_err(), "{n} rows: bytes left over");
+            assert_eq!(got, rows[..n], "{n} rows");
         }
     }
 }
